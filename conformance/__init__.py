@@ -1,0 +1,21 @@
+"""MQTT 3.1.1 conformance suite: ``python -m conformance --host H --port P``.
+
+Independent of ``mqttd``: its own wire codec (``conformance.wire``), its own cases
+(``conformance.cases``), runnable against any broker.
+"""
+
+from __future__ import annotations
+
+from conformance.core import REGISTRY, Case, Context, Fail, Skip
+from conformance.runner import Result, run_all
+from conformance.transport import Target
+
+
+def load_cases() -> list[Case]:
+    """Import every case module and return the registered cases in registry order."""
+    import conformance.cases  # noqa: F401  (registers the cases)
+
+    return list(REGISTRY.values())
+
+
+__all__ = ["Case", "Context", "Fail", "Result", "Skip", "Target", "load_cases", "run_all"]

@@ -1,0 +1,15 @@
+"""Importing this package registers every case."""
+
+from __future__ import annotations
+
+from conformance.cases import (  # noqa: F401
+    auth,
+    bytecases,
+    connect,
+    mqtt31,
+    publish,
+    retain,
+    subscribe,
+    websocket,
+    will,
+)

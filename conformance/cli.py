@@ -1,0 +1,82 @@
+"""Command line: ``python -m conformance --host H --port P [options]``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+import trio
+
+from conformance import coverage, load_cases
+from conformance.runner import FAIL, print_live, run_all, select, summary_text, write_report
+from conformance.transport import Target
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m conformance",
+        description="Test an MQTT 3.1.1 broker against the spec, statement by statement.",
+    )
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=None, help="default 1883, or 8883 with --tls")
+    p.add_argument("--tls", action="store_true", help="connect with TLS")
+    p.add_argument("--cafile", help="CA bundle to verify the broker's certificate")
+    p.add_argument("--ws", metavar="URL", help="run over WebSocket, e.g. ws://127.0.0.1:8080/mqtt")
+    p.add_argument("--wss", metavar="URL", help="run over secure WebSocket (wss://…)")
+    p.add_argument("--username")
+    p.add_argument("--password")
+    p.add_argument(
+        "--denied-topic",
+        metavar="TOPIC",
+        help="a topic the broker's ACL forbids this identity to publish to (enables ACL cases)",
+    )
+    p.add_argument("--only", metavar="ID-OR-REGEX", help="case id or statement id, or a regex")
+    p.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for a reply/close")
+    p.add_argument("--concurrency", type=int, default=8, help="cases run at the same time")
+    p.add_argument("--report", metavar="FILE", help="write a report (.json or .md)")
+    p.add_argument("--list", action="store_true", help="list every case with its statements")
+    p.add_argument("--coverage-table", action="store_true", help="print the README coverage table")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    cases = load_cases()
+    if args.coverage_table:
+        print(coverage.table(cases), end="")
+        return 0
+    ws_url = args.wss or args.ws
+    target = Target(
+        host=args.host,
+        port=args.port or (8883 if args.tls else 1883),
+        tls=args.tls,
+        cafile=args.cafile,
+        ws_url=ws_url,
+        username=args.username,
+        password=args.password,
+        timeout=args.timeout,
+        denied_topic=args.denied_topic,
+    )
+    selected = select(cases, args.only, target)
+    if args.list:
+        for c in selected:
+            extra = " (WebSocket only)" if c.transport == "ws" else ""
+            extra += " (MQTT 3.1)" if c.mqtt31 else ""
+            print(f"{c.id:<44} {' '.join(c.statements) or '-'}{extra}\n    {c.title}")
+        return 0
+    if not selected:
+        print(f"no case matches {args.only!r}", file=sys.stderr)
+        return 2
+    print(f"Running {len(selected)} cases against {target.describe()}", flush=True)
+    start = time.monotonic()
+    results = trio.run(
+        lambda: run_all(
+            selected, target, concurrency=max(1, args.concurrency), on_result=print_live()
+        )
+    )
+    elapsed = time.monotonic() - start
+    print(summary_text(results, target, elapsed))
+    if args.report:
+        write_report(args.report, results, target, elapsed)
+    return 1 if any(r.status == FAIL for r in results) else 0

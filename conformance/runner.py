@@ -1,0 +1,187 @@
+"""Run cases concurrently (bounded), print a live line per case, summarise and report."""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import TextIO
+
+import trio
+
+from conformance.core import Case, Context, Fail, Skip
+from conformance.transport import Closed, Target
+
+PASS, FAIL, SKIP, INFO = "pass", "fail", "skip", "info"
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    """The outcome of one case."""
+
+    case_id: str
+    statements: tuple[str, ...]
+    sections: tuple[str, ...]
+    title: str
+    status: str
+    detail: str
+    duration_s: float
+
+
+def select(cases: list[Case], only: str | None, target: Target) -> list[Case]:
+    """Cases to run: ``--only`` matches a case id or a statement id, exactly or as a regex."""
+    if only:
+        pattern = re.compile(only)
+        cases = [
+            c
+            for c in cases
+            if only == c.id
+            or only in c.statements
+            or pattern.search(c.id)
+            or any(pattern.search(s) for s in c.statements)
+        ]
+    return cases
+
+
+async def run_case(case: Case, target: Target) -> Result:
+    """Run one case with its own context; cleanup never turns a pass into a failure."""
+    ctx = Context(target=target, case_id=case.id)
+    start = time.monotonic()
+    status, detail = PASS, ""
+    if case.transport == "ws" and not target.is_ws:
+        status, detail = SKIP, "WebSocket rule: run with --ws/--wss"
+    else:
+        try:
+            with trio.fail_after(max(target.timeout * 6, 20)):
+                await case.func(ctx)
+        except Fail as exc:
+            status, detail = FAIL, str(exc)
+        except Skip as exc:
+            status, detail = SKIP, str(exc)
+        except trio.TooSlowError:
+            status, detail = FAIL, "case did not finish in time"
+        except (Closed, OSError) as exc:
+            status, detail = FAIL, f"unexpected connection error: {exc!r}"
+        else:
+            if ctx.choices:
+                status, detail = INFO, "; ".join(ctx.choices)
+        try:
+            await ctx.cleanup()
+        except (Fail, Closed, OSError, trio.TooSlowError) as exc:
+            ctx.notes.append(f"cleanup failed: {exc}")
+    if ctx.notes:
+        detail = "; ".join([detail, *ctx.notes]) if detail else "; ".join(ctx.notes)
+    return Result(
+        case.id,
+        case.statements,
+        case.sections,
+        case.title,
+        status,
+        detail,
+        round(time.monotonic() - start, 3),
+    )
+
+
+def format_line(r: Result) -> str:
+    ids = " ".join(f"[{s}]" for s in r.statements) or "[MQTT 3.1]"
+    line = f"{r.status.upper():4}  {r.case_id:<44} {ids}"
+    if r.detail:
+        line += f"\n      {r.detail}"
+    return line
+
+
+async def run_all(
+    cases: list[Case],
+    target: Target,
+    *,
+    concurrency: int = 8,
+    on_result: Callable[[Result], None] | None = None,
+) -> list[Result]:
+    """Run ``cases`` at most ``concurrency`` at a time; results in registry order."""
+    limiter = trio.CapacityLimiter(concurrency)
+    results: dict[str, Result] = {}
+
+    async def one(case: Case) -> None:
+        async with limiter:
+            r = await run_case(case, target)
+        results[case.id] = r
+        if on_result is not None:
+            on_result(r)
+
+    async with trio.open_nursery() as nursery:
+        for case in cases:
+            nursery.start_soon(one, case)
+    return [results[c.id] for c in cases]
+
+
+def section_key(sec: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(x) for x in sec.split("."))
+    except ValueError:
+        return (99,)
+
+
+def summary_rows(results: list[Result]) -> list[tuple[str, int, int, int, int]]:
+    """(section, pass, fail, skip, info) per spec section; a case counts in each section."""
+    table: dict[str, list[int]] = {}
+    idx = {PASS: 0, FAIL: 1, SKIP: 2, INFO: 3}
+    for r in results:
+        for sec in r.sections:
+            table.setdefault(sec, [0, 0, 0, 0])[idx[r.status]] += 1
+    return [(sec, *table[sec]) for sec in sorted(table, key=section_key)]  # type: ignore[misc]
+
+
+def summary_text(results: list[Result], target: Target, elapsed: float) -> str:
+    rows = summary_rows(results)
+    lines = [
+        "",
+        f"Summary for {target.describe()} ({len(results)} cases, {elapsed:.1f}s)",
+        f"{'section':<14}{'pass':>6}{'fail':>6}{'skip':>6}{'info':>6}",
+    ]
+    lines += [f"{s:<14}{p:>6}{f:>6}{k:>6}{i:>6}" for s, p, f, k, i in rows]
+    totals = [sum(1 for r in results if r.status == st) for st in (PASS, FAIL, SKIP, INFO)]
+    lines.append(f"{'total':<14}{totals[0]:>6}{totals[1]:>6}{totals[2]:>6}{totals[3]:>6}")
+    failed = [r.case_id for r in results if r.status == FAIL]
+    if failed:
+        lines.append("failed: " + ", ".join(failed))
+    return "\n".join(lines)
+
+
+def write_report(path: str, results: list[Result], target: Target, elapsed: float) -> None:
+    """``--report FILE``: JSON if it ends in .json, else Markdown."""
+    if path.endswith(".json"):
+        doc = {
+            "target": target.describe(),
+            "elapsed_s": round(elapsed, 3),
+            "counts": {
+                st: sum(1 for r in results if r.status == st) for st in (PASS, FAIL, SKIP, INFO)
+            },
+            "results": [asdict(r) for r in results],
+        }
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump(doc, f, indent=2)
+            f.write("\n")
+        return
+    out = [
+        f"# MQTT 3.1.1 conformance report: {target.describe()}",
+        "",
+        "| section | pass | fail | skip | info |",
+        "|---|---|---|---|---|",
+    ]
+    out += [f"| {s} | {p} | {f} | {k} | {i} |" for s, p, f, k, i in summary_rows(results)]
+    out += ["", "| case | statements | result | detail |", "|---|---|---|---|"]
+    for r in results:
+        detail = r.detail.replace("|", "\\|").replace("\n", " ")
+        out.append(f"| {r.case_id} | {', '.join(r.statements)} | {r.status} | {detail} |")
+    with open(path, "w", encoding="utf-8") as f:
+        f.write("\n".join(out) + "\n")
+
+
+def print_live(stream: TextIO = sys.stdout) -> Callable[[Result], None]:
+    def emit(r: Result) -> None:
+        print(format_line(r), file=stream, flush=True)
+
+    return emit

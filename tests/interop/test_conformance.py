@@ -1,0 +1,71 @@
+"""The conformance suite against real brokers: Mosquitto (known deviations only) and mqttd."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import trio
+
+from conformance import load_cases
+from conformance.runner import FAIL, Result, run_all
+from conformance.transport import Target
+from tests.interop.brokers import mosquitto_available, start_mosquitto, start_mqttd
+
+pytestmark = [pytest.mark.interop, pytest.mark.timeout(240)]
+
+REPO = Path(__file__).resolve().parents[2]
+DEVIATIONS = REPO / "conformance" / "known_deviations" / "mosquitto-2.0.11.json"
+# Mosquitto checks keep-alive only every ~6 s (src/keepalive.c); 8 s keeps its run deterministic.
+MOSQUITTO_TIMEOUT_S = 8.0
+MQTTD_TIMEOUT_S = 5.0
+
+MQTTD_CONFIG = """
+[[listeners]]
+type = "tcp"
+host = "127.0.0.1"
+port = 0
+
+[[listeners]]
+type = "ws"
+host = "127.0.0.1"
+port = 0
+path = "/mqtt"
+"""
+
+
+def _failed(results: list[Result]) -> dict[str, str]:
+    return {r.case_id: r.detail for r in results if r.status == FAIL}
+
+
+async def _run(target: Target) -> list[Result]:
+    with trio.fail_after(200):
+        return await run_all(load_cases(), target, concurrency=8)
+
+
+def _known() -> dict[str, list[str]]:
+    data = json.loads(DEVIATIONS.read_text(encoding="utf-8"))
+    return {"tcp": sorted(data["failing_cases"]), "ws": sorted(data["failing_cases_ws"])}
+
+
+@pytest.mark.skipif(not mosquitto_available(), reason="mosquitto is not installed")
+async def test_mosquitto_fails_exactly_the_known_deviations(tmp_path: Path) -> None:
+    """Against Mosquitto 2.0.11 (TCP and WebSocket) exactly the documented cases fail."""
+    known = _known()
+    with start_mosquitto(tmp_path, ws=True) as (host, port, proc):
+        tcp = await _run(Target(host=host, port=port, timeout=MOSQUITTO_TIMEOUT_S))
+        ws_url = f"ws://{host}:{proc.ws_port}/mqtt"  # type: ignore[attr-defined]
+        ws = await _run(Target(ws_url=ws_url, timeout=MOSQUITTO_TIMEOUT_S))
+    assert sorted(_failed(tcp)) == known["tcp"], _failed(tcp)
+    assert sorted(_failed(ws)) == known["ws"], _failed(ws)
+
+
+async def test_mqttd_passes_every_case(tmp_path: Path) -> None:
+    """Against mqttd (TCP and WebSocket) no case fails."""
+    with start_mqttd(tmp_path, MQTTD_CONFIG, listeners=2) as (host, port, proc):
+        tcp = await _run(Target(host=host, port=port, timeout=MQTTD_TIMEOUT_S))
+        ws_url = f"ws://{host}:{proc.ports['ws']}/mqtt"  # type: ignore[attr-defined]
+        ws = await _run(Target(ws_url=ws_url, timeout=MQTTD_TIMEOUT_S))
+    assert _failed(tcp) == {}
+    assert _failed(ws) == {}
