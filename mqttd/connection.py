@@ -1,0 +1,327 @@
+"""The trio driver of one client connection: CONNECT, then a reader and a writer task.
+
+Theory of operation: ``serve_connection`` reads until a CONNECT arrives (under
+``connect_timeout_s``), validates and authorises it, takes the client id over from any existing
+connection (cancelling it and waiting until it is gone), attaches the session and sends CONNACK.
+Then two tasks run: the reader decodes packets and applies them synchronously through
+``ClientProtocol``; the writer is the only task that writes to the stream and drains the session's
+outbox in one ``send_all`` per batch, under ``write_timeout_s``. When either ends, both end; the
+cleanup (Will, session detach, registry) is synchronous so it also runs under cancellation.
+"""
+
+from __future__ import annotations
+
+import itertools
+import uuid
+from dataclasses import dataclass, field
+
+import structlog
+import trio
+
+from mqttd.broker import Broker
+from mqttd.codec.decoder import CLOSED, NEED_DATA, Decoder
+from mqttd.codec.packets import ConnackCode, Connect, Will
+from mqttd.config import Config
+from mqttd.errors import MalformedPacket, ProtocolError
+from mqttd.protocol import ClientProtocol, connack_bytes
+from mqttd.session import Session
+from mqttd.topics import validate_topic_name
+from mqttd.transports import ConnectionInfo
+
+log = structlog.get_logger("mqttd.connection")
+
+RECEIVE_SIZE = 65536
+#: How long a takeover waits for the old connection to finish its cleanup.
+TAKEOVER_TIMEOUT_S = 5.0
+#: How long closing a stream (e.g. a WebSocket close handshake) may take.
+CLOSE_TIMEOUT_S = 1.0
+
+
+@dataclass(eq=False)
+class ServerState:
+    """What every connection shares: config, broker, and who is connected."""
+
+    config: Config
+    broker: Broker
+    clients: dict[str, Connection] = field(default_factory=dict)
+    connections: set[Connection] = field(default_factory=set)
+    shutting_down: bool = False
+    _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
+
+    def next_connection_id(self) -> int:
+        return next(self._ids)
+
+
+class _PeerGone(Exception):
+    """The peer closed the connection (EOF) without DISCONNECT."""
+
+
+class Connection:
+    """One network connection speaking MQTT to the broker."""
+
+    def __init__(self, stream: trio.abc.Stream, info: ConnectionInfo, state: ServerState) -> None:
+        self.stream = stream
+        self.info = info
+        self.state = state
+        self.limits = state.config.limits
+        self.conn_id = state.next_connection_id()
+        self.decoder = Decoder(server=True, max_packet_size=self.limits.max_packet_size)
+        self.cancel_scope = trio.CancelScope()
+        self.closed = trio.Event()
+        self.client_id: str | None = None
+        self.session: Session | None = None
+        self.protocol: ClientProtocol | None = None
+        self.will: Will | None = None
+        self.keepalive = 0
+        self.close_reason = "unknown"
+        self.packets_in = 0
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self._wakeup = trio.Event()
+        self._drained = trio.Event()
+        self._started_at = trio.current_time()
+
+    # -- entry point ------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Serve the connection until it ends; never raises except ``trio.Cancelled``."""
+        structlog.contextvars.clear_contextvars()
+        structlog.contextvars.bind_contextvars(
+            conn_id=self.conn_id, peer=self.info.peer, transport=self.info.transport
+        )
+        self.state.connections.add(self)
+        try:
+            with self.cancel_scope:
+                await self._run()
+        # The reader and writer run in a nursery, so errors arrive as exception groups.
+        except* ProtocolError as group:
+            exc = group.exceptions[0]
+            assert isinstance(exc, ProtocolError)
+            self.close_reason = exc.reason
+            log.warning("protocol_error", reason=exc.reason, client_id=self.client_id)
+        except* (trio.BrokenResourceError, trio.ClosedResourceError):
+            self.close_reason = "connection_lost"
+        except* _PeerGone:
+            self.close_reason = "peer_closed"
+        except* trio.TooSlowError:
+            self.close_reason = "write_timeout"
+            log.warning("write_timeout", client_id=self.client_id)
+        except* Exception:
+            self.close_reason = "internal_error"
+            log.exception("connection_failed", client_id=self.client_id)
+        finally:
+            self._finish()
+            with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_TIMEOUT_S):
+                try:
+                    await self.stream.aclose()
+                except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                    pass
+
+    def kick(self, reason: str) -> None:
+        """Close this connection from outside (takeover, shutdown)."""
+        if self.close_reason == "unknown":
+            self.close_reason = reason
+        self.cancel_scope.cancel()
+
+    async def _run(self) -> None:
+        connect = await self._receive_connect()
+        if connect is None:
+            return
+        if not await self._accept(connect):
+            return
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._write_loop)
+            await self._read_loop()
+            nursery.cancel_scope.cancel()
+
+    # -- CONNECT ----------------------------------------------------------------------------
+
+    async def _receive_connect(self) -> Connect | None:
+        """Read until the first packet, which must be CONNECT ([MQTT-3.1.0-1])."""
+        with trio.move_on_after(self.limits.connect_timeout_s):
+            try:
+                while True:
+                    packet = self.decoder.next_packet()
+                    if packet is CLOSED:
+                        self.close_reason = "closed_before_connect"
+                        return None
+                    if packet is not NEED_DATA:
+                        self.packets_in += 1
+                        assert isinstance(packet, Connect)  # the decoder enforces CONNECT first
+                        return packet
+                    data = await self.stream.receive_some(RECEIVE_SIZE)
+                    self.bytes_in += len(data)
+                    self.decoder.receive_data(data)
+            except ProtocolError as exc:
+                if exc.connack_code is not None:
+                    await self._refuse(exc.connack_code, exc.reason)
+                    return None
+                raise
+        self.close_reason = "connect_timeout"
+        log.info("connect_timeout", timeout_s=self.limits.connect_timeout_s)
+        return None
+
+    async def _refuse(self, code: int, reason: str) -> None:
+        """CONNACK with a non-zero code, then close ([MQTT-3.2.2-5]); later data is ignored
+        ([MQTT-3.1.4-5])."""
+        self.close_reason = reason
+        log.info("connect_refused", reason=reason, return_code=code, client_id=self.client_id)
+        with trio.move_on_after(self.limits.write_timeout_s):
+            await self.stream.send_all(connack_bytes(False, code))
+            self.bytes_out += 4
+
+    async def _accept(self, connect: Connect) -> bool:
+        if connect.will is not None:
+            try:
+                validate_topic_name(connect.will.topic)
+            except MalformedPacket as exc:
+                raise MalformedPacket("invalid_will_topic") from exc  # [MQTT-3.1.4-1]
+        if not self.state.config.auth.allow_anonymous and connect.username is None:
+            await self._refuse(ConnackCode.NOT_AUTHORIZED, "anonymous_not_allowed")
+            return False
+        if self.state.shutting_down:
+            await self._refuse(ConnackCode.SERVER_UNAVAILABLE, "server_shutting_down")
+            return False
+        client_id = connect.client_id
+        if not client_id:
+            # [MQTT-3.1.3-6] zero-length id with CleanSession=1: the server assigns one
+            # (the decoder already refused it with CleanSession=0, [MQTT-3.1.3-8]).
+            client_id = f"auto-{uuid.uuid4().hex}"
+        self.client_id = client_id
+        await self._take_over(client_id)
+
+        broker = self.state.broker
+        session, present = broker.open_session(client_id, connect.clean_session)
+        if connect.protocol_level == 3:
+            present = False  # MQTT 3.1 has no Session Present flag
+        self.session = session
+        self.will = connect.will  # [MQTT-3.1.2-8]
+        self.keepalive = connect.keepalive
+        self.protocol = ClientProtocol(broker, session, connect.protocol_level)
+        # CONNACK is the first packet the server sends ([MQTT-3.2.0-1], [MQTT-3.1.4-4]); the
+        # session's re-sends follow it once attached ([MQTT-4.4.0-1]).
+        session.send_packet(connack_bytes(present, ConnackCode.ACCEPTED))
+        session.attach(self._wake)
+        structlog.contextvars.bind_contextvars(client_id=client_id)
+        log.info(
+            "client_connected",
+            clean_session=connect.clean_session,
+            session_present=present,
+            keepalive=connect.keepalive,
+            protocol_level=connect.protocol_level,
+            username=connect.username,
+            will=connect.will is not None,
+        )
+        return True
+
+    async def _take_over(self, client_id: str) -> None:
+        """Disconnect any existing connection with this client id ([MQTT-3.1.4-2])."""
+        clients = self.state.clients
+        while True:
+            old = clients.get(client_id)
+            if old is None or old is self:
+                break
+            log.info("session_taken_over", client_id=client_id, old_conn_id=old.conn_id)
+            old.kick("session_taken_over")
+            with trio.fail_after(TAKEOVER_TIMEOUT_S):
+                await old.closed.wait()
+        clients[client_id] = self
+
+    # -- reading and writing ----------------------------------------------------------------
+
+    async def _read_loop(self) -> None:
+        decoder = self.decoder
+        protocol = self.protocol
+        session = self.session
+        assert protocol is not None
+        assert session is not None
+        handle = protocol.handle
+        stream = self.stream
+        max_outbox = self.limits.max_outbox_bytes
+        # [MQTT-3.1.2-24] disconnect after 1.5 x Keep Alive without a complete packet; bytes
+        # that trickle in without completing a packet do not extend the deadline.
+        grace = self.keepalive * 1.5 if self.keepalive else None
+        deadline = trio.current_time() + grace if grace else float("inf")
+        while True:
+            got_packet = False
+            while True:
+                packet = decoder.next_packet()
+                if packet is NEED_DATA:
+                    break
+                if packet is CLOSED:
+                    raise _PeerGone
+                got_packet = True
+                self.packets_in += 1
+                if not handle(packet):
+                    self.close_reason = "client_disconnect"
+                    return
+            if got_packet and grace:
+                deadline = trio.current_time() + grace
+            while session.outbox_bytes > max_outbox:
+                # The client is not reading its replies: stop reading its requests.
+                self._drained = trio.Event()
+                await self._drained.wait()
+            with trio.move_on_at(deadline):
+                data = await stream.receive_some(RECEIVE_SIZE)
+                self.bytes_in += len(data)
+                decoder.receive_data(data)
+                continue
+            self.close_reason = "keepalive_timeout"
+            log.info("keepalive_timeout", keepalive=self.keepalive)
+            return
+
+    def _wake(self) -> None:
+        self._wakeup.set()
+
+    async def _write_loop(self) -> None:
+        session = self.session
+        assert session is not None
+        stream = self.stream
+        timeout = self.limits.write_timeout_s
+        while True:
+            if session.outbox:
+                data = session.take_outbox()
+                with trio.fail_after(timeout):
+                    await stream.send_all(data)
+                self.bytes_out += len(data)
+                self._drained.set()
+            else:
+                self._wakeup = trio.Event()
+                await self._wakeup.wait()
+
+    # -- the end ----------------------------------------------------------------------------
+
+    def _finish(self) -> None:
+        """Synchronous cleanup: Will, session, registry, summary log line."""
+        state = self.state
+        state.connections.discard(self)
+        if self.session is not None:
+            protocol = self.protocol
+            will = self.will
+            disconnected = protocol is not None and protocol.disconnected
+            if will is not None and not disconnected and not state.shutting_down:
+                # Published on any close but DISCONNECT ([MQTT-3.1.2-8]), with its own QoS
+                # and RETAIN ([MQTT-3.1.2-16], [MQTT-3.1.2-17]); then removed ([MQTT-3.1.2-10]).
+                state.broker.publish(will.topic, will.message, will.qos, will.retain)
+                log.info("will_published", topic_length=len(will.topic))
+            self.will = None
+            state.broker.end_session(self.session)
+            if state.clients.get(self.client_id or "") is self:
+                del state.clients[self.client_id or ""]
+        log.info(
+            "client_disconnected" if self.session is not None else "connection_closed",
+            reason=self.close_reason,
+            duration_s=round(trio.current_time() - self._started_at, 3),
+            packets_in=self.packets_in,
+            bytes_in=self.bytes_in,
+            bytes_out=self.bytes_out,
+        )
+        self.closed.set()
+
+
+async def serve_connection(
+    stream: trio.abc.Stream, info: ConnectionInfo, state: ServerState
+) -> None:
+    """Run one MQTT connection over any byte stream (TCP, TLS, WebSocket, or a test's memory
+    stream)."""
+    await Connection(stream, info, state).run()

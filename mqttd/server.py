@@ -1,0 +1,152 @@
+"""The broker process: listeners, connections, signals and graceful shutdown.
+
+``serve(config)`` starts every configured listener in one trio nursery, hands each accepted
+connection to ``serve_connection``, and reports a ``Server`` through ``task_status`` (tests use
+``await nursery.start(serve, config)``). ``main(config)`` adds SIGINT/SIGTERM handling for the
+command line: stop listening, close every client, exit within ``graceful_timeout_s``.
+"""
+
+from __future__ import annotations
+
+import signal
+from dataclasses import dataclass, field
+from functools import partial
+
+import structlog
+import trio
+
+from mqttd.broker import Broker
+from mqttd.config import Config, ListenerConfig
+from mqttd.connection import ServerState, serve_connection
+from mqttd.errors import StartupError
+from mqttd.transports import ConnectionInfo, serve_listener
+
+log = structlog.get_logger("mqttd.server")
+
+
+@dataclass(frozen=True, slots=True)
+class BoundAddress:
+    """Where a listener actually listens (the port is real even when the config said 0)."""
+
+    type: str
+    host: str
+    port: int
+
+
+@dataclass(eq=False)
+class Server:
+    """A running broker, as ``serve`` reports it to its caller."""
+
+    state: ServerState
+    addresses: list[BoundAddress]
+    _stop: trio.Event = field(default_factory=trio.Event)
+
+    @property
+    def broker(self) -> Broker:
+        return self.state.broker
+
+    def port(self, listener_type: str = "tcp") -> int:
+        """The first bound port of the given listener type."""
+        for address in self.addresses:
+            if address.type == listener_type:
+                return address.port
+        raise LookupError(f"no {listener_type} listener")
+
+    def shutdown(self) -> None:
+        """Ask ``serve`` to stop listening, close every client and return."""
+        self._stop.set()
+
+
+async def serve(
+    config: Config, *, task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED
+) -> None:
+    """Run the broker until ``Server.shutdown()`` is called or the task is cancelled.
+
+    Raises:
+        StartupError: a listener could not start.
+    """
+    state = ServerState(config=config, broker=Broker(config.limits))
+    per_listener: dict[int, int] = {}
+
+    async def handle(stream: trio.abc.Stream, info: ConnectionInfo) -> None:
+        key = id(info.listener)
+        limit = info.listener.max_connections
+        if len(state.connections) >= config.limits.max_connections or (
+            limit and per_listener.get(key, 0) >= limit
+        ):
+            log.warning("connection_refused", reason="max_connections", peer=info.peer)
+            with trio.move_on_after(1):
+                await stream.aclose()
+            return
+        per_listener[key] = per_listener.get(key, 0) + 1
+        try:
+            await serve_connection(stream, info, state)
+        finally:
+            per_listener[key] -= 1
+
+    addresses: list[BoundAddress] = []
+    async with trio.open_nursery() as connections:
+        async with trio.open_nursery() as listening:
+            for listener in config.listeners:
+                sockets = await listening.start(
+                    partial(
+                        serve_listener,
+                        listener,
+                        handle,
+                        data_dir=config.broker.data_dir,
+                        handler_nursery=connections,
+                    )
+                )
+                addresses.extend(_log_started(listener, sockets))
+            server = Server(state, addresses)
+            task_status.started(server)
+            await server._stop.wait()
+            listening.cancel_scope.cancel()
+        # Graceful shutdown: no new connections; close the existing ones; wait a bounded time.
+        state.shutting_down = True
+        log.info("shutting_down", connections=len(state.connections))
+        for connection in list(state.connections):
+            connection.kick("server_shutdown")
+        connections.cancel_scope.deadline = trio.current_time() + config.limits.graceful_timeout_s
+    log.info("stopped")
+
+
+def _log_started(
+    listener: ListenerConfig, sockets: list[trio.SocketListener]
+) -> list[BoundAddress]:
+    bound = []
+    for socket_listener in sockets:
+        # TLS listeners wrap the socket listener (trio.SSLListener.transport_listener).
+        inner = getattr(socket_listener, "transport_listener", socket_listener)
+        host, port = inner.socket.getsockname()[:2]
+        bound.append(BoundAddress(listener.type, host, port))
+        log.info("listener_started", transport=listener.type, host=host, port=port)
+    return bound
+
+
+async def main(config: Config) -> None:
+    """Run the broker until SIGINT or SIGTERM, then shut down gracefully.
+
+    Raises:
+        StartupError: the broker could not start (the CLI prints it and exits 2).
+    """
+    try:
+        async with trio.open_nursery() as nursery:
+            with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                server: Server = await nursery.start(serve, config)
+                async for signum in signals:
+                    log.info("shutdown_requested", signal=signal.Signals(signum).name)
+                    break
+            server.shutdown()
+    except BaseExceptionGroup as group:
+        startup = group.subgroup(StartupError)
+        if startup is None:
+            raise
+        raise _first_leaf(startup) from None
+
+
+def _first_leaf(group: BaseExceptionGroup[StartupError]) -> StartupError:
+    first = group.exceptions[0]
+    while isinstance(first, BaseExceptionGroup):
+        first = first.exceptions[0]
+    return first

@@ -1,0 +1,317 @@
+"""A client's session state (MQTT 3.1.1 section 4.1), pure and synchronous.
+
+Theory of operation: the broker owns one ``Session`` per client id. A connection attaches to it
+after CONNECT and detaches when the network connection ends; a persistent session
+(CleanSession=0) outlives the connection and keeps collecting QoS 1/2 messages.
+
+Outgoing deliveries go through ``offer()``: a message is written to the ``outbox`` (a list of byte
+chunks the connection's writer drains) when the client is online and the in-flight window has
+room, queued when it does not, and dropped -- counted, and reported once per episode -- when the
+queue is full. Publishers never wait for subscribers. The connection installs a ``wake`` callback
+that is called whenever the outbox gains bytes.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Iterator
+from enum import IntEnum
+from typing import TYPE_CHECKING
+
+from mqttd.config import LimitsConfig
+from mqttd.message import Message
+
+if TYPE_CHECKING:
+    from mqttd.store import Store
+
+_PUBACK = b"\x40\x02"
+_PUBREC = b"\x50\x02"
+_PUBREL = b"\x62\x02"  # PUBREL fixed-header flags are 0010 ([MQTT-3.6.1-1])
+_PUBCOMP = b"\x70\x02"
+
+
+class OfferResult(IntEnum):
+    """What ``Session.offer`` did with a message."""
+
+    SENT = 0
+    QUEUED = 1
+    DROPPED = 2  # a limit was hit: counted, and logged once per episode
+    NOT_KEPT = 3  # QoS 0 for an offline client: not kept by policy
+
+
+class Outgoing:
+    """An outgoing QoS 1/2 message in flight, awaiting PUBACK, PUBREC or (released) PUBCOMP."""
+
+    __slots__ = ("message", "qos", "released", "retain", "seq")
+
+    def __init__(self, message: Message, qos: int, retain: bool, seq: int) -> None:
+        self.message = message
+        self.qos = qos
+        self.retain = retain
+        self.seq = seq  # the delivery's key in the durable store
+        self.released = False  # QoS 2 only: PUBREC received and PUBREL sent
+
+
+class Session:
+    """Subscriptions, in-flight and queued messages, and QoS 2 receive state of one client."""
+
+    def __init__(self, client_id: str, *, clean_session: bool, limits: LimitsConfig) -> None:
+        self.client_id = client_id
+        self.clean_session = clean_session
+        self.limits = limits
+        #: topic filter -> granted QoS, mirrored in the broker's TopicTree
+        self.subscriptions: dict[str, int] = {}
+        #: packet id -> in-flight outgoing message, in send order ([MQTT-4.6.0-1])
+        self.inflight: dict[int, Outgoing] = {}
+        #: messages waiting for a window slot (or for the client to come back)
+        self.queue: deque[tuple[Message, int, bool, int]] = deque()  # (msg, qos, retain, seq)
+        self.queued_bytes = 0
+        #: incoming QoS 2 packet ids PUBREC'd and awaiting PUBREL ([MQTT-4.3.3-2])
+        self.awaiting_release: set[int] = set()
+        #: byte chunks for the connection's writer, in order
+        self.outbox: list[bytes] = []
+        self.outbox_bytes = 0
+        self.connected = False
+        self.wake: Callable[[], None] | None = None
+        self.dropped = 0
+        self._dropping = False
+        self._next_packet_id = 1
+        self._next_seq = 1
+        #: the durable store, for persistent sessions when one is configured
+        self.store: Store | None = None
+        self.last_seen = 0.0  # wall-clock time of the last connect/disconnect
+
+    # -- connection lifecycle ---------------------------------------------------------------
+
+    def attach(self, wake: Callable[[], None]) -> None:
+        """A network connection takes this session over; resend everything unacknowledged.
+
+        Unacknowledged PUBLISH packets go again with DUP=1 and unreleased QoS 2 messages get
+        their PUBREL again, in the original order ([MQTT-4.4.0-1], [MQTT-3.3.1-1],
+        [MQTT-4.6.0-1]).
+        """
+        self.connected = True
+        self.wake = wake
+        for packet_id, outgoing in self.inflight.items():
+            if outgoing.released:
+                self._write(_PUBREL + packet_id.to_bytes(2, "big"))
+            else:
+                self._write_chunks(
+                    outgoing.message.publish_chunks(outgoing.qos, False, True, packet_id)
+                )
+        self._pump()
+
+    def detach(self) -> None:
+        """The network connection ended. Unsent bytes are discarded; QoS 1/2 state is kept."""
+        self.connected = False
+        self.wake = None
+        self.outbox.clear()
+        self.outbox_bytes = 0
+
+    def take_outbox(self) -> bytes:
+        """Everything queued for the wire, as one buffer (the writer's single ``send_all``)."""
+        data = b"".join(self.outbox)
+        self.outbox.clear()
+        self.outbox_bytes = 0
+        return data
+
+    # -- writing ----------------------------------------------------------------------------
+
+    def _write(self, data: bytes) -> None:
+        self.outbox.append(data)
+        self.outbox_bytes += len(data)
+        if self.wake is not None:
+            self.wake()
+
+    def _write_chunks(self, chunks: tuple[bytes, ...]) -> None:
+        outbox = self.outbox
+        for chunk in chunks:
+            outbox.append(chunk)
+            self.outbox_bytes += len(chunk)
+        if self.wake is not None:
+            self.wake()
+
+    def send_packet(self, data: bytes) -> None:
+        """Queue an encoded control packet (CONNACK, SUBACK, PINGRESP, ...) for the client."""
+        self._write(data)
+
+    # -- outgoing messages ------------------------------------------------------------------
+
+    def offer(self, message: Message, qos: int, retain: bool = False) -> OfferResult:
+        """Deliver ``message`` to this client at ``qos`` (already min(published, granted)).
+
+        Args:
+            retain: the RETAIN flag on the wire (1 only for retained messages sent because of a
+                new subscription, [MQTT-3.3.1-8]).
+        """
+        if not self.connected:
+            if qos == 0:
+                # QoS 0 is not kept for offline clients: the spec's MAY, Mosquitto's default
+                # (queue_qos0_messages false).
+                return OfferResult.NOT_KEPT
+        elif not self.queue and (
+            qos == 0 or len(self.inflight) < self.limits.max_inflight_messages
+        ):
+            if qos == 0:
+                if self.outbox_bytes > self.limits.max_outbox_bytes:
+                    return self._drop()
+                self._write_chunks(message.publish_chunks(0, retain))
+            else:
+                self._send_inflight(message, qos, retain)
+            return OfferResult.SENT
+        # Online with a full window (or messages already waiting: keep their order), or offline.
+        if (
+            len(self.queue) >= self.limits.max_queued_messages
+            or self.queued_bytes + message.size > self.limits.max_queued_bytes
+        ):
+            return self._drop()
+        seq = self._next_seq
+        self._next_seq += 1
+        self.queue.append((message, qos, retain, seq))
+        self.queued_bytes += message.size
+        if self.store is not None and qos:
+            self.store.delivery_added(self.client_id, seq, message, qos, retain, None)
+        return OfferResult.QUEUED
+
+    def _drop(self) -> OfferResult:
+        self.dropped += 1
+        return OfferResult.DROPPED
+
+    def drop_episode_started(self) -> bool:
+        """True exactly once per run of drops, so the caller logs once, not per message."""
+        if self._dropping:
+            return False
+        self._dropping = True
+        return True
+
+    def _allocate_packet_id(self) -> int:
+        packet_id = self._next_packet_id
+        inflight = self.inflight
+        while packet_id in inflight:  # [MQTT-2.3.1-2] never reuse an id still in use
+            packet_id = packet_id % 65535 + 1
+        self._next_packet_id = packet_id % 65535 + 1
+        return packet_id
+
+    def _send_inflight(self, message: Message, qos: int, retain: bool, seq: int = 0) -> None:
+        packet_id = self._allocate_packet_id()
+        store = self.store
+        if not seq:  # straight to the window, never queued
+            seq = self._next_seq
+            self._next_seq += 1
+            if store is not None:
+                store.delivery_added(self.client_id, seq, message, qos, retain, packet_id)
+        elif store is not None:
+            store.delivery_sent(self.client_id, seq, packet_id)
+        self.inflight[packet_id] = Outgoing(message, qos, retain, seq)
+        self._write_chunks(message.publish_chunks(qos, retain, False, packet_id))
+
+    def _pump(self) -> None:
+        """Move queued messages into the window while there is room and a connection."""
+        queue = self.queue
+        limit = self.limits.max_inflight_messages
+        while queue and self.connected:
+            message, qos, retain, seq = queue[0]
+            if qos and len(self.inflight) >= limit:
+                break
+            queue.popleft()
+            self.queued_bytes -= message.size
+            if qos:
+                self._send_inflight(message, qos, retain, seq)
+            else:
+                self._write_chunks(message.publish_chunks(0, retain))
+        if not queue:
+            self._dropping = False
+
+    def on_puback(self, packet_id: int) -> None:
+        """PUBACK: a QoS 1 delivery is complete ([MQTT-4.3.2-1])."""
+        outgoing = self.inflight.get(packet_id)
+        if outgoing is not None and outgoing.qos == 1:
+            del self.inflight[packet_id]
+            if self.store is not None:
+                self.store.delivery_removed(self.client_id, outgoing.seq, outgoing.message)
+            self._pump()
+
+    def on_pubrec(self, packet_id: int) -> None:
+        """PUBREC: release a QoS 2 delivery with PUBREL ([MQTT-4.3.3-1]).
+
+        A PUBREC for an unknown id is still answered with PUBREL, as Mosquitto does, so a
+        client that lost track finishes its flow.
+        """
+        outgoing = self.inflight.get(packet_id)
+        if outgoing is not None and outgoing.qos == 2 and not outgoing.released:
+            outgoing.released = True
+            if self.store is not None:
+                self.store.delivery_released(self.client_id, outgoing.seq)
+        self._write(_PUBREL + packet_id.to_bytes(2, "big"))
+
+    def on_pubcomp(self, packet_id: int) -> None:
+        """PUBCOMP: a QoS 2 delivery is complete."""
+        outgoing = self.inflight.get(packet_id)
+        if outgoing is not None and outgoing.released:
+            del self.inflight[packet_id]
+            if self.store is not None:
+                self.store.delivery_removed(self.client_id, outgoing.seq, outgoing.message)
+            self._pump()
+
+    # -- incoming messages ------------------------------------------------------------------
+
+    def acknowledge_qos1(self, packet_id: int) -> None:
+        """PUBACK an incoming QoS 1 PUBLISH ([MQTT-4.3.2-2])."""
+        self._write(_PUBACK + packet_id.to_bytes(2, "big"))
+
+    def receive_qos2(self, packet_id: int) -> bool:
+        """Record an incoming QoS 2 PUBLISH and PUBREC it ([MQTT-4.3.3-2]).
+
+        Returns:
+            True if the message is new and must be routed; False for a re-send of a packet id
+            still awaiting PUBREL, which must not be delivered again (exactly once).
+        """
+        new = packet_id not in self.awaiting_release
+        if new:
+            self.awaiting_release.add(packet_id)
+            if self.store is not None:
+                self.store.incoming_added(self.client_id, packet_id)
+        self._write(_PUBREC + packet_id.to_bytes(2, "big"))
+        return new
+
+    def release_qos2(self, packet_id: int) -> None:
+        """PUBREL: forget the packet id and answer PUBCOMP, known id or not ([MQTT-4.3.3-2])."""
+        if packet_id in self.awaiting_release:
+            self.awaiting_release.remove(packet_id)
+            if self.store is not None:
+                self.store.incoming_removed(self.client_id, packet_id)
+        self._write(_PUBCOMP + packet_id.to_bytes(2, "big"))
+
+    # -- persistence ------------------------------------------------------------------------
+
+    def pending_messages(self) -> Iterator[Message]:
+        """Every message still referenced by the queue or the in-flight window."""
+        for outgoing in self.inflight.values():
+            yield outgoing.message
+        for message, qos, _retain, _seq in self.queue:
+            if qos:
+                yield message
+
+    def restore(
+        self,
+        deliveries: list[tuple[int, Message, int, bool, int | None, bool]],
+        incoming: set[int],
+    ) -> None:
+        """Rebuild in-flight and queued messages from the durable store (at start-up).
+
+        Args:
+            deliveries: ``(seq, message, qos, retain, packet_id, released)`` in seq order; a
+                packet id means the message was in flight (re-sent with DUP=1 on reconnect).
+            incoming: QoS 2 packet ids awaiting PUBREL.
+        """
+        for seq, message, qos, retain, packet_id, released in deliveries:
+            if packet_id is not None:
+                outgoing = Outgoing(message, qos, retain, seq)
+                outgoing.released = released
+                self.inflight[packet_id] = outgoing
+                self._next_packet_id = packet_id % 65535 + 1
+            else:
+                self.queue.append((message, qos, retain, seq))
+                self.queued_bytes += message.size
+            self._next_seq = max(self._next_seq, seq + 1)
+        self.awaiting_release.update(incoming)
