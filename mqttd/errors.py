@@ -41,3 +41,10 @@ class LocalProtocolError(MQTTError):
 
 class ConfigError(MQTTError):
     """The configuration file is unreadable or invalid; the message names the file and key."""
+
+
+class StartupError(MQTTError):
+    """The broker cannot start (a port in use, an unreadable certificate, ...).
+
+    The message is one line for the operator: what failed, where, and why.
+    """

@@ -1,0 +1,154 @@
+"""The ``mqttd`` command: run the broker, check a configuration file, manage passwords.
+
+    mqttd --config FILE [--log-format console|json] [--log-level LEVEL]
+    mqttd check-config FILE
+    mqttd passwd ...
+    mqttd --version
+
+Operator mistakes (a bad configuration, a port in use) end with one ``mqttd: <message>`` line on
+stderr and exit status 2, never a traceback. A graceful shutdown (SIGINT or SIGTERM) exits 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from mqttd import __version__
+from mqttd.config import Config, load_config
+from mqttd.errors import ConfigError, StartupError
+from mqttd.logging import LEVELS, configure_logging
+
+__all__ = ["main"]
+
+#: Exit status for operator errors (like argparse's usage errors).
+EXIT_USAGE = 2
+#: Exit status when an interrupt (Ctrl-C) stops the process before a graceful shutdown.
+EXIT_INTERRUPTED = 130
+
+_SUBCOMMANDS = """\
+other commands:
+  mqttd check-config FILE   validate FILE, print "FILE: ok" (exit 0) or the error (exit 2)
+  mqttd passwd ...          manage a password file (mqttd passwd --help)
+"""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line.
+
+    Args:
+        argv: the arguments after the program name; ``sys.argv[1:]`` when ``None``.
+
+    Returns:
+        The process exit status: 0 after a graceful shutdown or a successful command, 2 for
+        operator errors, 130 when interrupted before the broker could shut down gracefully.
+    """
+    args = list(sys.argv[1:] if argv is None else argv)
+    try:
+        if args and args[0] == "passwd":
+            from mqttd import passwd  # imported here: only this command needs it
+
+            return passwd.main(args[1:])
+        if args and args[0] == "check-config":
+            return _check_config(args[1:])
+        return _run(args)
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    except SystemExit as e:  # argparse's --help, --version and usage errors
+        return _exit_status(e.code)
+
+
+def _check_config(args: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="mqttd check-config", description="Validate an mqttd configuration file."
+    )
+    parser.add_argument("file", metavar="FILE", help="the TOML configuration file")
+    ns = parser.parse_args(args)
+    try:
+        load_config(ns.file)
+    except ConfigError as e:
+        return _fail(e)
+    print(f"{ns.file}: ok", flush=True)
+    return 0
+
+
+def _run(args: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="mqttd",
+        description="An MQTT 3.1.1 (and 3.1) broker.",
+        epilog=_SUBCOMMANDS,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"mqttd {__version__}")
+    parser.add_argument(
+        "-c", "--config", metavar="FILE", required=True, help="the TOML configuration file"
+    )
+    parser.add_argument(
+        "--log-format",
+        choices=["console", "json"],
+        help="override [log] format: console (human-readable) or json (one object per line)",
+    )
+    parser.add_argument(
+        "--log-level",
+        type=str.lower,
+        choices=list(LEVELS),
+        help="override [log] level",
+    )
+    ns = parser.parse_args(args)
+
+    try:
+        config = load_config(ns.config)
+    except ConfigError as e:
+        return _fail(e)
+    log_format = ns.log_format or config.log.format
+    log_level = ns.log_level or config.log.level
+    configure_logging(json=log_format == "json", level=log_level)
+    return _serve(config)
+
+
+def _serve(config: Config) -> int:
+    import trio
+
+    from mqttd import server
+    from mqttd.logging import get_logger
+
+    log = get_logger(__name__)
+    log.info("mqttd_starting", version=__version__, config=str(config.source))
+    try:
+        trio.run(server.main, config)
+    except (ConfigError, StartupError) as e:
+        return _fail(e)
+    except BaseExceptionGroup as group:
+        # Errors raised inside the server's nurseries arrive wrapped in exception groups.
+        operator_errors, rest = group.split((ConfigError, StartupError))
+        if operator_errors is not None:
+            return _fail(_first_leaf(operator_errors))
+        interrupts, rest = group.split(KeyboardInterrupt)
+        if interrupts is not None and rest is None:
+            return EXIT_INTERRUPTED
+        raise
+    log.info("mqttd_stopped")
+    return 0
+
+
+def _first_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    exc: BaseException = group
+    while isinstance(exc, BaseExceptionGroup):
+        exc = exc.exceptions[0]
+    return exc
+
+
+def _fail(error: BaseException) -> int:
+    message = " ".join(str(error).split())  # always one line
+    print(f"mqttd: {message}", file=sys.stderr, flush=True)
+    return EXIT_USAGE
+
+
+def _exit_status(code: object) -> int:
+    if code is None:
+        return 0
+    if isinstance(code, int):
+        return code
+    print(code, file=sys.stderr)
+    return 1
