@@ -3,33 +3,87 @@
 The file's shape (``[[listeners]]``, ``[auth]``, ``[limits]``, ``[log]``, ``[broker]``) is part of
 mqttd's public interface: keep key names stable. Relative paths in the file are resolved against
 the directory of the file itself, so the broker behaves the same from any working directory.
+
+Theory of operation: the loader is driven by the dataclasses themselves. Each section's fields and
+their annotations say which keys exist and what type each one takes, so adding a field to a
+dataclass (with its ``Attributes:`` line in the class docstring, which the README's reference table
+is generated from) is all a new key needs. Only the rules no annotation can express live in code:
+numeric bounds (``_BOUNDS``; any other number must be positive) and the cross-field listener checks
+in ``_check_listener``. Every problem becomes one ``ConfigError`` line naming the file, the key path
+(``listeners[1].port``) and what was expected.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
+import math
+import tomllib
+import types
+import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
+
+from mqttd.errors import ConfigError
+
+__all__ = [
+    "DEFAULT_PORTS",
+    "AuthConfig",
+    "BrokerConfig",
+    "Config",
+    "LimitsConfig",
+    "ListenerConfig",
+    "LogConfig",
+    "load_config",
+    "parse_config",
+]
 
 ListenerType = Literal["tcp", "tls", "ws", "wss"]
 
 #: Default port per listener type (Mosquitto's for tcp/tls; 8080/8443 for ws/wss).
 DEFAULT_PORTS: dict[str, int] = {"tcp": 1883, "tls": 8883, "ws": 8080, "wss": 8443}
 
+#: Listener types that speak TLS and so need a certificate.
+TLS_TYPES = frozenset({"tls", "wss"})
+
 
 @dataclass(frozen=True, slots=True)
 class ListenerConfig:
-    """One ``[[listeners]]`` table."""
+    """One ``[[listeners]]`` table.
+
+    Attributes:
+        type: transport: tcp, tls (MQTT over TLS), ws (WebSocket), wss (WebSocket over TLS).
+        host: address to listen on; 0.0.0.0 or :: listens on every interface.
+        port: TCP port to listen on; 0 picks a free port (the bound port is logged as
+            listener_started).
+        certfile: tls/wss: PEM server certificate chain.
+        keyfile: tls/wss: PEM private key of certfile.
+        cafile: tls/wss: PEM CA bundle used to verify client certificates.
+        require_certificate: tls/wss: refuse clients without a valid certificate from cafile.
+        tls_dev_certs: tls/wss: create (once) and use a development CA and server certificate
+            instead of certfile/keyfile. Never in production.
+        tls_handshake_timeout_s: tls/wss: seconds allowed for the TLS handshake.
+        path: ws/wss: URL path of the MQTT WebSocket endpoint; must start with /.
+        web_root: ws/wss: directory of static files served over HTTP GET on the same port.
+        allowed_origins: ws/wss: accepted Origin headers; empty accepts any origin.
+        trusted_proxies: ws/wss: proxy addresses whose X-Forwarded-For is believed.
+        ws_handshake_timeout_s: ws/wss: seconds allowed for the HTTP upgrade handshake.
+        ws_max_message_size: ws/wss: largest WebSocket message accepted, in bytes.
+        max_connections: most simultaneous connections on this listener; 0 means only
+            limits.max_connections applies.
+    """
 
     type: ListenerType = "tcp"
     host: str = "127.0.0.1"
-    port: int = 1883  # 0 = any free port (tests); the bound port is logged
+    port: int = 1883
     # tls / wss
     certfile: Path | None = None
     keyfile: Path | None = None
     cafile: Path | None = None
     require_certificate: bool = False
-    tls_dev_certs: bool = False  # create (once) and use a development CA + server cert
+    tls_dev_certs: bool = False
     tls_handshake_timeout_s: float = 10.0
     # ws / wss
     path: str = "/mqtt"
@@ -38,35 +92,58 @@ class ListenerConfig:
     trusted_proxies: tuple[str, ...] = ()
     ws_handshake_timeout_s: float = 10.0
     ws_max_message_size: int = 16 * 1024 * 1024
-    # per-listener limit (0 = only the global one applies)
     max_connections: int = 0
 
 
 @dataclass(frozen=True, slots=True)
 class AuthConfig:
-    """``[auth]``."""
+    """``[auth]``.
+
+    Attributes:
+        allow_anonymous: accept clients that send no user name.
+    """
 
     allow_anonymous: bool = True
 
 
 @dataclass(frozen=True, slots=True)
 class LimitsConfig:
-    """``[limits]``: every limit is finite and named with its unit."""
+    """``[limits]``: every limit is finite and named with its unit.
+
+    Attributes:
+        max_inflight_messages: QoS 1/2 messages sent to one client and not yet acknowledged;
+            more wait in the queue.
+        max_queued_messages: messages queued per client (offline, or beyond the inflight
+            window); more are dropped and counted.
+        max_queued_bytes: payload bytes queued per client; more are dropped and counted.
+        max_packet_size: largest Remaining Length accepted, in bytes; a larger packet closes
+            the connection.
+        max_connections: most simultaneous client connections, over all listeners.
+        connect_timeout_s: seconds a new connection has to send CONNECT.
+        write_timeout_s: seconds a write to a client may block before the connection closes.
+        max_outbox_bytes: unsent bytes per connection before reading from it pauses.
+        graceful_timeout_s: seconds connections get to finish on shutdown.
+    """
 
     max_inflight_messages: int = 20
     max_queued_messages: int = 1000
     max_queued_bytes: int = 16 * 1024 * 1024
-    max_packet_size: int = 268_435_455  # Remaining Length limit in bytes; larger closes
+    max_packet_size: int = 268_435_455
     max_connections: int = 100_000
     connect_timeout_s: float = 10.0
     write_timeout_s: float = 30.0
-    max_outbox_bytes: int = 4 * 1024 * 1024  # unsent bytes per connection before reads pause
+    max_outbox_bytes: int = 4 * 1024 * 1024
     graceful_timeout_s: float = 3.0
 
 
 @dataclass(frozen=True, slots=True)
 class LogConfig:
-    """``[log]``."""
+    """``[log]``.
+
+    Attributes:
+        level: least severe level logged: debug, info, warning or error.
+        format: console (human-readable; coloured on a terminal) or json (one object per line).
+    """
 
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["console", "json"] = "console"
@@ -74,18 +151,364 @@ class LogConfig:
 
 @dataclass(frozen=True, slots=True)
 class BrokerConfig:
-    """``[broker]``: process-wide settings."""
+    """``[broker]``: process-wide settings.
+
+    Attributes:
+        data_dir: directory for the broker's state files (relative to the config file).
+    """
 
     data_dir: Path = Path("data")
 
 
 @dataclass(frozen=True, slots=True)
+class StoreConfig:
+    """``[store]``: durable state (persistent sessions, their QoS 1/2 messages, retained).
+
+    Attributes:
+        path: the SQLite database file; default ``<data_dir>/mqttd.db``.
+        durability: ``"fsync"`` acknowledges a QoS 1/2 message only once it is committed and
+            synced to disk; ``"os"`` once committed (survives a crash of mqttd, not of the
+            machine); ``"memory"`` keeps no file.
+        persistent_client_expiration: remove persistent sessions offline for longer than this,
+            e.g. ``"12h"``, ``"7d"``, ``"2w"`` (units s m h d w y); ``"off"`` keeps them forever,
+            like Mosquitto's default.
+    """
+
+    path: Path | None = None
+    durability: Literal["fsync", "os", "memory"] = "fsync"
+    persistent_client_expiration: str = "off"
+
+    @property
+    def database(self) -> Path | None:
+        """The database file, or None with durability "memory"."""
+        return None if self.durability == "memory" else self.path
+
+    @property
+    def expiration_s(self) -> float | None:
+        """``persistent_client_expiration`` in seconds, None when off."""
+        return parse_duration(self.persistent_client_expiration)
+
+
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400, "y": 365 * 86400}
+
+
+def parse_duration(text: str) -> float | None:
+    """``"90s"``, ``"12h"``, ``"7d"``... in seconds; ``"off"`` is None.
+
+    Raises:
+        ValueError: not a positive number followed by one of s, m, h, d, w, y.
+    """
+    if text == "off":
+        return None
+    number, unit = text[:-1], text[-1:]
+    if unit not in _DURATION_UNITS or not number.isdigit() or int(number) <= 0:
+        raise ValueError(
+            f"expected a duration like '12h' or '7d' (units s m h d w y) or 'off', got {text!r}"
+        )
+    return int(number) * _DURATION_UNITS[unit]
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
-    """The whole configuration."""
+    """The whole configuration; ``source`` is the file it was loaded from, if any."""
 
     listeners: tuple[ListenerConfig, ...] = (ListenerConfig(),)
     auth: AuthConfig = field(default_factory=AuthConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     log: LogConfig = field(default_factory=LogConfig)
     broker: BrokerConfig = field(default_factory=BrokerConfig)
-    source: Path | None = None  # the file this was loaded from, if any
+    store: StoreConfig = field(default_factory=StoreConfig)
+    source: Path | None = None
+
+
+# --------------------------------------------------------------------------------------------
+# Loading and validation
+# --------------------------------------------------------------------------------------------
+
+#: Fields of ``Config`` that are not TOML keys.
+_NOT_IN_FILE = frozenset({"source"})
+
+#: Inclusive numeric bounds by (section class, field name); ``None`` = unbounded. Numbers not
+#: listed here must be > 0.
+_BOUNDS: dict[tuple[type, str], tuple[float | None, float | None]] = {
+    (ListenerConfig, "port"): (0, 65535),
+    (ListenerConfig, "max_connections"): (0, None),
+    # Packet identifiers are 16-bit and non-zero [MQTT-2.3.1-1], so no more can be in flight.
+    (LimitsConfig, "max_inflight_messages"): (1, 65535),
+    # The largest Remaining Length four varint bytes can encode [MQTT-2.2.3].
+    (LimitsConfig, "max_packet_size"): (1, 268_435_455),
+}
+
+
+def load_config(path: str | Path) -> Config:
+    """Read and validate a TOML configuration file.
+
+    Args:
+        path: the file; relative paths inside it resolve against its directory.
+
+    Returns:
+        The validated ``Config`` with ``source`` set to ``path``.
+
+    Raises:
+        ConfigError: one line naming the file, the key and the problem, when the file cannot
+            be read, is not TOML, or does not describe a valid configuration.
+    """
+    path = Path(path)
+    try:
+        with path.open("rb") as f:
+            data = tomllib.load(f)
+    except OSError as e:
+        reason = e.strerror or str(e)
+        raise ConfigError(f"{path}: cannot read the file: {reason}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: invalid TOML: {e}") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: invalid TOML: not UTF-8 ({e.reason})") from None
+    return parse_config(data, path)
+
+
+def parse_config(data: Mapping[str, Any], source: Path | None = None) -> Config:
+    """Validate already-parsed TOML data and build a ``Config``.
+
+    Args:
+        data: the parsed document (``tomllib.loads`` output).
+        source: the file it came from: named in error messages, and relative paths resolve
+            against its directory (the current directory when ``None``).
+
+    Returns:
+        The validated ``Config``.
+
+    Raises:
+        ConfigError: one line naming the file, the key path and what is wrong.
+    """
+    loader = _Loader(source)
+    return loader.config(data)
+
+
+def _type_name(tp: Any) -> str:
+    """Describe an annotation the way a TOML author thinks of it."""
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return " or ".join(_type_name(a) for a in args)
+    if origin is tuple:
+        item = typing.get_args(tp)[0]
+        if dataclasses.is_dataclass(item):
+            return "an array of tables"
+        return f"an array of {_type_name(item).removeprefix('a ').removeprefix('an ')}s"
+    if dataclasses.is_dataclass(tp):
+        return "a table"
+    return {
+        bool: "a boolean (true/false)",
+        int: "an integer",
+        float: "a number",
+        str: "a string",
+        Path: "a path string",
+    }.get(tp, getattr(tp, "__name__", str(tp)))
+
+
+def _describe(value: Any) -> str:
+    """Name a TOML value's type, with the value when it is short, for error messages."""
+    kind = {
+        bool: "boolean",
+        int: "integer",
+        float: "number",
+        str: "string",
+        list: "array",
+        dict: "table",
+    }.get(type(value), type(value).__name__)
+    if isinstance(value, list | dict):
+        return f"an {kind}" if kind[0] in "aeiou" else f"a {kind}"
+    text = repr(value) if not isinstance(value, bool) else str(value).lower()
+    if len(text) > 40:
+        text = text[:37] + "..."
+    return f"{kind} {text}"
+
+
+class _Loader:
+    """Walks the TOML document along the dataclasses, converting and checking each value."""
+
+    def __init__(self, source: Path | None) -> None:
+        self.source = source
+        self.where = str(source) if source is not None else "<config>"
+        self.base = (source.parent if source is not None else Path(".")).absolute()
+
+    def fail(self, key: str, problem: str) -> ConfigError:
+        """Build the one-line error for ``key``."""
+        if key:
+            return ConfigError(f"{self.where}: {key}: {problem}")
+        return ConfigError(f"{self.where}: {problem}")
+
+    def config(self, data: Mapping[str, Any]) -> Config:
+        values = self.table(Config, data, "", skip=_NOT_IN_FILE)
+        values["source"] = self.source
+        if "listeners" in values and not values["listeners"]:
+            raise self.fail("listeners", "at least one listener is required")
+        cfg = Config(**values)
+        self.check_listeners(cfg.listeners)
+        try:
+            cfg.store.expiration_s  # noqa: B018 - validates the duration text
+        except ValueError as exc:
+            raise self.fail("store.persistent_client_expiration", str(exc)) from None
+        if cfg.store.path is None:
+            cfg = dataclasses.replace(
+                cfg, store=dataclasses.replace(cfg.store, path=cfg.broker.data_dir / "mqttd.db")
+            )
+        return cfg
+
+    def table(
+        self,
+        cls: type,
+        data: Any,
+        prefix: str,
+        *,
+        skip: frozenset[str] = frozenset(),
+    ) -> dict[str, Any]:
+        """Convert one TOML table into keyword arguments for dataclass ``cls``."""
+        if not isinstance(data, Mapping):
+            raise self.fail(prefix, f"expected a table, got {_describe(data)}")
+        hints = typing.get_type_hints(cls)
+        known = {f.name: f for f in dataclasses.fields(cls) if f.name not in skip}
+        out: dict[str, Any] = {}
+        for key, value in data.items():
+            path = f"{prefix}.{key}" if prefix else key
+            if key not in known:
+                raise self.fail(path, self.unknown_key(key, known))
+            out[key] = self.value(cls, key, hints[key], value, path)
+        # Defaults resolve like written values: a default path (data_dir = "data") is relative
+        # to the file too, and so is one inside a section the file leaves out.
+        for name, f in known.items():
+            if name in out:
+                continue
+            if isinstance(f.default, Path):
+                out[name] = self.resolve(f.default)
+            elif dataclasses.is_dataclass(hints[name]):
+                prefix_name = f"{prefix}.{name}" if prefix else name
+                out[name] = hints[name](**self.table(hints[name], {}, prefix_name))
+        return out
+
+    def unknown_key(self, key: str, known: Mapping[str, Any]) -> str:
+        close = difflib.get_close_matches(key, list(known), n=1)
+        if close:
+            return f"unknown key (did you mean {close[0]!r}?)"
+        return "unknown key (expected one of: " + ", ".join(known) + ")"
+
+    def value(self, cls: type, name: str, tp: Any, value: Any, path: str) -> Any:
+        """Convert ``value`` to annotation ``tp`` for field ``cls.name``."""
+        origin = typing.get_origin(tp)
+        if origin in (typing.Union, types.UnionType):
+            # ``X | None``: TOML has no null, so a present key must be an X.
+            (tp,) = [a for a in typing.get_args(tp) if a is not type(None)]
+            origin = typing.get_origin(tp)
+        if origin is Literal:
+            choices = typing.get_args(tp)
+            if not isinstance(value, str) or value not in choices:
+                raise self.fail(path, f"expected {_type_name(tp)}, got {_describe(value)}")
+            return value
+        if origin is tuple:
+            (item_tp, _ellipsis) = typing.get_args(tp)
+            if not isinstance(value, list):
+                raise self.fail(path, f"expected {_type_name(tp)}, got {_describe(value)}")
+            if dataclasses.is_dataclass(item_tp):
+                return tuple(
+                    self.section_item(item_tp, v, f"{path}[{i}]") for i, v in enumerate(value)
+                )
+            return tuple(
+                self.value(cls, name, item_tp, v, f"{path}[{i}]") for i, v in enumerate(value)
+            )
+        if dataclasses.is_dataclass(tp):
+            return tp(**self.table(tp, value, path))
+        if tp is bool:
+            if not isinstance(value, bool):
+                raise self.fail(path, f"expected {_type_name(tp)}, got {_describe(value)}")
+            return value
+        if tp is int or tp is float:
+            return self.number(cls, name, tp, value, path)
+        if tp is str:
+            if not isinstance(value, str):
+                raise self.fail(path, f"expected {_type_name(tp)}, got {_describe(value)}")
+            if not value:
+                raise self.fail(path, "must not be empty")
+            return value
+        if tp is Path:
+            if not isinstance(value, str) or not value:
+                raise self.fail(path, f"expected {_type_name(tp)}, got {_describe(value)}")
+            return self.resolve(Path(value))
+        raise TypeError(f"config field {cls.__name__}.{name} has unsupported type {tp!r}")
+
+    def number(self, cls: type, name: str, tp: type, value: Any, path: str) -> int | float:
+        """Check an int (bool is not one) or float (an int is accepted), then its bounds."""
+        ok = isinstance(value, int) if tp is int else isinstance(value, int | float)
+        if isinstance(value, bool) or not ok:
+            raise self.fail(path, f"expected {_type_name(tp)}, got {_describe(value)}")
+        if tp is float:
+            value = float(value)
+            if not math.isfinite(value):
+                raise self.fail(path, f"must be a finite number, got {value}")
+        low, high = _BOUNDS.get((cls, name), (None, None))
+        if (cls, name) not in _BOUNDS:
+            if value <= 0:
+                raise self.fail(path, f"must be greater than 0, got {value}")
+            return value
+        if (low is not None and value < low) or (high is not None and value > high):
+            if high is None:
+                expected = f"at least {low}"
+            elif low is None:
+                expected = f"at most {high}"
+            else:
+                expected = f"between {low} and {high}"
+            raise self.fail(path, f"must be {expected}, got {value}")
+        return value
+
+    def section_item(self, cls: type, data: Any, path: str) -> Any:
+        """Build one element of an array of tables (``[[listeners]]``)."""
+        if cls is ListenerConfig:
+            return self.listener(data, path)
+        return cls(**self.table(cls, data, path))
+
+    def listener(self, data: Any, path: str) -> ListenerConfig:
+        values = self.table(ListenerConfig, data, path)
+        if "port" not in values:
+            values["port"] = DEFAULT_PORTS[values.get("type", "tcp")]
+        listener = ListenerConfig(**values)
+        self.check_listener(listener, path)
+        return listener
+
+    def check_listener(self, lc: ListenerConfig, path: str) -> None:
+        """Rules between the fields of one listener."""
+        if lc.type in TLS_TYPES and not lc.tls_dev_certs:
+            if lc.certfile is None:
+                raise self.fail(
+                    f"{path}.certfile",
+                    f"required for a {lc.type} listener (or set tls_dev_certs = true)",
+                )
+            if lc.keyfile is None:
+                raise self.fail(
+                    f"{path}.keyfile",
+                    f"required for a {lc.type} listener (or set tls_dev_certs = true)",
+                )
+        if lc.require_certificate and lc.cafile is None:
+            raise self.fail(f"{path}.cafile", "required when require_certificate = true")
+        if not lc.path.startswith("/"):
+            raise self.fail(f"{path}.path", f"must start with '/', got {lc.path!r}")
+
+    def check_listeners(self, listeners: tuple[ListenerConfig, ...]) -> None:
+        """Rules across listeners: no two may bind the same host and port."""
+        seen: dict[tuple[str, int], int] = {}
+        for i, lc in enumerate(listeners):
+            if lc.port == 0:  # each one gets its own free port
+                continue
+            key = (lc.host, lc.port)
+            if key in seen:
+                raise self.fail(
+                    f"listeners[{i}].port",
+                    f"{lc.host}:{lc.port} is already used by listeners[{seen[key]}]",
+                )
+            seen[key] = i
+
+    def resolve(self, p: Path) -> Path:
+        """Resolve a path from the file against the file's directory (``~`` expands)."""
+        p = p.expanduser()
+        return p if p.is_absolute() else self.base / p

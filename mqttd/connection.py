@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import itertools
 import uuid
+from collections import deque
 from dataclasses import dataclass, field
 
 import structlog
@@ -25,6 +26,7 @@ from mqttd.config import Config
 from mqttd.errors import MalformedPacket, ProtocolError
 from mqttd.protocol import ClientProtocol, connack_bytes
 from mqttd.session import Session
+from mqttd.store import StoreError
 from mqttd.topics import validate_topic_name
 from mqttd.transports import ConnectionInfo
 
@@ -33,6 +35,8 @@ log = structlog.get_logger("mqttd.connection")
 RECEIVE_SIZE = 65536
 #: How long a takeover waits for the old connection to finish its cleanup.
 TAKEOVER_TIMEOUT_S = 5.0
+#: Uncommitted store operations above which readers pause until the disk catches up.
+STORE_BACKLOG_LIMIT = 200_000
 #: How long closing a stream (e.g. a WebSocket close handshake) may take.
 CLOSE_TIMEOUT_S = 1.0
 
@@ -79,6 +83,8 @@ class Connection:
         self.bytes_out = 0
         self._wakeup = trio.Event()
         self._drained = trio.Event()
+        #: (first, last] store operations this client's packets recorded, not yet confirmed
+        self._own_store_ops: deque[tuple[int, int]] = deque()
         self._started_at = trio.current_time()
 
     # -- entry point ------------------------------------------------------------------------
@@ -103,6 +109,9 @@ class Connection:
             self.close_reason = "connection_lost"
         except* _PeerGone:
             self.close_reason = "peer_closed"
+        except* StoreError:
+            self.close_reason = "store_commit_failed"
+            log.warning("not_acknowledged", reason="store_commit_failed", client_id=self.client_id)
         except* trio.TooSlowError:
             self.close_reason = "write_timeout"
             log.warning("write_timeout", client_id=self.client_id)
@@ -191,7 +200,9 @@ class Connection:
         await self._take_over(client_id)
 
         broker = self.state.broker
+        first_op = broker.store.recorded if broker.store is not None else 0
         session, present = broker.open_session(client_id, connect.clean_session)
+        self._note_store_ops(first_op)
         if connect.protocol_level == 3:
             present = False  # MQTT 3.1 has no Session Present flag
         self.session = session
@@ -238,12 +249,14 @@ class Connection:
         handle = protocol.handle
         stream = self.stream
         max_outbox = self.limits.max_outbox_bytes
+        store = self.state.broker.store
         # [MQTT-3.1.2-24] disconnect after 1.5 x Keep Alive without a complete packet; bytes
         # that trickle in without completing a packet do not extend the deadline.
         grace = self.keepalive * 1.5 if self.keepalive else None
         deadline = trio.current_time() + grace if grace else float("inf")
         while True:
             got_packet = False
+            first_op = store.recorded if store is not None else 0
             while True:
                 packet = decoder.next_packet()
                 if packet is NEED_DATA:
@@ -255,12 +268,15 @@ class Connection:
                 if not handle(packet):
                     self.close_reason = "client_disconnect"
                     return
+            self._note_store_ops(first_op)
             if got_packet and grace:
                 deadline = trio.current_time() + grace
             while session.outbox_bytes > max_outbox:
                 # The client is not reading its replies: stop reading its requests.
                 self._drained = trio.Event()
                 await self._drained.wait()
+            if store is not None and store.backlog() >= STORE_BACKLOG_LIMIT:
+                await store.drain(STORE_BACKLOG_LIMIT // 2)
             with trio.move_on_at(deadline):
                 data = await stream.receive_some(RECEIVE_SIZE)
                 self.bytes_in += len(data)
@@ -270,6 +286,11 @@ class Connection:
             log.info("keepalive_timeout", keepalive=self.keepalive)
             return
 
+    def _note_store_ops(self, first_op: int) -> None:
+        store = self.state.broker.store
+        if store is not None and store.recorded != first_op:
+            self._own_store_ops.append((first_op, store.recorded))
+
     def _wake(self) -> None:
         self._wakeup.set()
 
@@ -278,9 +299,21 @@ class Connection:
         assert session is not None
         stream = self.stream
         timeout = self.limits.write_timeout_s
+        store = self.state.broker.store
+        own_ops = self._own_store_ops
         while True:
             if session.outbox:
                 data = session.take_outbox()
+                if store is not None:
+                    # Nothing leaves before the state that produced it is durable: no PUBACK,
+                    # PUBREC or delivery can be lost by a crash after it was sent.
+                    upto = store.recorded
+                    if store.committed < upto:
+                        await store.durable(upto)
+                    while own_ops and own_ops[0][1] <= upto:
+                        first, last = own_ops.popleft()
+                        if store.failed(first, last):
+                            raise StoreError("commit_failed")
                 with trio.fail_after(timeout):
                     await stream.send_all(data)
                 self.bytes_out += len(data)

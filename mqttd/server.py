@@ -19,6 +19,7 @@ from mqttd.broker import Broker
 from mqttd.config import Config, ListenerConfig
 from mqttd.connection import ServerState, serve_connection
 from mqttd.errors import StartupError
+from mqttd.store import Store
 from mqttd.transports import ConnectionInfo, serve_listener
 
 log = structlog.get_logger("mqttd.server")
@@ -65,7 +66,18 @@ async def serve(
     Raises:
         StartupError: a listener could not start.
     """
-    state = ServerState(config=config, broker=Broker(config.limits))
+    store = await _open_store(config)
+    broker = Broker(config.limits, store)
+    if store is not None:
+        broker.restore(await trio.to_thread.run_sync(store.load))
+        log.info(
+            "store_opened",
+            path=str(store.path),
+            durability=store.durability,
+            sessions=len(broker.sessions),
+            retained=len(broker.retained),
+        )
+    state = ServerState(config=config, broker=broker)
     per_listener: dict[int, int] = {}
 
     async def handle(stream: trio.abc.Stream, info: ConnectionInfo) -> None:
@@ -85,30 +97,62 @@ async def serve(
             per_listener[key] -= 1
 
     addresses: list[BoundAddress] = []
-    async with trio.open_nursery() as connections:
-        async with trio.open_nursery() as listening:
-            for listener in config.listeners:
-                sockets = await listening.start(
-                    partial(
-                        serve_listener,
-                        listener,
-                        handle,
-                        data_dir=config.broker.data_dir,
-                        handler_nursery=connections,
-                    )
+    async with trio.open_nursery() as background:
+        if store is not None:
+            await background.start(store.writer)
+        try:
+            expiration = config.store.expiration_s
+            if expiration is not None:
+                background.start_soon(_expire_sessions, broker, expiration)
+            async with trio.open_nursery() as connections:
+                async with trio.open_nursery() as listening:
+                    for listener in config.listeners:
+                        sockets = await listening.start(
+                            partial(
+                                serve_listener,
+                                listener,
+                                handle,
+                                data_dir=config.broker.data_dir,
+                                handler_nursery=connections,
+                            )
+                        )
+                        addresses.extend(_log_started(listener, sockets))
+                    server = Server(state, addresses)
+                    task_status.started(server)
+                    await server._stop.wait()
+                    listening.cancel_scope.cancel()
+                # Graceful shutdown: no new connections; close the existing ones, bounded.
+                state.shutting_down = True
+                log.info("shutting_down", connections=len(state.connections))
+                for connection in list(state.connections):
+                    connection.kick("server_shutdown")
+                connections.cancel_scope.deadline = (
+                    trio.current_time() + config.limits.graceful_timeout_s
                 )
-                addresses.extend(_log_started(listener, sockets))
-            server = Server(state, addresses)
-            task_status.started(server)
-            await server._stop.wait()
-            listening.cancel_scope.cancel()
-        # Graceful shutdown: no new connections; close the existing ones; wait a bounded time.
-        state.shutting_down = True
-        log.info("shutting_down", connections=len(state.connections))
-        for connection in list(state.connections):
-            connection.kick("server_shutdown")
-        connections.cancel_scope.deadline = trio.current_time() + config.limits.graceful_timeout_s
+        finally:
+            if store is not None:
+                store.close()  # the writer commits what is recorded, then its thread ends
+            background.cancel_scope.cancel()  # the writer task still waits for its thread
     log.info("stopped")
+
+
+async def _open_store(config: Config) -> Store | None:
+    database = config.store.database
+    if config.store.durability == "memory":
+        return None
+    if database is None:
+        database = config.broker.data_dir / "mqttd.db"
+    return await trio.to_thread.run_sync(Store.open, database, config.store.durability)
+
+
+async def _expire_sessions(broker: Broker, max_age_s: float) -> None:
+    """Mosquitto's persistent_client_expiration: drop long-offline persistent sessions."""
+    period = min(max_age_s / 10, 3600.0)
+    while True:
+        expired = broker.expire_sessions(max_age_s)
+        if expired:
+            log.info("sessions_expired", count=expired, max_age_s=max_age_s)
+        await trio.sleep(period)
 
 
 def _log_started(

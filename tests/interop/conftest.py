@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from tests.integration.conftest import close_wire_clients, server, start_server
+from tests.integration.conftest import close_wire_clients, durability, server, start_server
 
-__all__ = ["close_wire_clients", "server", "start_server"]
+__all__ = ["close_wire_clients", "durability", "server", "start_server"]

@@ -1,0 +1,437 @@
+"""Durable broker state in SQLite (WAL), written by one thread with group commit.
+
+Theory of operation: the broker's synchronous code records every change to persistent state
+(sessions with CleanSession=0, their subscriptions, their queued and in-flight QoS 1/2 messages,
+incoming QoS 2 packet ids awaiting PUBREL, and retained messages) by appending an operation to
+``Store``; nothing blocks. One writer thread takes everything recorded so far, applies it in one
+transaction and commits -- many changes per commit, from every connection at once. Each
+recorded operation has a sequence number; ``await store.durable(store.mark())`` returns once
+everything recorded before the mark is committed (and, with durability "fsync", synced).
+
+The connection writer waits for that before it sends anything, so no PUBACK, PUBREC, CONNACK or
+delivery ever leaves the broker before the state that produced it is durable: an acknowledged
+message survives ``kill -9``. Each connection also remembers which operations its own packets
+recorded; if a commit carrying any of them fails (disk full, I/O error), that connection is
+closed without its acknowledgements (``StoreError``) and every other client carries on.
+
+A message fanned out to many persistent sessions is stored once and referenced by each delivery
+row; it is deleted when the last reference goes.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+import structlog
+import trio
+
+from mqttd.errors import MQTTError, StartupError
+from mqttd.message import Message
+
+log = structlog.get_logger("mqttd.store")
+
+#: Schema version kept in ``PRAGMA user_version``; ``_MIGRATIONS[n]`` upgrades n -> n + 1.
+SCHEMA_VERSION: Final = 1
+
+_SCHEMA_V1 = """
+CREATE TABLE sessions (
+    client_id TEXT PRIMARY KEY,
+    last_seen REAL NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE subscriptions (
+    client_id TEXT NOT NULL,
+    topic_filter TEXT NOT NULL,
+    qos INTEGER NOT NULL,
+    PRIMARY KEY (client_id, topic_filter)
+) WITHOUT ROWID;
+CREATE TABLE messages (
+    id INTEGER PRIMARY KEY,
+    topic TEXT NOT NULL,
+    payload BLOB NOT NULL,
+    qos INTEGER NOT NULL,
+    retain INTEGER NOT NULL
+);
+CREATE TABLE deliveries (
+    client_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    message_id INTEGER NOT NULL,
+    qos INTEGER NOT NULL,
+    retain INTEGER NOT NULL,
+    packet_id INTEGER,
+    released INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (client_id, seq)
+) WITHOUT ROWID;
+CREATE TABLE incoming (
+    client_id TEXT NOT NULL,
+    packet_id INTEGER NOT NULL,
+    PRIMARY KEY (client_id, packet_id)
+) WITHOUT ROWID;
+CREATE TABLE retained (
+    topic TEXT PRIMARY KEY,
+    message_id INTEGER NOT NULL
+) WITHOUT ROWID;
+"""
+
+#: Upgrade scripts: index n holds the SQL taking a version-n database to version n + 1.
+_MIGRATIONS: Final[dict[int, str]] = {0: _SCHEMA_V1}
+
+_SQL: Final = {
+    "session_put": "INSERT OR REPLACE INTO sessions (client_id, last_seen) VALUES (?, ?)",
+    "session_del": "DELETE FROM sessions WHERE client_id = ?",
+    "subs_del_all": "DELETE FROM subscriptions WHERE client_id = ?",
+    "deliveries_del_all": "DELETE FROM deliveries WHERE client_id = ?",
+    "incoming_del_all": "DELETE FROM incoming WHERE client_id = ?",
+    "sub_put": (
+        "INSERT OR REPLACE INTO subscriptions (client_id, topic_filter, qos) VALUES (?, ?, ?)"
+    ),
+    "sub_del": "DELETE FROM subscriptions WHERE client_id = ? AND topic_filter = ?",
+    "msg_put": (
+        "INSERT OR REPLACE INTO messages (id, topic, payload, qos, retain) VALUES (?, ?, ?, ?, ?)"
+    ),
+    "msg_del": "DELETE FROM messages WHERE id = ?",
+    "delivery_put": (
+        "INSERT OR REPLACE INTO deliveries (client_id, seq, message_id, qos, retain, packet_id)"
+        " VALUES (?, ?, ?, ?, ?, ?)"
+    ),
+    "delivery_sent": "UPDATE deliveries SET packet_id = ? WHERE client_id = ? AND seq = ?",
+    "delivery_released": "UPDATE deliveries SET released = 1 WHERE client_id = ? AND seq = ?",
+    "delivery_del": "DELETE FROM deliveries WHERE client_id = ? AND seq = ?",
+    "incoming_put": "INSERT OR IGNORE INTO incoming (client_id, packet_id) VALUES (?, ?)",
+    "incoming_del": "DELETE FROM incoming WHERE client_id = ? AND packet_id = ?",
+    "retained_put": "INSERT OR REPLACE INTO retained (topic, message_id) VALUES (?, ?)",
+    "retained_del": "DELETE FROM retained WHERE topic = ?",
+}
+
+#: Most operations one transaction applies; more wait for the next commit.
+MAX_BATCH_OPS: Final = 50_000
+
+
+class StoreError(MQTTError):
+    """A commit failed: the state it carried is not durable and must not be acknowledged."""
+
+
+@dataclass(slots=True)
+class StoredDelivery:
+    """A queued or in-flight message of a persistent session, as loaded at start-up."""
+
+    seq: int
+    message: Message
+    qos: int
+    retain: bool
+    packet_id: int | None
+    released: bool
+
+
+@dataclass(slots=True)
+class StoredSession:
+    """A persistent session as loaded at start-up."""
+
+    client_id: str
+    last_seen: float
+    subscriptions: dict[str, int] = field(default_factory=dict)
+    deliveries: list[StoredDelivery] = field(default_factory=list)
+    incoming: set[int] = field(default_factory=set)
+
+
+@dataclass(slots=True)
+class StoredState:
+    """Everything ``Store.load`` restores."""
+
+    sessions: dict[str, StoredSession]
+    retained: list[Message]
+
+
+class Store:
+    """The durable store. Create with ``Store.open``; run ``writer`` in the broker's nursery.
+
+    Args:
+        path: the SQLite database file.
+        durability: "fsync" (commit and sync before acknowledging) or "os" (commit only:
+            survives a crash of mqttd, not of the machine).
+    """
+
+    def __init__(self, connection: sqlite3.Connection, path: Path, durability: str) -> None:
+        self._db = connection
+        self.path = path
+        self.durability = durability
+        self._lock = threading.Lock()
+        self._has_work = threading.Condition(self._lock)
+        self._ops: list[tuple[str, tuple[Any, ...]]] = []
+        self._closing = False
+        self.recorded = 0  # operations recorded so far (trio thread only)
+        self.committed = 0  # operations known durable or failed (trio thread only)
+        #: (first, last] operation ranges of recent failed commits
+        self._failures: deque[tuple[int, int]] = deque(maxlen=64)
+        self._commit_event = trio.Event()
+        self._next_message_id = 1
+        self._refs: dict[int, int] = {}  # message id -> delivery rows + retained rows
+        self.commits = 0
+        self.failures = 0
+
+    # -- opening and loading ----------------------------------------------------------------
+
+    @classmethod
+    def open(cls, path: Path, durability: str) -> Store:
+        """Open (creating or migrating) the database.
+
+        Raises:
+            StartupError: the file is unreadable, not a database, corrupt, or from a newer mqttd.
+        """
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            db.execute("PRAGMA journal_mode = WAL")
+            db.execute(f"PRAGMA synchronous = {'FULL' if durability == 'fsync' else 'NORMAL'}")
+            check = db.execute("PRAGMA quick_check").fetchone()[0]
+            if check != "ok":
+                raise sqlite3.DatabaseError(f"integrity check failed: {check}")
+            version = db.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise StartupError(
+                    f"store {path}: schema version {version} is newer than this mqttd supports "
+                    f"({SCHEMA_VERSION}); run a newer mqttd or move the file away"
+                )
+            while version < SCHEMA_VERSION:
+                db.executescript(
+                    f"BEGIN; {_MIGRATIONS[version]} PRAGMA user_version = {version + 1}; COMMIT;"
+                )
+                version += 1
+        except sqlite3.Error as exc:
+            raise StartupError(
+                f"store {path}: cannot open the database ({exc}); restore it from a backup or "
+                f"move it away to start with an empty store"
+            ) from None
+        except OSError as exc:
+            raise StartupError(f"store {path}: {exc.strerror or exc}") from None
+        return cls(db, path, durability)
+
+    def load(self) -> StoredState:
+        """Read every persistent session and retained message (at start-up, before serving)."""
+        db = self._db
+        messages: dict[int, Message] = {}
+        for message_id, topic, payload, qos, retain in db.execute(
+            "SELECT id, topic, payload, qos, retain FROM messages"
+        ):
+            message = Message(topic, bytes(payload), qos, bool(retain))
+            message.store_id = message_id
+            messages[message_id] = message
+        self._next_message_id = max(messages, default=0) + 1
+        sessions: dict[str, StoredSession] = {
+            client_id: StoredSession(client_id, last_seen)
+            for client_id, last_seen in db.execute("SELECT client_id, last_seen FROM sessions")
+        }
+        for client_id, topic_filter, qos in db.execute(
+            "SELECT client_id, topic_filter, qos FROM subscriptions"
+        ):
+            if client_id in sessions:
+                sessions[client_id].subscriptions[topic_filter] = qos
+        for client_id, seq, message_id, qos, retain, packet_id, released in db.execute(
+            "SELECT client_id, seq, message_id, qos, retain, packet_id, released"
+            " FROM deliveries ORDER BY client_id, seq"
+        ):
+            message = messages.get(message_id)
+            if client_id in sessions and message is not None:
+                sessions[client_id].deliveries.append(
+                    StoredDelivery(seq, message, qos, bool(retain), packet_id, bool(released))
+                )
+                self._refs[message_id] = self._refs.get(message_id, 0) + 1
+        for client_id, packet_id in db.execute("SELECT client_id, packet_id FROM incoming"):
+            if client_id in sessions:
+                sessions[client_id].incoming.add(packet_id)
+        retained = []
+        for _topic, message_id in db.execute("SELECT topic, message_id FROM retained"):
+            message = messages.get(message_id)
+            if message is not None:
+                retained.append(message)
+                self._refs[message_id] = self._refs.get(message_id, 0) + 1
+        # Messages nobody references (left by a failed batch) are removed on the first commit.
+        for message_id in messages.keys() - self._refs.keys():
+            self._record("msg_del", (message_id,))
+        return StoredState(sessions, retained)
+
+    # -- recording (trio thread, synchronous) -----------------------------------------------
+
+    def _record(self, kind: str, params: tuple[Any, ...]) -> None:
+        with self._lock:
+            self._ops.append((kind, params))
+            self._has_work.notify()
+        self.recorded += 1
+
+    def _ref(self, message: Message) -> int:
+        message_id = message.store_id
+        if message_id is None:
+            message_id = self._next_message_id
+            self._next_message_id += 1
+            message.store_id = message_id
+            self._refs[message_id] = 0
+            self._record(
+                "msg_put",
+                (message_id, message.topic, message.payload, message.qos, int(message.retain)),
+            )
+        self._refs[message_id] = self._refs.get(message_id, 0) + 1
+        return message_id
+
+    def _unref(self, message: Message) -> None:
+        message_id = message.store_id
+        if message_id is None:
+            return
+        count = self._refs.get(message_id, 0) - 1
+        if count > 0:
+            self._refs[message_id] = count
+            return
+        self._refs.pop(message_id, None)
+        message.store_id = None
+        self._record("msg_del", (message_id,))
+
+    def session_saved(self, client_id: str) -> None:
+        """A persistent session exists (or was seen now)."""
+        self._record("session_put", (client_id, time.time()))
+
+    def session_deleted(self, client_id: str, messages: Iterable[Message]) -> None:
+        """A persistent session is gone, with every delivery still referencing ``messages``."""
+        self._record("session_del", (client_id,))
+        self._record("subs_del_all", (client_id,))
+        self._record("deliveries_del_all", (client_id,))
+        self._record("incoming_del_all", (client_id,))
+        for message in messages:
+            self._unref(message)
+
+    def subscription_set(self, client_id: str, topic_filter: str, qos: int) -> None:
+        self._record("sub_put", (client_id, topic_filter, qos))
+
+    def subscription_removed(self, client_id: str, topic_filter: str) -> None:
+        self._record("sub_del", (client_id, topic_filter))
+
+    def delivery_added(
+        self,
+        client_id: str,
+        seq: int,
+        message: Message,
+        qos: int,
+        retain: bool,
+        packet_id: int | None,
+    ) -> None:
+        message_id = self._ref(message)
+        self._record("delivery_put", (client_id, seq, message_id, qos, int(retain), packet_id))
+
+    def delivery_sent(self, client_id: str, seq: int, packet_id: int) -> None:
+        self._record("delivery_sent", (packet_id, client_id, seq))
+
+    def delivery_released(self, client_id: str, seq: int) -> None:
+        self._record("delivery_released", (client_id, seq))
+
+    def delivery_removed(self, client_id: str, seq: int, message: Message) -> None:
+        self._record("delivery_del", (client_id, seq))
+        self._unref(message)
+
+    def incoming_added(self, client_id: str, packet_id: int) -> None:
+        self._record("incoming_put", (client_id, packet_id))
+
+    def incoming_removed(self, client_id: str, packet_id: int) -> None:
+        self._record("incoming_del", (client_id, packet_id))
+
+    def retained_set(self, topic: str, old: Message | None, new: Message | None) -> None:
+        """The retained message of ``topic`` changed from ``old`` to ``new`` (None = none)."""
+        if new is not None:
+            self._record("retained_put", (topic, self._ref(new)))
+        else:
+            self._record("retained_del", (topic,))
+        if old is not None:
+            self._unref(old)
+
+    # -- durability (trio thread) -----------------------------------------------------------
+
+    def mark(self) -> int:
+        """The sequence number covering everything recorded so far."""
+        return self.recorded
+
+    async def durable(self, upto: int) -> None:
+        """Wait until every operation numbered up to ``upto`` has been through a commit."""
+        while self.committed < upto:
+            await self._commit_event.wait()
+
+    def failed(self, first: int, last: int) -> bool:
+        """Whether a commit carrying any operation numbered in (first, last] failed."""
+        return any(lo < last and hi > first for lo, hi in self._failures)
+
+    def backlog(self) -> int:
+        """Operations recorded but not yet committed."""
+        return self.recorded - self.committed
+
+    async def drain(self, below: int) -> None:
+        """Wait until fewer than ``below`` operations await their commit (reader backpressure:
+        a client that produces state faster than the disk takes it is read more slowly)."""
+        while self.recorded - self.committed >= below:
+            await self._commit_event.wait()
+
+    def _on_commit(self, upto: int, error: BaseException | None) -> None:
+        if error is not None:
+            self._failures.append((self.committed, upto))
+        self.committed = upto
+        event, self._commit_event = self._commit_event, trio.Event()
+        event.set()
+
+    # -- the writer thread ------------------------------------------------------------------
+
+    async def writer(
+        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Run the writer thread until ``close()``; it commits everything recorded first.
+
+        The thread is not abandoned on cancellation: call ``close()`` before leaving the
+        nursery that runs this, so no recorded change is left behind.
+        """
+        token = trio.lowlevel.current_trio_token()
+        task_status.started()
+        await trio.to_thread.run_sync(self._write_loop, token)
+
+    def _write_loop(self, token: trio.lowlevel.TrioToken) -> None:
+        total = 0
+        while True:
+            with self._lock:
+                while not self._ops and not self._closing:
+                    self._has_work.wait()
+                if not self._ops and self._closing:
+                    break
+                batch = self._ops[:MAX_BATCH_OPS]
+                del self._ops[:MAX_BATCH_OPS]
+            error: BaseException | None = None
+            db = self._db
+            try:
+                db.execute("BEGIN")
+                try:
+                    for kind, params in batch:
+                        db.execute(_SQL[kind], params)
+                    db.execute("COMMIT")
+                except BaseException:
+                    db.execute("ROLLBACK")
+                    raise
+                self.commits += 1
+            except sqlite3.Error as exc:
+                error = exc
+                self.failures += 1
+                log.error(
+                    "store_commit_failed",
+                    path=str(self.path),
+                    error=str(exc),
+                    operations=len(batch),
+                )
+            total += len(batch)
+            try:
+                token.run_sync_soon(self._on_commit, total, error)
+            except trio.RunFinishedError:
+                break
+        self._db.close()
+
+    def close(self) -> None:
+        """Stop the writer thread after it has committed everything recorded (shutdown)."""
+        with self._lock:
+            self._closing = True
+            self._has_work.notify()
