@@ -323,19 +323,7 @@ class Acl:
     ) -> bool:
         if self._allow_all:
             return True
-        rules, deny_everything = self._rules_for(username, client_id)
-        if deny_everything:
-            return False
-        topic_levels = topic.split("/")
-        granted = False
-        for rule in rules:
-            if not matches(rule.levels, topic_levels):
-                continue
-            if rule.deny:
-                return False  # deny wins
-            if rule.access & wanted:
-                granted = True
-        return granted
+        return _check_rules(*self._rules_for(username, client_id), topic, wanted)
 
     def can_publish(self, *, username: str | None, client_id: str, topic: str) -> bool:
         """Whether the client may publish to ``topic`` (a topic name, no wildcards).
@@ -356,6 +344,12 @@ class Acl:
         """
         return self._check_topic(username, client_id, topic, Access.READ)
 
+    def for_client(self, *, username: str | None, client_id: str) -> ClientAcl:
+        """The rules of one client, resolved once (patterns substituted) for its connection."""
+        if self._allow_all:
+            return ClientAcl(None, False)
+        return ClientAcl(*self._rules_for(username, client_id))
+
     def can_subscribe(self, *, username: str | None, client_id: str, topic_filter: str) -> bool:
         """Whether the client may subscribe to ``topic_filter`` (SUBACK 0x80 if not).
 
@@ -366,22 +360,80 @@ class Acl:
         """
         if self._allow_all:
             return True
-        rules, deny_everything = self._rules_for(username, client_id)
-        if deny_everything:
-            return False
-        filter_levels = topic_filter.split("/")
-        granted = False
-        for rule in rules:
-            if not covers(rule.levels, filter_levels):
-                continue
-            if rule.deny:
-                return False
-            if rule.access & Access.READ:
-                granted = True
-        return granted
+        return _check_subscription(*self._rules_for(username, client_id), topic_filter)
 
     def __repr__(self) -> str:
         return (
             f"Acl(source={self.source!r}, anonymous={len(self._anonymous)}, "
             f"users={len(self._users)}, patterns={len(self._patterns)})"
         )
+
+
+def _check_rules(
+    rules: Sequence[AclRule], deny_everything: bool, topic: str, wanted: Access
+) -> bool:
+    if deny_everything:
+        return False
+    topic_levels = topic.split("/")
+    granted = False
+    for rule in rules:
+        if not matches(rule.levels, topic_levels):
+            continue
+        if rule.deny:
+            return False  # deny wins
+        if rule.access & wanted:
+            granted = True
+    return granted
+
+
+def _check_subscription(rules: Sequence[AclRule], deny_everything: bool, topic_filter: str) -> bool:
+    if deny_everything:
+        return False
+    filter_levels = topic_filter.split("/")
+    granted = False
+    for rule in rules:
+        if not covers(rule.levels, filter_levels):
+            continue
+        if rule.deny:
+            return False
+        if rule.access & Access.READ:
+            granted = True
+    return granted
+
+
+class ClientAcl:
+    """One client's ACL, resolved at CONNECT so per-message checks do no pattern work.
+
+    ``rules`` is None for the allow-all ACL (no ``acl_file``).
+    """
+
+    __slots__ = ("_deny_everything", "_rules")
+
+    def __init__(self, rules: Sequence[AclRule] | None, deny_everything: bool) -> None:
+        self._rules = None if rules is None else tuple(rules)
+        self._deny_everything = deny_everything
+
+    @property
+    def allows_everything(self) -> bool:
+        """True for the allow-all ACL: delivery needs no per-message check."""
+        return self._rules is None
+
+    def can_publish(self, topic: str) -> bool:
+        """See ``Acl.can_publish``: never to ``$`` topics."""
+        if topic.startswith("$"):
+            return False
+        if self._rules is None:
+            return True
+        return _check_rules(self._rules, self._deny_everything, topic, Access.WRITE)
+
+    def can_receive(self, topic: str) -> bool:
+        """See ``Acl.can_receive``."""
+        if self._rules is None:
+            return True
+        return _check_rules(self._rules, self._deny_everything, topic, Access.READ)
+
+    def can_subscribe(self, topic_filter: str) -> bool:
+        """See ``Acl.can_subscribe``."""
+        if self._rules is None:
+            return True
+        return _check_subscription(self._rules, self._deny_everything, topic_filter)

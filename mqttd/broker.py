@@ -129,19 +129,23 @@ class Broker:
 
     # -- publishing -------------------------------------------------------------------------
 
-    def publish(self, topic: str, payload: bytes, qos: int, retain: bool) -> Message:
+    def publish(
+        self, topic: str, payload: bytes, qos: int, retain: bool, *, durable: bool = True
+    ) -> Message:
         """Accept an application message from a client (or a Will) and route it.
 
         RETAIN=1 stores the message as the topic's retained message, replacing the previous one
         ([MQTT-3.3.1-5], [MQTT-3.3.1-7]); an empty payload deletes it instead
         ([MQTT-3.3.1-11]) but is still routed as normal ([MQTT-3.3.1-10]). RETAIN=0 leaves the
         store alone ([MQTT-3.3.1-12]). Retained messages outlive sessions ([MQTT-3.1.2-7]).
+        ``durable=False`` keeps a retained message out of the durable store (``$SYS`` values,
+        which are regenerated at start-up).
         """
         message = Message(topic, payload, qos, retain)
         self.stats.messages_received += 1
         if retain:
             new = message if payload else None
-            if self.store is not None:
+            if self.store is not None and durable:
                 old = self.retained.get(topic)
                 if old is not None or new is not None:
                     self.store.retained_set(topic, old, new)
@@ -158,8 +162,11 @@ class Broker:
         published_qos = message.qos
         stats = self.stats
         stats.messages_routed += 1
+        topic = message.topic
         for client_id, granted in matches.items():
             session = sessions[client_id]
+            if session.may_receive is not None and not session.may_receive(topic):
+                continue  # the ACL refuses this delivery (read access)
             result = session.offer(message, granted if granted < published_qos else published_qos)
             if result is OfferResult.DROPPED:
                 self._dropped(session)
@@ -200,7 +207,10 @@ class Broker:
 
     def deliver_retained(self, session: Session, topic_filter: str, granted_qos: int) -> None:
         """Send the retained messages matching a new subscription, RETAIN=1 ([MQTT-3.3.1-6])."""
-        for _topic, message in self.retained.matching(topic_filter):
+        may_receive = session.may_receive
+        for topic, message in self.retained.matching(topic_filter):
+            if may_receive is not None and not may_receive(topic):
+                continue
             qos = message.qos if message.qos < granted_qos else granted_qos
             if session.offer(message, qos, retain=True) is OfferResult.DROPPED:
                 self._dropped(session)

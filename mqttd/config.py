@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import ipaddress
 import math
 import tomllib
 import types
@@ -73,6 +74,10 @@ class ListenerConfig:
         ws_max_message_size: ws/wss: largest WebSocket message accepted, in bytes.
         max_connections: most simultaneous connections on this listener; 0 means only
             limits.max_connections applies.
+        use_identity_as_username: tls/wss: the verified client certificate's CN is the user
+            name (no password needed); requires require_certificate.
+        auth: an [listeners.auth] table replaces the global [auth] for this listener
+            (Mosquitto's per_listener_settings).
     """
 
     type: ListenerType = "tcp"
@@ -93,17 +98,42 @@ class ListenerConfig:
     ws_handshake_timeout_s: float = 10.0
     ws_max_message_size: int = 16 * 1024 * 1024
     max_connections: int = 0
+    use_identity_as_username: bool = False
+    auth: AuthConfig | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class AuthConfig:
-    """``[auth]``.
+    """``[auth]``: who may connect and what they may do.
 
     Attributes:
-        allow_anonymous: accept clients that send no user name.
+        allow_anonymous: accept clients that send no user name; unset means true on loopback
+            listeners and false on every other listener.
+        password_file: Mosquitto-format password file ($7$ PBKDF2-SHA512 or $6$ entries, as
+            written by mosquitto_passwd or mqttd passwd); unset accepts any user name.
+        acl_file: Mosquitto-format ACL file (topic/user/pattern lines); unset allows every
+            topic except publishing to $-topics.
     """
 
-    allow_anonymous: bool = True
+    allow_anonymous: bool | None = None
+    password_file: Path | None = None
+    acl_file: Path | None = None
+
+    def anonymous_allowed(self, listener_host: str) -> bool:
+        """``allow_anonymous``, or its default for a listener on ``listener_host``."""
+        if self.allow_anonymous is not None:
+            return self.allow_anonymous
+        return is_loopback(listener_host)
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (an address or "localhost") only accepts local connections."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,9 +185,12 @@ class BrokerConfig:
 
     Attributes:
         data_dir: directory for the broker's state files (relative to the config file).
+        sys_interval_s: seconds between updates of the retained $SYS/broker/... status topics;
+            0 turns them off.
     """
 
     data_dir: Path = Path("data")
+    sys_interval_s: float = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -237,6 +270,7 @@ _BOUNDS: dict[tuple[type, str], tuple[float | None, float | None]] = {
     (LimitsConfig, "max_inflight_messages"): (1, 65535),
     # The largest Remaining Length four varint bytes can encode [MQTT-2.2.3].
     (LimitsConfig, "max_packet_size"): (1, 268_435_455),
+    (BrokerConfig, "sys_interval_s"): (0, None),
 }
 
 
@@ -491,6 +525,10 @@ class _Loader:
                 )
         if lc.require_certificate and lc.cafile is None:
             raise self.fail(f"{path}.cafile", "required when require_certificate = true")
+        if lc.use_identity_as_username and not lc.require_certificate:
+            raise self.fail(
+                f"{path}.use_identity_as_username", "requires require_certificate = true"
+            )
         if not lc.path.startswith("/"):
             raise self.fail(f"{path}.path", f"must start with '/', got {lc.path!r}")
 

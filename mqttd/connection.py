@@ -15,10 +15,12 @@ import itertools
 import uuid
 from collections import deque
 from dataclasses import dataclass, field
+from typing import Literal
 
 import structlog
 import trio
 
+from mqttd.access import AccessControl
 from mqttd.broker import Broker
 from mqttd.codec.decoder import CLOSED, NEED_DATA, Decoder
 from mqttd.codec.packets import ConnackCode, Connect, Will
@@ -47,6 +49,7 @@ class ServerState:
 
     config: Config
     broker: Broker
+    access: AccessControl
     clients: dict[str, Connection] = field(default_factory=dict)
     connections: set[Connection] = field(default_factory=set)
     shutting_down: bool = False
@@ -73,6 +76,7 @@ class Connection:
         self.cancel_scope = trio.CancelScope()
         self.closed = trio.Event()
         self.client_id: str | None = None
+        self.username: str | None = None
         self.session: Session | None = None
         self.protocol: ClientProtocol | None = None
         self.will: Will | None = None
@@ -185,8 +189,8 @@ class Connection:
                 validate_topic_name(connect.will.topic)
             except MalformedPacket as exc:
                 raise MalformedPacket("invalid_will_topic") from exc  # [MQTT-3.1.4-1]
-        if not self.state.config.auth.allow_anonymous and connect.username is None:
-            await self._refuse(ConnackCode.NOT_AUTHORIZED, "anonymous_not_allowed")
+        username = await self._authenticate(connect)
+        if username is False:
             return False
         if self.state.shutting_down:
             await self._refuse(ConnackCode.SERVER_UNAVAILABLE, "server_shutting_down")
@@ -208,7 +212,10 @@ class Connection:
         self.session = session
         self.will = connect.will  # [MQTT-3.1.2-8]
         self.keepalive = connect.keepalive
-        self.protocol = ClientProtocol(broker, session, connect.protocol_level)
+        self.username = username
+        acl = self.state.access.client_acl(self.info.listener, username, client_id)
+        session.may_receive = None if acl.allows_everything else acl.can_receive
+        self.protocol = ClientProtocol(broker, session, connect.protocol_level, acl)
         # CONNACK is the first packet the server sends ([MQTT-3.2.0-1], [MQTT-3.1.4-4]); the
         # session's re-sends follow it once attached ([MQTT-4.4.0-1]).
         session.send_packet(connack_bytes(present, ConnackCode.ACCEPTED))
@@ -220,10 +227,40 @@ class Connection:
             session_present=present,
             keepalive=connect.keepalive,
             protocol_level=connect.protocol_level,
-            username=connect.username,
+            username=username,
             will=connect.will is not None,
         )
         return True
+
+    async def _authenticate(self, connect: Connect) -> str | Literal[False] | None:
+        """Check the credentials; returns the user name (None = anonymous) or False after
+        refusing the connection."""
+        listener = self.info.listener
+        policy = self.state.access.policy(listener)
+        if listener.use_identity_as_username and self.info.tls_identity is not None:
+            return self.info.tls_identity  # the verified certificate is the credential
+        username = connect.username
+        if username is None:
+            if not policy.config.anonymous_allowed(listener.host):
+                await self._refuse(ConnackCode.NOT_AUTHORIZED, "anonymous_not_allowed")
+                return False
+            return None
+        if policy.passwords is not None:
+            # PBKDF2 is deliberately slow: never on the event loop.
+            ok = await trio.to_thread.run_sync(policy.passwords.verify, username, connect.password)
+            if not ok:
+                log.warning("authentication_failed", username=username)
+                await self._refuse(ConnackCode.BAD_USERNAME_OR_PASSWORD, "bad_credentials")
+                return False
+        return username
+
+    def refresh_acl(self) -> None:
+        """Re-resolve this client's ACL after a reload (SIGHUP): new rules apply at once."""
+        if self.protocol is None or self.session is None or self.client_id is None:
+            return
+        acl = self.state.access.client_acl(self.info.listener, self.username, self.client_id)
+        self.protocol.acl = acl
+        self.session.may_receive = None if acl.allows_everything else acl.can_receive
 
     async def _take_over(self, client_id: str) -> None:
         """Disconnect any existing connection with this client id ([MQTT-3.1.4-2])."""
@@ -346,6 +383,7 @@ class Connection:
             reason=self.close_reason,
             duration_s=round(trio.current_time() - self._started_at, 3),
             packets_in=self.packets_in,
+            publishes_denied=self.protocol.publishes_denied if self.protocol else 0,
             bytes_in=self.bytes_in,
             bytes_out=self.bytes_out,
         )

@@ -9,9 +9,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import structlog
+
+from mqttd.acl import ClientAcl
 from mqttd.broker import Broker
 from mqttd.codec.encoder import encode
 from mqttd.codec.packets import (
+    SUBACK_FAILURE,
     Connack,
     Connect,
     Disconnect,
@@ -30,6 +34,8 @@ from mqttd.codec.packets import (
 from mqttd.errors import ProtocolViolation
 from mqttd.session import Session
 
+log = structlog.get_logger("mqttd.protocol")
+
 _PINGRESP = b"\xd0\x00"
 
 
@@ -45,13 +51,18 @@ class ClientProtocol:
         broker: the shared broker state.
         session: the session this connection is attached to.
         protocol_level: 4 for MQTT 3.1.1, 3 for MQTT 3.1.
+        acl: what this client may publish, subscribe to and receive.
     """
 
-    def __init__(self, broker: Broker, session: Session, protocol_level: int) -> None:
+    def __init__(
+        self, broker: Broker, session: Session, protocol_level: int, acl: ClientAcl
+    ) -> None:
         self.broker = broker
         self.session = session
         self.protocol_level = protocol_level
+        self.acl = acl
         self.disconnected = False  # a DISCONNECT was received: discard the Will
+        self.publishes_denied = 0
         self._handlers: dict[type, Callable[[Packet], None]] = {
             Publish: self._publish,  # type: ignore[dict-item]
             Puback: self._puback,  # type: ignore[dict-item]
@@ -80,19 +91,32 @@ class ClientProtocol:
 
     def _publish(self, packet: Publish) -> None:
         qos = packet.qos
+        allowed = self.acl.can_publish(packet.topic)
+        if not allowed:
+            self._publish_denied(packet.topic)
         if qos == 0:
-            self.broker.publish(packet.topic, packet.payload, 0, packet.retain)
+            if allowed:
+                self.broker.publish(packet.topic, packet.payload, 0, packet.retain)
         elif qos == 1:
             # PUBACK and routing happen in the same synchronous step, so ownership passes to
             # the broker as the ack is queued ([MQTT-4.3.2-2]); the ack goes first on the wire,
-            # as with Mosquitto, even when the publisher is also a subscriber.
+            # as with Mosquitto, even when the publisher is also a subscriber. A refused publish
+            # is acknowledged too, so the client is not confused ([MQTT-3.3.5-2]).
             self.session.acknowledge_qos1(packet.packet_id)  # type: ignore[arg-type]
-            self.broker.publish(packet.topic, packet.payload, 1, packet.retain)
-        elif self.session.receive_qos2(packet.packet_id):  # type: ignore[arg-type]
+            if allowed:
+                self.broker.publish(packet.topic, packet.payload, 1, packet.retain)
+        elif self.session.receive_qos2(packet.packet_id) and allowed:  # type: ignore[arg-type]
             # Method A of [MQTT-4.3.3-2]: deliver on first receipt, then refuse to deliver a
             # re-sent packet id again until its PUBREL -- exactly once, with no limit on how many
             # QoS 2 messages a publisher may leave unreleased.
             self.broker.publish(packet.topic, packet.payload, 2, packet.retain)
+
+    def _publish_denied(self, topic: str) -> None:
+        # Logged once per connection (the count is in the disconnect line): a client looping
+        # on a forbidden topic must not flood the log.
+        if not self.publishes_denied:
+            log.warning("publish_denied", topic=topic, reason="acl")
+        self.publishes_denied += 1
 
     def _puback(self, packet: Puback) -> None:
         self.session.on_puback(packet.packet_id)
@@ -107,13 +131,29 @@ class ClientProtocol:
         self.session.on_pubcomp(packet.packet_id)
 
     def _subscribe(self, packet: Subscribe) -> None:
-        codes = self.broker.subscribe(self.session, packet.subscriptions)
+        can_subscribe = self.acl.can_subscribe
+        allowed = [(f, qos) for f, qos in packet.subscriptions if can_subscribe(f)]
+        codes_granted = self.broker.subscribe(self.session, allowed)
+        granted = {f: code for (f, _), code in zip(allowed, codes_granted, strict=True)}
+        codes = []
+        for topic_filter, qos in packet.subscriptions:
+            if topic_filter in granted:
+                codes.append(granted[topic_filter])
+            elif self.protocol_level == 3:
+                # MQTT 3.1 has no failure code: the flow completes as if granted, but nothing
+                # is subscribed (3.1 section 1.1; Mosquitto also never sends 0x80 to 3.1).
+                codes.append(qos)
+            else:
+                codes.append(SUBACK_FAILURE)  # [MQTT-3.9.3-2]
+        if len(allowed) < len(packet.subscriptions):
+            log.warning(
+                "subscribe_denied", filters=[f for f, _ in packet.subscriptions if f not in granted]
+            )
         # SUBACK with the same packet id, one code per filter in order ([MQTT-3.8.4-1],
         # [MQTT-3.8.4-4], [MQTT-3.9.3-1]), before any retained message it triggers.
         self.session.send_packet(encode(Suback(packet.packet_id, tuple(codes))))
-        for (topic_filter, _requested), granted in zip(packet.subscriptions, codes, strict=True):
-            if granted <= 2:
-                self.broker.deliver_retained(self.session, topic_filter, granted)
+        for topic_filter, qos in granted.items():
+            self.broker.deliver_retained(self.session, topic_filter, qos)
 
     def _unsubscribe(self, packet: Unsubscribe) -> None:
         self.broker.unsubscribe(self.session, packet.topic_filters)

@@ -15,11 +15,13 @@ from functools import partial
 import structlog
 import trio
 
+from mqttd.access import AccessControl
 from mqttd.broker import Broker
 from mqttd.config import Config, ListenerConfig
 from mqttd.connection import ServerState, serve_connection
-from mqttd.errors import StartupError
+from mqttd.errors import ConfigError, StartupError
 from mqttd.store import Store
+from mqttd.sysinfo import publish_status
 from mqttd.transports import ConnectionInfo, serve_listener
 
 log = structlog.get_logger("mqttd.server")
@@ -53,6 +55,12 @@ class Server:
                 return address.port
         raise LookupError(f"no {listener_type} listener")
 
+    async def reload(self) -> None:
+        """Re-read password and ACL files (SIGHUP); existing connections get the new rules."""
+        if await trio.to_thread.run_sync(self.state.access.reload):
+            for connection in list(self.state.connections):
+                connection.refresh_acl()
+
     def shutdown(self) -> None:
         """Ask ``serve`` to stop listening, close every client and return."""
         self._stop.set()
@@ -66,6 +74,10 @@ async def serve(
     Raises:
         StartupError: a listener could not start.
     """
+    try:
+        access = AccessControl(config)
+    except ConfigError as exc:
+        raise StartupError(str(exc)) from None
     store = await _open_store(config)
     broker = Broker(config.limits, store)
     if store is not None:
@@ -77,7 +89,7 @@ async def serve(
             sessions=len(broker.sessions),
             retained=len(broker.retained),
         )
-    state = ServerState(config=config, broker=broker)
+    state = ServerState(config=config, broker=broker, access=access)
     per_listener: dict[int, int] = {}
 
     async def handle(stream: trio.abc.Stream, info: ConnectionInfo) -> None:
@@ -101,6 +113,8 @@ async def serve(
         if store is not None:
             await background.start(store.writer)
         try:
+            if config.broker.sys_interval_s:
+                background.start_soon(publish_status, state, config.broker.sys_interval_s)
             expiration = config.store.expiration_s
             if expiration is not None:
                 background.start_soon(_expire_sessions, broker, expiration)
@@ -176,9 +190,13 @@ async def main(config: Config) -> None:
     """
     try:
         async with trio.open_nursery() as nursery:
-            with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
                 server: Server = await nursery.start(serve, config)
                 async for signum in signals:
+                    if signum == signal.SIGHUP:
+                        log.info("reload_requested", signal="SIGHUP")
+                        await server.reload()
+                        continue
                     log.info("shutdown_requested", signal=signal.Signals(signum).name)
                     break
             server.shutdown()

@@ -80,6 +80,8 @@ class Session:
         #: the durable store, for persistent sessions when one is configured
         self.store: Store | None = None
         self.last_seen = 0.0  # wall-clock time of the last connect/disconnect
+        #: the client's read ACL check (None = may receive everything it subscribes to)
+        self.may_receive: Callable[[str], bool] | None = None
 
     # -- connection lifecycle ---------------------------------------------------------------
 

@@ -60,6 +60,8 @@ def type_name(tp: Any) -> str:
         return " \\| ".join(f'`"{a}"`' for a in typing.get_args(tp))
     if origin is tuple:
         return f"array of {type_name(typing.get_args(tp)[0])}s"
+    if dataclasses.is_dataclass(tp):
+        return "table (the keys of the section of the same name)"
     return {bool: "boolean", int: "integer", float: "number", str: "string", Path: "path"}[tp]
 
 

@@ -35,11 +35,40 @@ async def test_dollar_topics_not_matched_by_leading_wildcards(server: Server) ->
     sub = await connect_client(server.port(), "sub")
     await subscribe(sub, 1, ("#", 0), ("+/info", 0))
     dollar = await connect_client(server.port(), "dollar")
-    await subscribe(dollar, 1, ("$SYS/#", 0))
-    await sub.send(wire.publish("$SYS/info", b"hidden"))
+    await subscribe(dollar, 1, ("$internal/#", 0))
+    # Clients may not publish to $-topics: the broker itself does.
+    server.broker.publish("$internal/info", b"hidden", 0, False)
     await sub.send(wire.publish("marker", b"m"))
     await sub.expect(wire.publish("marker", b"m"))
-    await dollar.expect(wire.publish("$SYS/info", b"hidden"))
+    await dollar.expect(wire.publish("$internal/info", b"hidden"))
+
+
+async def test_sys_topics_retained_and_hidden_from_wildcards(server: Server) -> None:
+    """$SYS/broker/... status is retained for `$SYS/#` subscribers and invisible to `#`
+    [MQTT-4.7.2-1]."""
+    everything = await connect_client(server.port(), "everything")
+    await subscribe(everything, 1, ("#", 0))
+    await sync(everything)
+    sys = await connect_client(server.port(), "sys")
+    await subscribe(sys, 1, ("$SYS/broker/version", 0))
+    from mqttd import __version__
+
+    await sys.expect(
+        wire.publish("$SYS/broker/version", f"mqttd version {__version__}".encode(), retain=True)
+    )
+
+
+async def test_client_cannot_publish_to_dollar_topics(server: Server) -> None:
+    """A client's PUBLISH to a `$` topic is acknowledged but never routed nor retained."""
+    sub = await connect_client(server.port(), "sub")
+    await subscribe(sub, 1, ("$SYS/broker/fake", 0), ("$x/#", 0), ("marker", 0))
+    retained_before = len(server.broker.retained)
+    await sub.send(wire.publish("$SYS/broker/fake", b"x", qos=1, retain=True, pid=1))
+    await sub.expect(wire.puback(1))
+    await sub.send(wire.publish("$x/y", b"x"))
+    await sub.send(wire.publish("marker", b"m"))
+    await sub.expect(wire.publish("marker", b"m"))
+    assert len(server.broker.retained) == retained_before
 
 
 async def test_delivered_qos_is_minimum(server: Server) -> None:

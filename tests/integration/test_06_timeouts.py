@@ -9,6 +9,7 @@ import pytest
 import trio
 import trio.testing
 
+from mqttd.access import AccessControl
 from mqttd.broker import Broker
 from mqttd.config import Config, LimitsConfig, ListenerConfig
 from mqttd.connection import ServerState, serve_connection
@@ -19,7 +20,7 @@ from tests.helpers.client import WireClient
 
 def _state(**limits: object) -> ServerState:
     config = Config(limits=dataclasses.replace(LimitsConfig(), **limits))  # type: ignore[arg-type]
-    return ServerState(config=config, broker=Broker(config.limits))
+    return ServerState(config=config, broker=Broker(config.limits), access=AccessControl(config))
 
 
 def _start(nursery: trio.Nursery, state: ServerState, stream: trio.abc.Stream) -> None:

@@ -370,3 +370,26 @@ async def test_broker_serves_then_exits_0_on_signal(
     for line in broker.lines:  # every line, to the last, is a JSON log record
         record = json.loads(line)
         assert {"event", "level", "timestamp"} <= record.keys()
+
+
+async def test_sighup_reloads_auth_files_and_keeps_running(
+    start_broker: Any, write_config: Any, tmp_path: Path
+) -> None:
+    """SIGHUP re-reads the ACL file (logged), a broken file is refused and the old one kept,
+    and the broker keeps serving; SIGTERM still exits 0."""
+    acl = tmp_path / "acl"
+    acl.write_text("topic read news/#\n")
+    config = write_config(
+        f'[[listeners]]\nport = 0\n[auth]\nacl_file = "{acl}"\n[store]\ndurability = "memory"\n'
+    )
+    broker = await start_broker("--config", config, "--log-format", "json")
+    await broker.wait_for_event("listener_started")
+    broker.proc.send_signal(signal.SIGHUP)
+    reloaded = await broker.wait_for_event("auth_reloaded")
+    assert str(acl) in reloaded["files"]
+    acl.write_text("bogus line\n")
+    broker.proc.send_signal(signal.SIGHUP)
+    failed = await broker.wait_for_event("auth_reload_failed")
+    assert "acl" in failed["error"]
+    broker.proc.send_signal(signal.SIGTERM)
+    assert await broker.wait_exit(TIMEOUT_S) == 0

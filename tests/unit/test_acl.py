@@ -273,6 +273,26 @@ def test_access_matrix(
     assert check(acl, op, username, client_id, target) is expected
 
 
+@pytest.mark.parametrize(("op", "username", "client_id", "target", "expected"), MATRIX)
+def test_client_acl_matches_acl(
+    op: str, username: str | None, client_id: str, target: str, expected: bool
+) -> None:
+    """The per-connection ClientAcl (rules resolved once) answers exactly like Acl."""
+    client = Acl.parse(MATRIX_ACL).for_client(username=username, client_id=client_id)
+    method = {PUB: client.can_publish, RECV: client.can_receive}.get(op, client.can_subscribe)
+    assert method(target) is expected
+
+
+def test_allow_all_client_acl_refuses_only_dollar_publish() -> None:
+    """Without an ACL file everything is allowed but publishing to `$` topics."""
+    client = Acl.allow_all().for_client(username=None, client_id="c")
+    assert client.allows_everything
+    assert client.can_publish("a/b")
+    assert not client.can_publish("$SYS/broker/load")
+    assert client.can_subscribe("#")
+    assert client.can_receive("$SYS/x")
+
+
 def test_dangerous_names_keep_their_section_rules() -> None:
     """A client id or user name with +, # or / loses pattern grants, not its section's rules."""
     acl = Acl.parse("topic read public/#\nuser a/b\ntopic read mine\npattern read dev/%c\n")

@@ -8,10 +8,18 @@ import textwrap
 
 import pytest
 
-#: Pure modules that exist from the start: never skipped.
-REQUIRED = ["mqttd.codec", "mqttd.topics"]
-#: Pure modules written later: skipped while they do not exist yet.
-LATER = ["mqttd.protocol", "mqttd.session", "mqttd.retain", "mqttd.router", "mqttd.broker"]
+#: The sans-IO core: bytes, packets, topics, sessions, routing, ACL and password checks.
+PURE = [
+    "mqttd.codec",
+    "mqttd.topics",
+    "mqttd.retain",
+    "mqttd.message",
+    "mqttd.session",
+    "mqttd.broker",
+    "mqttd.protocol",
+    "mqttd.acl",
+    "mqttd.auth",
+]
 
 _PROBE = textwrap.dedent(
     """
@@ -42,19 +50,10 @@ def _probe(module: str) -> str:
     return result.stdout.strip()
 
 
-@pytest.mark.parametrize("module", REQUIRED)
-def test_required_pure_module_does_not_import_trio(module: str) -> None:
-    """The codec and topics modules import without trio."""
+@pytest.mark.parametrize("module", PURE)
+def test_pure_module_does_not_import_trio(module: str) -> None:
+    """Each pure module imports without trio (and exists)."""
     assert _probe(module) == "PURE"
-
-
-@pytest.mark.parametrize("module", LATER)
-def test_later_pure_module_does_not_import_trio(module: str) -> None:
-    """Each pure module, once it exists, imports without trio."""
-    outcome = _probe(module)
-    if outcome == "MISSING":
-        pytest.skip(f"{module} does not exist yet")
-    assert outcome == "PURE"
 
 
 def test_probe_detects_trio() -> None:
