@@ -1,0 +1,540 @@
+"""WebSocket listeners (``type = "ws"`` / ``"wss"``): MQTT over WebSocket, plus static files.
+
+Theory of operation: every connection starts as HTTP/1.1, read by ``HttpConnection`` (h11)
+under ``ws_handshake_timeout_s``. A WebSocket upgrade to the listener's ``path`` that passes the
+origin and subprotocol checks is accepted by wsproto, and from then on the connection is a
+``WebSocketStream`` -- a ``trio.abc.Stream`` of MQTT bytes -- handed to the broker's handler,
+so the same MQTT framer serves TCP, TLS, WS and WSS. Any other request is a static-file request
+(``mqttd.transports.http``) and never reaches the handler.
+
+``WebSocketStream`` drives a ``wsproto`` connection (either role; the client role exists for
+tests and benchmarks). ``receive_some`` returns binary message data in the pieces it arrives in,
+without reassembling messages, because MQTT packets need not align with frames [MQTT-6.0.0-2];
+``send_all`` sends one binary message. A text frame closes with 1003 [MQTT-6.0.0-1], a message
+over ``max_message_size`` with 1009, a protocol error with wsproto's code; each then reads as
+EOF. Pings are answered from inside ``receive_some``; one lock serialises all writes to the
+transport, since the broker's writer task and the reader's pong may write at the same time.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import h11
+import structlog
+import trio
+from wsproto import ConnectionType, WSConnection
+from wsproto.connection import ConnectionState
+from wsproto.events import (
+    AcceptConnection,
+    BytesMessage,
+    CloseConnection,
+    Ping,
+    RejectConnection,
+    Request,
+    TextMessage,
+)
+from wsproto.frame_protocol import CloseReason
+from wsproto.utilities import LocalProtocolError, RemoteProtocolError
+
+from mqttd.config import ListenerConfig
+from mqttd.errors import StartupError
+from mqttd.transports import ConnectionInfo, Handler
+from mqttd.transports.http import (
+    HttpConnection,
+    header_tokens,
+    header_values,
+    request_path,
+    serve_static,
+)
+from mqttd.transports.peer import IPNetwork, client_address, parse_trusted_proxies, stream_peer
+from mqttd.transports.tls import client_identity, open_listeners, server_ssl_context, tls_handshake
+
+log = structlog.get_logger()
+
+#: Subprotocols we speak: ``mqtt`` (MQTT 3.1.1) and ``mqttv3.1`` (MQTT 3.1), as mosquitto does.
+MQTT_SUBPROTOCOLS = ("mqtt", "mqttv3.1")
+RECEIVE_SIZE = 64 * 1024
+CLOSE_TIMEOUT_S = 2.0
+
+
+class WebSocketStream(trio.abc.Stream):
+    """A byte stream carried in binary WebSocket messages.
+
+    Args:
+        transport: the underlying stream (TCP or TLS), already past the HTTP handshake.
+        ws: a wsproto connection in the OPEN state.
+        max_message_size: a received message larger than this closes the connection (1009).
+        subprotocol: the negotiated subprotocol, for the record.
+    """
+
+    def __init__(
+        self,
+        transport: trio.abc.Stream,
+        ws: WSConnection,
+        *,
+        max_message_size: int = 16 * 1024 * 1024,
+        subprotocol: str | None = None,
+    ) -> None:
+        self.transport = transport
+        self.subprotocol = subprotocol
+        self.close_code: int | None = None  # the close code sent or received, once closed
+        self.close_reason: str | None = None
+        self._ws = ws
+        self._max_message_size = max_message_size
+        self._message_bytes = 0
+        self._pending = bytearray()  # received message data not yet returned
+        self._eof = False
+        self._closed = False
+        self._receiving = False
+        self._sending = False
+        self._write_lock = trio.Lock()
+
+    async def _write(self, data: bytes) -> None:
+        async with self._write_lock:
+            await self.transport.send_all(data)
+
+    async def _close_with(self, code: int, reason: str) -> None:
+        """Start the close handshake ourselves, then read as EOF."""
+        self.close_code, self.close_reason = code, reason
+        self._eof = True  # data received before the offending frame is still delivered
+        if self._ws.state is ConnectionState.OPEN:
+            data = self._ws.send(CloseConnection(code=code, reason=reason))
+            with trio.move_on_after(CLOSE_TIMEOUT_S):
+                try:
+                    await self._write(data)
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    pass
+
+    async def _handle_events(self) -> None:
+        for event in self._ws.events():
+            if self._eof:
+                return
+            if isinstance(event, BytesMessage):
+                self._message_bytes += len(event.data)
+                if self._message_bytes > self._max_message_size:
+                    log.warning(
+                        "ws_message_too_large",
+                        size=self._message_bytes,
+                        limit=self._max_message_size,
+                    )
+                    await self._close_with(CloseReason.MESSAGE_TOO_BIG, "message too big")
+                    return
+                self._pending += event.data
+                if event.message_finished:
+                    self._message_bytes = 0
+            elif isinstance(event, TextMessage):
+                # [MQTT-6.0.0-1] MQTT control packets must travel in binary frames.
+                log.warning("ws_text_frame_received")
+                await self._close_with(CloseReason.UNSUPPORTED_DATA, "binary frames only")
+                return
+            elif isinstance(event, Ping):
+                try:
+                    await self._write(self._ws.send(event.response()))
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    pass
+            elif isinstance(event, CloseConnection):
+                self.close_code, self.close_reason = event.code, event.reason
+                self._eof = True
+                if self._ws.state is ConnectionState.REMOTE_CLOSING:
+                    try:
+                        await self._write(self._ws.send(event.response()))
+                    except (trio.BrokenResourceError, trio.ClosedResourceError):
+                        pass
+                elif self._ws.state is ConnectionState.OPEN:
+                    # wsproto reports a frame it could not parse as a close event
+                    # without closing: answer with its code ourselves.
+                    log.warning("ws_protocol_error", code=event.code, reason=event.reason)
+                    await self._close_with(event.code, event.reason or "protocol error")
+                return
+            # Pong: nothing to do.
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        """Return the next received piece of binary message data; ``b""`` after a close.
+
+        Raises:
+            trio.BusyResourceError: another task is already receiving.
+            trio.ClosedResourceError: this stream was closed.
+            trio.BrokenResourceError: the transport failed.
+        """
+        if max_bytes is not None:
+            if not isinstance(max_bytes, int):
+                raise TypeError("max_bytes must be an integer or None")
+            if max_bytes < 1:
+                raise ValueError("max_bytes must be >= 1")
+        if self._receiving:
+            raise trio.BusyResourceError("another task is already receiving")
+        self._receiving = True
+        try:
+            await trio.lowlevel.checkpoint_if_cancelled()
+            while True:
+                if self._closed:
+                    raise trio.ClosedResourceError("stream was closed")
+                if self._pending:
+                    size = len(self._pending) if max_bytes is None else max_bytes
+                    chunk = bytes(self._pending[:size])
+                    del self._pending[:size]
+                    await trio.lowlevel.cancel_shielded_checkpoint()
+                    return chunk
+                if self._eof:
+                    await trio.lowlevel.cancel_shielded_checkpoint()
+                    return b""
+                try:
+                    data = await self.transport.receive_some(RECEIVE_SIZE)
+                except trio.ClosedResourceError:
+                    if self._closed:
+                        raise trio.ClosedResourceError("stream was closed") from None
+                    raise
+                if not data:
+                    # Transport EOF without a close frame: an abnormal closure (1006).
+                    self._eof = True
+                    self.close_code = self.close_code or CloseReason.ABNORMAL_CLOSURE
+                    continue
+                self._ws.receive_data(data)
+                await self._handle_events()
+        finally:
+            self._receiving = False
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        """Send ``data`` as one binary WebSocket message.
+
+        Raises:
+            trio.BusyResourceError: another task is already sending.
+            trio.ClosedResourceError: this stream was closed.
+            trio.BrokenResourceError: the connection is closing or the transport failed.
+        """
+        if self._sending:
+            raise trio.BusyResourceError("another task is already sending")
+        self._sending = True
+        try:
+            if self._closed:
+                raise trio.ClosedResourceError("stream was closed")
+            if not data:
+                await trio.lowlevel.checkpoint()
+                return
+            if self._ws.state is not ConnectionState.OPEN:
+                await trio.lowlevel.checkpoint()
+                raise trio.BrokenResourceError("WebSocket is closing")
+            try:
+                frame = self._ws.send(BytesMessage(data=bytes(data)))
+            except LocalProtocolError as exc:
+                raise trio.BrokenResourceError("WebSocket is closing") from exc
+            await self._write(frame)
+        finally:
+            self._sending = False
+
+    async def wait_send_all_might_not_block(self) -> None:
+        """Wait until the transport can probably take more data."""
+        if self._closed:
+            await trio.lowlevel.checkpoint()
+            raise trio.ClosedResourceError("stream was closed")
+        await self.transport.wait_send_all_might_not_block()
+
+    async def aclose(self) -> None:
+        """Send a normal close frame (best effort, briefly) and close the transport."""
+        if self._closed:
+            await trio.lowlevel.checkpoint()
+            return
+        self._closed = True
+        try:
+            if self._ws.state is ConnectionState.OPEN:
+                self.close_code = self.close_code or CloseReason.NORMAL_CLOSURE
+                data = self._ws.send(CloseConnection(code=CloseReason.NORMAL_CLOSURE))
+                with trio.move_on_after(CLOSE_TIMEOUT_S):
+                    await self._write(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        finally:
+            await self.transport.aclose()
+
+
+async def open_websocket_stream(
+    transport: trio.abc.Stream,
+    *,
+    host: str,
+    target: str = "/mqtt",
+    subprotocols: tuple[str, ...] = ("mqtt",),
+    extra_headers: list[tuple[bytes, bytes]] | None = None,
+    max_message_size: int = 16 * 1024 * 1024,
+) -> WebSocketStream:
+    """Client side: run the opening handshake over ``transport`` and return the stream.
+
+    Used by tests and benchmarks as the twin of the server side.
+
+    Raises:
+        trio.BrokenResourceError: the server refused the handshake or closed the connection.
+    """
+    ws = WSConnection(ConnectionType.CLIENT)
+    await transport.send_all(
+        ws.send(
+            Request(
+                host=host,
+                target=target,
+                subprotocols=list(subprotocols),
+                extra_headers=extra_headers or [],
+            )
+        )
+    )
+    while True:
+        data = await transport.receive_some(RECEIVE_SIZE)
+        if not data:
+            raise trio.BrokenResourceError("connection closed during the WebSocket handshake")
+        ws.receive_data(data)
+        for event in ws.events():
+            if isinstance(event, AcceptConnection):
+                stream = WebSocketStream(
+                    transport,
+                    ws,
+                    max_message_size=max_message_size,
+                    subprotocol=event.subprotocol,
+                )
+                return stream
+            if isinstance(event, RejectConnection):
+                raise trio.BrokenResourceError(
+                    f"WebSocket handshake refused with {event.status_code}"
+                )
+
+
+def _is_websocket_upgrade(request: h11.Request) -> bool:
+    return "upgrade" in header_tokens(request, b"connection") and "websocket" in header_tokens(
+        request, b"upgrade"
+    )
+
+
+def _origin_allowed(request: h11.Request, allowed: tuple[str, ...]) -> bool:
+    """``allowed_origins`` empty = all; a request without Origin is not from a browser."""
+    if not allowed:
+        return True
+    origins = header_values(request, b"origin")
+    if not origins:
+        return True
+    wanted = {o.strip().rstrip("/").lower() for o in allowed}
+    return all(o.strip().rstrip("/").lower() in wanted for o in origins)
+
+
+def _choose_subprotocol(offered: list[str]) -> str | None:
+    """The first subprotocol the client offered that we speak (its preference wins)."""
+    for name in offered:
+        if name.strip().lower() in MQTT_SUBPROTOCOLS:
+            return name.strip().lower()
+    return None
+
+
+class _WsListenerContext:
+    """Per-listener settings shared by its connection tasks."""
+
+    def __init__(self, listener: ListenerConfig, handler: Handler, secure: bool) -> None:
+        self.listener = listener
+        self.handler = handler
+        self.secure = secure
+        self.transport = "wss" if secure else "ws"
+        self.proxies: tuple[IPNetwork, ...] = parse_trusted_proxies(listener.trusted_proxies)
+
+
+async def _accept_websocket(
+    ctx: _WsListenerContext,
+    http: HttpConnection,
+    request: h11.Request,
+    logger: Any,
+) -> WebSocketStream | None:
+    """Check an upgrade request and answer it: 101 with a stream, or a 4xx and None."""
+    listener = ctx.listener
+    if not _origin_allowed(request, listener.allowed_origins):
+        logger.warning(
+            "ws_handshake_rejected",
+            status=403,
+            reason="origin_not_allowed",
+            origin=header_values(request, b"origin"),
+        )
+        await http.send_error(403, "origin not allowed")
+        return None
+    ws = WSConnection(ConnectionType.SERVER)
+    try:
+        ws.initiate_upgrade_connection(request.headers, request.target)
+        events = list(ws.events())
+    except RemoteProtocolError as exc:
+        hint = exc.event_hint
+        status = hint.status_code if isinstance(hint, RejectConnection) else 400
+        logger.warning("ws_handshake_rejected", status=status, reason=str(exc))
+        await http.send_error(status, str(exc))
+        return None
+    ws_request = next((e for e in events if isinstance(e, Request)), None)
+    if ws_request is None:  # pragma: no cover - wsproto always yields the Request
+        await http.send_error(400, "bad WebSocket request")
+        return None
+    subprotocol = _choose_subprotocol(ws_request.subprotocols)
+    if subprotocol is None:
+        logger.warning(
+            "ws_handshake_rejected",
+            status=400,
+            reason="no_mqtt_subprotocol",
+            offered=ws_request.subprotocols,
+        )
+        await http.send_error(
+            400, "WebSocket subprotocol 'mqtt' (MQTT 3.1.1) or 'mqttv3.1' (MQTT 3.1) required"
+        )
+        return None
+    offered = next(s for s in ws_request.subprotocols if s.strip().lower() == subprotocol)
+    # No extensions: permessage-deflate would buy little for MQTT and costs memory per socket.
+    await http.stream.send_all(ws.send(AcceptConnection(subprotocol=offered, extensions=[])))
+    stream = WebSocketStream(
+        http.stream, ws, max_message_size=listener.ws_max_message_size, subprotocol=offered
+    )
+    trailing, _ = http.conn.trailing_data
+    if trailing:
+        ws.receive_data(bytes(trailing))
+        await stream._handle_events()
+    return stream
+
+
+async def _serve_ws_connection(stream: trio.abc.Stream, ctx: _WsListenerContext) -> None:
+    listener = ctx.listener
+    peer_ip, peer = stream_peer(stream)
+    logger = log.bind(transport=ctx.transport, peer=peer)
+    try:
+        identity = None
+        if isinstance(stream, trio.SSLStream):
+            if not await tls_handshake(stream, listener.tls_handshake_timeout_s, logger):
+                return
+            identity = client_identity(stream)
+        http = HttpConnection(stream)
+        served = 0
+        while True:
+            ws_stream: WebSocketStream | None = None
+            upgrade = False
+            with trio.move_on_after(listener.ws_handshake_timeout_s) as scope:
+                request = await http.next_request()
+                if request is None:
+                    if http.last_error:
+                        logger.warning("http_request_rejected", reason=http.last_error)
+                    return
+                path = request_path(request)
+                upgrade = _is_websocket_upgrade(request)
+                if upgrade and path == listener.path:
+                    ws_stream = await _accept_websocket(ctx, http, request, logger)
+                    if ws_stream is None:
+                        return
+                elif upgrade:
+                    logger.warning("ws_handshake_rejected", status=404, reason="wrong_path")
+                    await http.send_error(404, "no WebSocket endpoint here")
+                    return
+                elif path == listener.path:
+                    await http.finish_request_body()
+                    await http.send_error(426, "WebSocket upgrade required", close=False)
+                    status, reason = 426, "upgrade_required"
+                else:
+                    status, reason = await serve_static(http, request, listener.web_root)
+                if ws_stream is None:
+                    logger.debug(
+                        "http_request",
+                        method=request.method.decode("ascii", "replace"),
+                        path=path,
+                        status=status,
+                        reason=reason,
+                    )
+            if scope.cancelled_caught:
+                if served and not upgrade and not http.conn.trailing_data[0]:
+                    # A kept-alive connection that simply went quiet: normal for browsers.
+                    logger.debug("http_keepalive_timeout")
+                else:
+                    logger.warning(
+                        "ws_handshake_timeout" if upgrade else "http_request_timeout",
+                        timeout_s=listener.ws_handshake_timeout_s,
+                    )
+                return
+            if ws_stream is not None:
+                forwarded = client_address(
+                    peer_ip, header_values(request, b"x-forwarded-for"), ctx.proxies
+                )
+                info = ConnectionInfo(
+                    transport=ctx.transport,
+                    peer=forwarded if forwarded is not None else peer,
+                    listener=listener,
+                    tls_identity=identity,
+                )
+                logger.debug(
+                    "ws_connection_accepted", subprotocol=ws_stream.subprotocol, client=info.peer
+                )
+                try:
+                    await ctx.handler(ws_stream, info)
+                except Exception:
+                    logger.exception("connection_task_failed")
+                finally:
+                    await trio.aclose_forcefully(ws_stream)
+                return
+            served += 1
+            if not http.start_next_cycle():
+                return
+    except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+        logger.debug("http_connection_lost", reason=str(exc))
+    except Exception:
+        # The handler catches its own errors; this only keeps one bad connection from
+        # taking the listener down with it.
+        logger.exception("connection_task_failed")
+    finally:
+        await trio.aclose_forcefully(stream)
+
+
+async def serve_ws_listener(
+    listener: ListenerConfig,
+    handler: Handler,
+    *,
+    data_dir: Path,
+    handler_nursery: trio.Nursery,
+    task_status: trio.TaskStatus[list[Any]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve MQTT over WebSocket (``ws``) or secure WebSocket (``wss``) until cancelled.
+
+    Requests that are not a WebSocket upgrade to ``listener.path`` are answered from
+    ``listener.web_root`` (404 when unset) and never reach ``handler``.
+
+    Args:
+        listener: a ``type = "ws"`` or ``"wss"`` listener.
+        handler: called with a ``WebSocketStream`` and its ``ConnectionInfo``.
+        data_dir: where development certificates live (wss with ``tls_dev_certs``).
+        handler_nursery: where connection tasks run.
+        task_status: receives the list of bound listeners.
+
+    Raises:
+        StartupError: certificates unusable or the port cannot be bound.
+    """
+    secure = listener.type == "wss"
+    try:
+        ctx = _WsListenerContext(listener, handler, secure)
+    except ValueError as exc:
+        raise StartupError(
+            f"{listener.type} listener {listener.host}:{listener.port}: bad trusted_proxies: {exc}"
+        ) from exc
+    if listener.web_root is not None and not listener.web_root.is_dir():
+        raise StartupError(
+            f"{listener.type} listener {listener.host}:{listener.port}: "
+            f"web_root {listener.web_root} is not a directory"
+        )
+    context = server_ssl_context(listener, data_dir, alpn=["http/1.1"]) if secure else None
+    tcp_listeners = await open_listeners(listener)
+    if listener.web_root is not None:
+        port = tcp_listeners[0].socket.getsockname()[1]
+        host = listener.host
+        if host in ("127.0.0.1", "::1", "0.0.0.0", "::", ""):
+            host = "localhost"  # the name the development certificate is valid for
+        elif ":" in host:
+            host = f"[{host}]"
+        log.info(
+            "web_page_available",
+            url=f"{'https' if secure else 'http'}://{host}:{port}/",
+            web_root=str(listener.web_root),
+        )
+    listeners: list[Any]
+    if context is not None:
+        # https_compatible: browsers routinely drop TLS without close_notify.
+        listeners = [trio.SSLListener(t, context, https_compatible=True) for t in tcp_listeners]
+    else:
+        listeners = list(tcp_listeners)
+    await trio.serve_listeners(
+        partial(_serve_ws_connection, ctx=ctx),
+        listeners,
+        handler_nursery=handler_nursery,
+        task_status=task_status,
+    )

@@ -1,0 +1,267 @@
+"""TLS (mqtts) and wss listeners over real loopback sockets, with trustme certificates."""
+
+from __future__ import annotations
+
+import ssl
+import warnings
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import trio
+import trio.testing
+import trustme
+from structlog.testing import capture_logs
+
+from mqttd.config import ListenerConfig
+from mqttd.errors import StartupError
+from mqttd.transports import ConnectionInfo
+from mqttd.transports.devcerts import dev_cert_paths
+from mqttd.transports.tls import serve_tls_listener
+from mqttd.transports.ws import open_websocket_stream, serve_ws_listener
+
+TIMEOUT_S = 20
+
+
+@dataclass
+class Certs:
+    ca: trustme.CA
+    certfile: Path
+    keyfile: Path
+    cafile: Path
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory: pytest.TempPathFactory) -> Certs:
+    base = tmp_path_factory.mktemp("certs")
+    ca = trustme.CA()
+    server = ca.issue_cert("localhost", "127.0.0.1")
+    server.private_key_pem.write_to_path(str(base / "server.key"))
+    server.cert_chain_pems[0].write_to_path(str(base / "server.pem"))
+    ca.cert_pem.write_to_path(str(base / "ca.pem"))
+    return Certs(ca, base / "server.pem", base / "server.key", base / "ca.pem")
+
+
+@dataclass
+class Server:
+    port: int
+    infos: list[ConnectionInfo] = field(default_factory=list)
+
+
+async def start(nursery: trio.Nursery, data_dir: Path, listener: ListenerConfig) -> Server:
+    server = Server(port=0)
+
+    async def echo(stream: trio.abc.Stream, info: ConnectionInfo) -> None:
+        server.infos.append(info)
+        try:
+            while data := await stream.receive_some():
+                await stream.send_all(data)
+        except trio.BrokenResourceError:
+            pass
+
+    serve = serve_ws_listener if listener.type == "wss" else serve_tls_listener
+    listeners = await nursery.start(
+        lambda task_status: serve(
+            listener, echo, data_dir=data_dir, handler_nursery=nursery, task_status=task_status
+        )
+    )
+    server.port = listeners[0].transport_listener.socket.getsockname()[1]
+    return server
+
+
+def tls_listener(certs: Certs, **kwargs: object) -> ListenerConfig:
+    return ListenerConfig(
+        type="tls",
+        host="127.0.0.1",
+        port=0,
+        certfile=certs.certfile,
+        keyfile=certs.keyfile,
+        **kwargs,  # type: ignore[arg-type]
+    )
+
+
+OPEN: list[trio.abc.Stream] = []
+
+
+@pytest.fixture
+async def close_streams() -> AsyncIterator[None]:
+    """Close every client stream a test opened (requested explicitly: pytest-trio skips
+    async autouse fixtures)."""
+    yield
+    while OPEN:
+        await trio.aclose_forcefully(OPEN.pop())
+
+
+async def tls_connect(port: int, context: ssl.SSLContext) -> trio.SSLStream[trio.SocketStream]:
+    tcp = await trio.open_tcp_stream("127.0.0.1", port)
+    stream = trio.SSLStream(tcp, context, server_hostname="localhost")
+    OPEN.append(stream)
+    return stream
+
+
+async def exchange(stream: trio.SSLStream[trio.SocketStream]) -> None:
+    """Handshake, send a byte and read one back; EOF counts as a broken stream."""
+    await stream.do_handshake()
+    await stream.send_all(b"\x10\x00")
+    if not await stream.receive_some(10):
+        raise trio.BrokenResourceError("closed by the server")
+
+
+def client_context(certs: Certs) -> ssl.SSLContext:
+    context = ssl.create_default_context()
+    certs.ca.configure_trust(context)
+    return context
+
+
+async def test_tls_echo_round_trip(
+    close_streams: None, nursery: trio.Nursery, tmp_path: Path, certs: Certs
+) -> None:
+    """A verified TLS client exchanges bytes; the handler sees transport "tls", no identity."""
+    server = await start(nursery, tmp_path, tls_listener(certs))
+    with trio.fail_after(TIMEOUT_S):
+        stream = await tls_connect(server.port, client_context(certs))
+        await stream.send_all(b"\x10\x00")
+        assert await stream.receive_some(10) == b"\x10\x00"
+    assert server.infos[0].transport == "tls"
+    assert server.infos[0].tls_identity is None
+    assert server.infos[0].peer.startswith("127.0.0.1:")
+
+
+async def test_tls_1_1_is_refused(
+    close_streams: None, nursery: trio.Nursery, tmp_path: Path, certs: Certs
+) -> None:
+    """A client limited to TLS 1.1 cannot complete the handshake."""
+    server = await start(nursery, tmp_path, tls_listener(certs))
+    context = client_context(certs)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # TLS 1.1 is deprecated: the point
+        context.minimum_version = ssl.TLSVersion.MINIMUM_SUPPORTED
+        context.maximum_version = ssl.TLSVersion.TLSv1_1
+    context.set_ciphers("DEFAULT:@SECLEVEL=0")  # so only the server can be the one refusing
+    with trio.fail_after(TIMEOUT_S):
+        stream = await tls_connect(server.port, context)
+        with pytest.raises(trio.BrokenResourceError):
+            await stream.do_handshake()
+    assert server.infos == []
+
+
+async def test_client_certificate_required(
+    close_streams: None, nursery: trio.Nursery, tmp_path: Path, certs: Certs
+) -> None:
+    """With require_certificate, a client without a certificate never reaches the handler."""
+    listener = tls_listener(certs, cafile=certs.cafile, require_certificate=True)
+    server = await start(nursery, tmp_path, listener)
+    with trio.fail_after(TIMEOUT_S):
+        stream = await tls_connect(server.port, client_context(certs))
+        # TLS 1.3 may finish the client's side first; the refusal then shows on first use.
+        with pytest.raises(trio.BrokenResourceError):
+            await exchange(stream)
+    assert server.infos == []
+
+
+async def test_client_certificate_cn_is_identity(
+    close_streams: None, nursery: trio.Nursery, tmp_path: Path, certs: Certs
+) -> None:
+    """A verified client certificate's common name becomes ConnectionInfo.tls_identity."""
+    listener = tls_listener(certs, cafile=certs.cafile, require_certificate=True)
+    server = await start(nursery, tmp_path, listener)
+    context = client_context(certs)
+    certs.ca.issue_cert("sensor-17@example", common_name="sensor-17").configure_cert(context)
+    with trio.fail_after(TIMEOUT_S):
+        stream = await tls_connect(server.port, context)
+        await stream.send_all(b"\xc0\x00")
+        assert await stream.receive_some(10) == b"\xc0\x00"
+    assert server.infos[0].tls_identity == "sensor-17"
+
+
+async def test_tls_handshake_timeout(
+    close_streams: None,
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    certs: Certs,
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A client that never sends a ClientHello is dropped after tls_handshake_timeout_s."""
+    server = await start(nursery, tmp_path, tls_listener(certs, tls_handshake_timeout_s=3.0))
+    with trio.fail_after(TIMEOUT_S), capture_logs() as logs:
+        tcp = await trio.open_tcp_stream("127.0.0.1", server.port)
+        OPEN.append(tcp)
+        start_time = trio.current_time()
+        assert await tcp.receive_some(100) == b""
+        assert trio.current_time() - start_time >= 3.0
+    assert {"event": "tls_handshake_failed", "reason": "timeout"}.items() <= next(
+        e for e in logs if e["event"] == "tls_handshake_failed"
+    ).items()
+    assert server.infos == []
+
+
+async def test_dev_certs_created_once_and_reused(
+    close_streams: None, nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    """tls_dev_certs creates a CA + server cert under data_dir/tls once, then reuses them."""
+    listener = ListenerConfig(type="tls", host="127.0.0.1", port=0, tls_dev_certs=True)
+    with capture_logs() as logs:
+        first = await start(nursery, tmp_path, listener)
+    paths = dev_cert_paths(tmp_path)
+    ca_bytes = paths.ca_file.read_bytes()
+    assert paths.key_file.stat().st_mode & 0o077 == 0
+    created = next(e for e in logs if e["event"] == "tls_dev_certs_created")
+    assert created["ca_file"] == str(paths.ca_file)
+    with capture_logs() as logs:
+        second = await start(nursery, tmp_path, listener)
+    assert any(e["event"] == "tls_dev_certs_reused" for e in logs)
+    assert paths.ca_file.read_bytes() == ca_bytes
+    context = ssl.create_default_context(cafile=str(paths.ca_file))
+    with trio.fail_after(TIMEOUT_S):
+        for server in (first, second):
+            stream = await tls_connect(server.port, context)
+            await stream.send_all(b"\xc0\x00")
+            assert await stream.receive_some(10) == b"\xc0\x00"
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({}, "set certfile and keyfile"),
+        ({"certfile": Path("/nonexistent/cert.pem")}, "cannot load certificate"),
+    ],
+)
+async def test_certificate_problems_are_startup_errors(
+    close_streams: None,
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    kwargs: dict[str, object],
+    message: str,
+) -> None:
+    """A tls listener without usable certificates fails to start with a one-line StartupError."""
+    listener = ListenerConfig(type="tls", host="127.0.0.1", port=0, **kwargs)  # type: ignore[arg-type]
+
+    async def handler(stream: trio.abc.Stream, info: ConnectionInfo) -> None:
+        raise AssertionError("never called")
+
+    with pytest.raises(StartupError, match=message) as info:
+        await serve_tls_listener(listener, handler, data_dir=tmp_path, handler_nursery=nursery)
+    assert "\n" not in str(info.value)
+
+
+async def test_wss_round_trip_with_dev_certs(
+    close_streams: None, nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    """A wss listener with dev certs speaks WebSocket over TLS; transport is "wss"."""
+    listener = ListenerConfig(type="wss", host="127.0.0.1", port=0, tls_dev_certs=True)
+    server = await start(nursery, tmp_path, listener)
+    context = ssl.create_default_context(cafile=str(dev_cert_paths(tmp_path).ca_file))
+    with trio.fail_after(TIMEOUT_S):
+        tls = await tls_connect(server.port, context)
+        stream = await open_websocket_stream(tls, host="localhost", subprotocols=("mqttv3.1",))
+        OPEN.append(stream)
+        assert stream.subprotocol == "mqttv3.1"
+        payload = bytes(range(256)) * 4096  # 1 MiB
+        async with trio.open_nursery() as inner:
+            inner.start_soon(stream.send_all, payload)
+            got = bytearray()
+            while len(got) < len(payload):
+                got += await stream.receive_some()
+        assert got == payload
+    assert server.infos[0].transport == "wss"

@@ -1,0 +1,223 @@
+"""The web page in a real browser: headless Chromium loads it from mqttd and receives a message.
+
+mqttd runs as a subprocess with tcp, ws and wss listeners serving ``web/``; Chromium (Debian's
+``/usr/bin/chromium``, driven by ``tests/js/browser.mjs`` through playwright-core) opens the page,
+whose Paho JS client connects back over wss (ws for the http page) and subscribes to
+``/news/+/sport`` at QoS 1; ``mosquitto_pub`` then publishes over TCP and the message must show up
+in the page's DOM. A screenshot is saved under the test's tmp dir.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import queue
+import shutil
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+pytestmark = [pytest.mark.interop, pytest.mark.slow]
+
+REPO_ROOT = Path(__file__).resolve().parent.parent.parent
+JS_DIR = REPO_ROOT / "tests" / "js"
+CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
+WAIT_S = 90.0
+
+
+def in_thread(test: Callable[..., None]) -> Callable[..., Awaitable[None]]:
+    """Run a blocking test body in a worker thread, as a Trio test (the suite runs in trio mode)."""
+
+    @functools.wraps(test)
+    async def run(*args: object, **kwargs: object) -> None:
+        await trio.to_thread.run_sync(functools.partial(test, *args, **kwargs))
+
+    return run
+
+
+def _require_tools() -> str:
+    node = shutil.which("node")
+    missing = [
+        name
+        for name, ok in [
+            ("chromium", os.path.exists(CHROMIUM)),
+            ("node", node is not None),
+            ("tests/js/node_modules", (JS_DIR / "node_modules" / "playwright-core").is_dir()),
+            ("mosquitto_pub", shutil.which("mosquitto_pub") is not None),
+        ]
+        if not ok
+    ]
+    if missing:
+        message = "browser test needs: " + ", ".join(missing)
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    assert node is not None
+    return node
+
+
+class JsonLines:
+    """JSON objects read line by line from a pipe by a thread; wait for one with a deadline."""
+
+    def __init__(self, pipe: Any) -> None:
+        self.queue: queue.Queue[dict[str, Any]] = queue.Queue()
+        self.seen: list[dict[str, Any]] = []
+        self.thread = threading.Thread(target=self._read, args=(pipe,), daemon=True)
+        self.thread.start()
+
+    def _read(self, pipe: Any) -> None:
+        for raw in pipe:
+            try:
+                self.queue.put(json.loads(raw))
+            except ValueError:
+                self.queue.put({"event": "output", "line": raw.decode(errors="replace")})
+
+    def wait_for(self, predicate: Callable[[dict[str, Any]], bool], what: str) -> dict[str, Any]:
+        for line in self.seen:
+            if predicate(line):
+                return line
+        deadline = time.monotonic() + WAIT_S
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                line = self.queue.get(timeout=left)
+            except queue.Empty:
+                break
+            self.seen.append(line)
+            if predicate(line):
+                return line
+            if line.get("event") == "error":
+                break
+        raise AssertionError(f"no {what}; saw: {self.seen[-20:]}")
+
+
+@pytest.fixture(scope="module")
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[dict[str, int], JsonLines]]:
+    """mqttd serving web/ on ws and wss (dev certs), plus tcp; yields ports and its log lines."""
+    tmp_path = tmp_path_factory.mktemp("browser-broker")
+    config = tmp_path / "mqttd.toml"
+    web_root = json.dumps(str(REPO_ROOT / "web"))
+    config.write_text(
+        f"""
+[broker]
+data_dir = "data"
+
+[auth]
+allow_anonymous = true
+
+[[listeners]]
+type = "tcp"
+port = 0
+
+[[listeners]]
+type = "ws"
+port = 0
+web_root = {web_root}
+
+[[listeners]]
+type = "wss"
+port = 0
+tls_dev_certs = true
+web_root = {web_root}
+"""
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mqttd", "--config", str(config), "--log-format", "json"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stderr is not None
+    log = JsonLines(proc.stderr)
+    try:
+        ports: dict[str, int] = {}
+        for _ in range(3):
+            event = log.wait_for(
+                lambda e: e.get("event") == "listener_started" and e.get("transport") not in ports,
+                "listener_started",
+            )
+            ports[event["transport"]] = int(event["port"])
+        yield ports, log
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+        log.thread.join(timeout=10)
+        proc.stderr.close()
+
+
+@pytest.mark.parametrize(
+    ("scheme", "query", "protocol_level"),
+    [("https", "", 4), ("https", "?mqttVersion=3", 3), ("http", "", 4)],
+    ids=["https-3.1.1", "https-3.1", "http-3.1.1"],
+)
+@in_thread
+def test_page_receives_mosquitto_pub_message(
+    broker: tuple[dict[str, int], JsonLines],
+    tmp_path: Path,
+    scheme: str,
+    query: str,
+    protocol_level: int,
+) -> None:
+    """The page, loaded over https (or http), shows a message mosquitto_pub sends over TCP."""
+    node = _require_tools()
+    ports, log = broker
+    port = ports["wss" if scheme == "https" else "ws"]
+    payload = f"goal {uuid.uuid4().hex[:8]}"
+    screenshot = tmp_path / "page.png"
+    browser = subprocess.Popen(
+        [
+            node,
+            "browser.mjs",
+            f"{scheme}://localhost:{port}/{query}",
+            payload,
+            str(screenshot),
+            str(tmp_path / "chromium-profile"),
+        ],
+        cwd=JS_DIR,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "CHROMIUM": CHROMIUM},
+    )
+    assert browser.stdout is not None
+    output = JsonLines(browser.stdout)
+    try:
+        ready = output.wait_for(lambda e: e.get("event") == "ready", "page ready")
+        assert "granted QoS 1" in ready["subscription"]
+        publish = ["mosquitto_pub", "-p", str(ports["tcp"]), "-q", "1"]
+        subprocess.run(
+            [*publish, "-t", "/news/europe/sport", "-m", payload],
+            check=True,
+            timeout=WAIT_S,
+        )
+        shown = output.wait_for(lambda e: e.get("event") == "message", "message in the DOM")
+        assert browser.wait(timeout=WAIT_S) == 0
+    finally:
+        if browser.poll() is None:
+            browser.kill()
+            browser.wait(timeout=10)
+        output.thread.join(timeout=10)
+        browser.stdout.close()
+    assert shown["topic"] == "/news/europe/sport"
+    assert shown["payload"] == payload
+    assert shown["qos"] == 1
+    assert shown["retained"] is False
+    expected_scheme = "wss://" if scheme == "https" else "ws://"
+    assert shown["endpoint"].startswith(expected_scheme)
+    client_id = shown["endpoint"].split("client id ")[1].split(" ")[0]
+    connected = log.wait_for(
+        lambda e: e.get("event") == "client_connected" and e.get("client_id") == client_id,
+        f"client_connected for {client_id}",
+    )
+    assert connected["protocol_level"] == protocol_level
+    assert screenshot.read_bytes().startswith(b"\x89PNG")
