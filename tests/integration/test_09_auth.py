@@ -159,3 +159,30 @@ async def test_reload_applies_to_existing_connections(start_server, tmp_path: Pa
     await server.reload()
     await subscribe(anon, 3, ("weather/today", 0))
     await sync(anon)
+
+
+async def test_listener_auth_overrides_global(nursery, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """A [listeners.auth] table replaces [auth] for that listener only (per_listener_settings)."""
+    import trio
+
+    from mqttd.config import Config, ListenerConfig, StoreConfig
+    from mqttd.server import Server, serve
+
+    config = Config(
+        listeners=(
+            ListenerConfig(port=0),
+            ListenerConfig(port=0, auth=_auth(tmp_path, acl=None, anonymous=False)),
+        ),
+        auth=AuthConfig(allow_anonymous=True),
+        store=StoreConfig(durability="memory"),
+    )
+    with trio.fail_after(10):
+        server: Server = await nursery.start(serve, config)
+    open_port, locked_port = (address.port for address in server.addresses)
+    await connect_client(open_port, "anon-open")
+    locked = await WireClient.open(locked_port)
+    await locked.send(wire.connect("anon-locked"))
+    await locked.expect(wire.connack(0, 5))
+    await locked.expect_closed()
+    await connect_client(locked_port, "alice", username="alice", password=b"wonderland")
+    server.shutdown()
