@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import itertools
 import uuid
-from collections import deque
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -66,6 +65,32 @@ class _PeerGone(Exception):
 class Connection:
     """One network connection speaking MQTT to the broker."""
 
+    __slots__ = (
+        "__weakref__",
+        "_drained",
+        "_own_store_ops",
+        "_started_at",
+        "_wakeup",
+        "bytes_in",
+        "bytes_out",
+        "cancel_scope",
+        "client_id",
+        "close_reason",
+        "closed",
+        "conn_id",
+        "decoder",
+        "info",
+        "keepalive",
+        "limits",
+        "packets_in",
+        "protocol",
+        "session",
+        "state",
+        "stream",
+        "username",
+        "will",
+    )
+
     def __init__(self, stream: trio.abc.Stream, info: ConnectionInfo, state: ServerState) -> None:
         self.stream = stream
         self.info = info
@@ -86,9 +111,9 @@ class Connection:
         self.bytes_in = 0
         self.bytes_out = 0
         self._wakeup = trio.Event()
-        self._drained = trio.Event()
+        self._drained: trio.Event | None = None  # created when reading pauses for the writer
         #: (first, last] store operations this client's packets recorded, not yet confirmed
-        self._own_store_ops: deque[tuple[int, int]] = deque()
+        self._own_store_ops: list[tuple[int, int]] = []
         self._started_at = trio.current_time()
 
     # -- entry point ------------------------------------------------------------------------
@@ -290,38 +315,52 @@ class Connection:
         # [MQTT-3.1.2-24] disconnect after 1.5 x Keep Alive without a complete packet; bytes
         # that trickle in without completing a packet do not extend the deadline.
         grace = self.keepalive * 1.5 if self.keepalive else None
-        deadline = trio.current_time() + grace if grace else float("inf")
-        while True:
-            got_packet = False
-            first_op = store.recorded if store is not None else 0
+        # One scope for the whole loop (not one per read): its deadline moves forward after
+        # every complete packet.
+        with trio.CancelScope() as keepalive:
+            if grace:
+                keepalive.deadline = trio.current_time() + grace
             while True:
-                packet = decoder.next_packet()
-                if packet is NEED_DATA:
-                    break
-                if packet is CLOSED:
-                    raise _PeerGone
-                got_packet = True
-                self.packets_in += 1
-                if not handle(packet):
-                    self.close_reason = "client_disconnect"
-                    return
-            self._note_store_ops(first_op)
-            if got_packet and grace:
-                deadline = trio.current_time() + grace
-            while session.outbox_bytes > max_outbox:
-                # The client is not reading its replies: stop reading its requests.
-                self._drained = trio.Event()
-                await self._drained.wait()
-            if store is not None and store.backlog() >= STORE_BACKLOG_LIMIT:
-                await store.drain(STORE_BACKLOG_LIMIT // 2)
-            with trio.move_on_at(deadline):
+                got_packet = False
+                first_op = store.recorded if store is not None else 0
+                while True:
+                    packet = decoder.next_packet()
+                    if packet is NEED_DATA:
+                        break
+                    if packet is CLOSED:
+                        raise _PeerGone
+                    got_packet = True
+                    self.packets_in += 1
+                    if not handle(packet):
+                        self.close_reason = "client_disconnect"
+                        return
+                self._note_store_ops(first_op)
+                if got_packet and grace:
+                    keepalive.deadline = trio.current_time() + grace
+                if session.outbox_bytes > max_outbox or (
+                    store is not None and store.backlog() >= STORE_BACKLOG_LIMIT
+                ):
+                    # Reading pauses (the client does not read its replies, or the disk lags);
+                    # silence from the client means nothing meanwhile.
+                    keepalive.deadline = float("inf")
+                    await self._wait_before_reading()
+                    if grace:
+                        keepalive.deadline = trio.current_time() + grace
                 data = await stream.receive_some(RECEIVE_SIZE)
                 self.bytes_in += len(data)
                 decoder.receive_data(data)
-                continue
-            self.close_reason = "keepalive_timeout"
-            log.info("keepalive_timeout", keepalive=self.keepalive)
-            return
+        self.close_reason = "keepalive_timeout"
+        log.info("keepalive_timeout", keepalive=self.keepalive)
+
+    async def _wait_before_reading(self) -> None:
+        session = self.session
+        assert session is not None
+        while session.outbox_bytes > self.limits.max_outbox_bytes:
+            self._drained = trio.Event()
+            await self._drained.wait()
+        store = self.state.broker.store
+        if store is not None and store.backlog() >= STORE_BACKLOG_LIMIT:
+            await store.drain(STORE_BACKLOG_LIMIT // 2)
 
     def _note_store_ops(self, first_op: int) -> None:
         store = self.state.broker.store
@@ -348,13 +387,14 @@ class Connection:
                     if store.committed < upto:
                         await store.durable(upto)
                     while own_ops and own_ops[0][1] <= upto:
-                        first, last = own_ops.popleft()
+                        first, last = own_ops.pop(0)
                         if store.failed(first, last):
                             raise StoreError("commit_failed")
                 with trio.fail_after(timeout):
                     await stream.send_all(data)
                 self.bytes_out += len(data)
-                self._drained.set()
+                if self._drained is not None:
+                    self._drained.set()
             else:
                 self._wakeup = trio.Event()
                 await self._wakeup.wait()

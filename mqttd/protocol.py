@@ -8,6 +8,7 @@ client-id takeover) needs I/O and lives in ``connection.py``; everything after i
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import structlog
 
@@ -54,6 +55,15 @@ class ClientProtocol:
         acl: what this client may publish, subscribe to and receive.
     """
 
+    __slots__ = (
+        "acl",
+        "broker",
+        "disconnected",
+        "protocol_level",
+        "publishes_denied",
+        "session",
+    )
+
     def __init__(
         self, broker: Broker, session: Session, protocol_level: int, acl: ClientAcl
     ) -> None:
@@ -63,18 +73,6 @@ class ClientProtocol:
         self.acl = acl
         self.disconnected = False  # a DISCONNECT was received: discard the Will
         self.publishes_denied = 0
-        self._handlers: dict[type, Callable[[Packet], None]] = {
-            Publish: self._publish,  # type: ignore[dict-item]
-            Puback: self._puback,  # type: ignore[dict-item]
-            Pubrec: self._pubrec,  # type: ignore[dict-item]
-            Pubrel: self._pubrel,  # type: ignore[dict-item]
-            Pubcomp: self._pubcomp,  # type: ignore[dict-item]
-            Subscribe: self._subscribe,  # type: ignore[dict-item]
-            Unsubscribe: self._unsubscribe,  # type: ignore[dict-item]
-            Pingreq: self._pingreq,  # type: ignore[dict-item]
-            Disconnect: self._disconnect,  # type: ignore[dict-item]
-            Connect: self._connect,  # type: ignore[dict-item]
-        }
 
     def handle(self, packet: Packet) -> bool:
         """Apply one packet. Returns False once the client has sent DISCONNECT.
@@ -83,10 +81,10 @@ class ClientProtocol:
             ProtocolViolation: the packet is not allowed now (the connection must close,
                 [MQTT-4.8.0-1]).
         """
-        handler = self._handlers.get(type(packet))
+        handler = _HANDLERS.get(type(packet))
         if handler is None:
             raise ProtocolViolation(f"unexpected_{type(packet).__name__.lower()}")
-        handler(packet)
+        handler(self, packet)
         return not self.disconnected
 
     def _publish(self, packet: Publish) -> None:
@@ -168,3 +166,18 @@ class ClientProtocol:
 
     def _connect(self, packet: Connect) -> None:
         raise ProtocolViolation("second_connect")  # [MQTT-3.1.0-2]
+
+
+#: Packet type -> handler, shared by every connection (one dict, not one per client).
+_HANDLERS: dict[type, Callable[[ClientProtocol, Any], None]] = {
+    Publish: ClientProtocol._publish,
+    Puback: ClientProtocol._puback,
+    Pubrec: ClientProtocol._pubrec,
+    Pubrel: ClientProtocol._pubrel,
+    Pubcomp: ClientProtocol._pubcomp,
+    Subscribe: ClientProtocol._subscribe,
+    Unsubscribe: ClientProtocol._unsubscribe,
+    Pingreq: ClientProtocol._pingreq,
+    Disconnect: ClientProtocol._disconnect,
+    Connect: ClientProtocol._connect,
+}

@@ -30,6 +30,9 @@ _PUBREL = b"\x62\x02"  # PUBREL fixed-header flags are 0010 ([MQTT-3.6.1-1])
 _PUBCOMP = b"\x70\x02"
 
 
+_NO_QUEUE: tuple[()] = ()
+
+
 class OfferResult(IntEnum):
     """What ``Session.offer`` did with a message."""
 
@@ -55,6 +58,28 @@ class Outgoing:
 class Session:
     """Subscriptions, in-flight and queued messages, and QoS 2 receive state of one client."""
 
+    __slots__ = (
+        "_dropping",
+        "_next_packet_id",
+        "_next_seq",
+        "awaiting_release",
+        "clean_session",
+        "client_id",
+        "connected",
+        "dropped",
+        "inflight",
+        "last_seen",
+        "limits",
+        "may_receive",
+        "outbox",
+        "outbox_bytes",
+        "queue",
+        "queued_bytes",
+        "store",
+        "subscriptions",
+        "wake",
+    )
+
     def __init__(self, client_id: str, *, clean_session: bool, limits: LimitsConfig) -> None:
         self.client_id = client_id
         self.clean_session = clean_session
@@ -64,7 +89,9 @@ class Session:
         #: packet id -> in-flight outgoing message, in send order ([MQTT-4.6.0-1])
         self.inflight: dict[int, Outgoing] = {}
         #: messages waiting for a window slot (or for the client to come back)
-        self.queue: deque[tuple[Message, int, bool, int]] = deque()  # (msg, qos, retain, seq)
+        #: (msg, qos, retain, seq) waiting for the window; the shared empty tuple until the first
+        #: message is queued, because an idle session should not pay for an empty deque (~600 B)
+        self.queue: deque[tuple[Message, int, bool, int]] = _NO_QUEUE  # type: ignore[assignment]
         self.queued_bytes = 0
         #: incoming QoS 2 packet ids PUBREC'd and awaiting PUBREL ([MQTT-4.3.3-2])
         self.awaiting_release: set[int] = set()
@@ -169,6 +196,8 @@ class Session:
             return self._drop()
         seq = self._next_seq
         self._next_seq += 1
+        if self.queue is _NO_QUEUE:
+            self.queue = deque()
         self.queue.append((message, qos, retain, seq))
         self.queued_bytes += message.size
         if self.store is not None and qos:
@@ -313,6 +342,8 @@ class Session:
                 self.inflight[packet_id] = outgoing
                 self._next_packet_id = packet_id % 65535 + 1
             else:
+                if self.queue is _NO_QUEUE:
+                    self.queue = deque()
                 self.queue.append((message, qos, retain, seq))
                 self.queued_bytes += message.size
             self._next_seq = max(self._next_seq, seq + 1)
