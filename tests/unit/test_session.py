@@ -1,0 +1,129 @@
+"""Session state transitions, without sockets: offers, the in-flight window, the queue, acks,
+detach/attach with re-delivery. Hypothesis drives random sequences against a simple model."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from mqttd.codec import NEED_DATA, Decoder, Publish, Pubrel
+from mqttd.config import LimitsConfig
+from mqttd.message import Message
+from mqttd.session import OfferResult, Session
+
+LIMITS = replace(LimitsConfig(), max_inflight_messages=3, max_queued_messages=5)
+
+
+def drain(session: Session, decoder: Decoder) -> list[Publish | Pubrel]:
+    """Decode everything the session wrote for its client."""
+    data = session.take_outbox()
+    if data:  # b"" would mean EOF to the decoder
+        decoder.receive_data(data)
+    packets = []
+    while (packet := decoder.next_packet()) is not NEED_DATA:
+        assert isinstance(packet, Publish | Pubrel)
+        packets.append(packet)
+    return packets
+
+
+ops = st.lists(
+    st.one_of(
+        st.tuples(st.just("offer"), st.sampled_from([0, 1, 2])),
+        st.tuples(st.just("ack"), st.integers(0, 5)),
+        st.tuples(st.just("detach"), st.none()),
+        st.tuples(st.just("attach"), st.none()),
+    ),
+    max_size=60,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(ops)
+def test_window_queue_and_redelivery_hold_their_invariants(steps: list[tuple[str, int]]) -> None:
+    """The window never exceeds max_inflight, the queue never exceeds max_queued, packet ids are
+    unique and non-zero [MQTT-2.3.1-1] [MQTT-2.3.1-2], and every QoS 1/2 message accepted is
+    delivered in order, exactly once apart from DUP re-sends after a reconnect
+    [MQTT-4.4.0-1] [MQTT-4.6.0-2] [MQTT-4.6.0-3]."""
+    session = Session("c", clean_session=False, limits=LIMITS)
+    decoder = Decoder(server=False)
+    session.attach(lambda: None)
+    accepted: list[bytes] = []
+    delivered: list[bytes] = []
+    counter = 0
+    for op, arg in steps:
+        if op == "offer":
+            counter += 1
+            payload = b"%d" % counter
+            result = session.offer(Message("t", payload, arg), arg)
+            if arg and result in (OfferResult.SENT, OfferResult.QUEUED):
+                accepted.append(payload)
+        elif op == "ack" and session.inflight and session.connected:
+            packet_id = list(session.inflight)[arg % len(session.inflight)]
+            outgoing = session.inflight[packet_id]
+            if outgoing.qos == 1:
+                session.on_puback(packet_id)
+            elif outgoing.released:
+                session.on_pubcomp(packet_id)
+            else:
+                session.on_pubrec(packet_id)
+        elif op == "detach" and session.connected:
+            drain(session, decoder)  # bytes sent before the connection died may be lost
+            session.detach()
+            decoder = Decoder(server=False)
+        elif op == "attach" and not session.connected:
+            session.attach(lambda: None)
+        for packet in drain(session, decoder) if session.connected else []:
+            if isinstance(packet, Publish) and packet.qos and not packet.dup:
+                delivered.append(packet.payload)
+        assert len(session.inflight) <= LIMITS.max_inflight_messages
+        assert len(session.queue) <= LIMITS.max_queued_messages
+        assert 0 not in session.inflight
+    # Reconnect and acknowledge everything: all accepted messages arrive, in order.
+    if not session.connected:
+        session.attach(lambda: None)
+    for _ in range(100):
+        packets = drain(session, decoder)
+        for packet in packets:
+            if isinstance(packet, Publish) and packet.qos and not packet.dup:
+                delivered.append(packet.payload)
+        if not session.inflight:
+            break
+        for packet_id, outgoing in list(session.inflight.items()):
+            if outgoing.qos == 1:
+                session.on_puback(packet_id)
+            elif outgoing.released:
+                session.on_pubcomp(packet_id)
+            else:
+                session.on_pubrec(packet_id)
+    assert not session.inflight
+    assert not session.queue
+    assert delivered == accepted
+
+
+def test_qos0_not_kept_offline_and_dropped_when_outbox_full() -> None:
+    """QoS 0 is not queued for an offline client; online, it is dropped (counted) once the
+    unsent bytes exceed max_outbox_bytes, never blocking the publisher."""
+    limits = replace(LimitsConfig(), max_outbox_bytes=100)
+    session = Session("c", clean_session=False, limits=limits)
+    assert session.offer(Message("t", b"x"), 0) is OfferResult.NOT_KEPT
+    session.attach(lambda: None)
+    results = [session.offer(Message("t", bytes(40)), 0) for _ in range(5)]
+    assert results.count(OfferResult.SENT) == 3
+    assert results.count(OfferResult.DROPPED) == 2
+    assert session.dropped == 2
+    assert session.drop_episode_started()
+    assert not session.drop_episode_started()  # logged once per episode
+
+
+def test_qos2_receive_is_exactly_once_until_release() -> None:
+    """An incoming QoS 2 packet id is new once; re-sends are not new until PUBREL
+    [MQTT-4.3.3-2]."""
+    session = Session("c", clean_session=True, limits=LIMITS)
+    session.attach(lambda: None)
+    assert session.receive_qos2(7)
+    assert not session.receive_qos2(7)
+    session.release_qos2(7)
+    assert session.receive_qos2(7)
+    assert session.take_outbox() == bytes.fromhex("50020007 50020007 70020007 50020007")
