@@ -155,7 +155,7 @@ class Broker:
 
     def route(self, message: Message) -> None:
         """Offer ``message`` to every matching session, RETAIN=0 on the wire ([MQTT-3.3.1-9])."""
-        matches = self.tree.match(message.topic)
+        matches = self.tree.matches(message.topic)
         if not matches:
             return
         sessions = self.sessions

@@ -6,10 +6,14 @@ configuration (ACL filters).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any, cast
 
 from mqttd.errors import MalformedPacket
+
+#: Topics whose subscribers ``TopicTree.matches`` remembers (cleared whole when full).
+MATCH_CACHE_SIZE = 10_000
 
 #: Longest topic in UTF-8 bytes: the 2-byte length prefix allows no more ([MQTT-4.7.3-3]).
 MAX_TOPIC_BYTES = 65_535
@@ -103,11 +107,13 @@ class TopicTree:
     are compared code point by code point with no normalisation ([MQTT-4.7.3-4]).
     """
 
-    __slots__ = ("_count", "_root")
+    __slots__ = ("_cache", "_count", "_root")
 
     def __init__(self) -> None:
         self._root = _Node()
         self._count = 0
+        #: topic -> match result, valid until the next subscription change (``matches``)
+        self._cache: dict[str, dict[str, int]] = {}
 
     def __len__(self) -> int:
         """The number of (topic filter, client id) subscriptions."""
@@ -154,6 +160,7 @@ class TopicTree:
                 subs = node.subs = {}
         is_new = client_id not in subs
         subs[client_id] = qos  # [MQTT-3.8.4-3] replace, keep one
+        self._cache.clear()
         if is_new:
             self._count += 1
         return is_new
@@ -183,6 +190,7 @@ class TopicTree:
         if subs is None or client_id not in subs:
             return False
         del subs[client_id]
+        self._cache.clear()
         if not subs:
             if multi:
                 node.hash_subs = None
@@ -201,6 +209,17 @@ class TopicTree:
                     parent.children = _NO_CHILDREN
             node = parent
         return True
+
+    def matches(self, topic: str) -> Mapping[str, int]:
+        """Like ``match``, but cached per topic until the subscriptions change: the result is
+        shared and must not be modified. Routing the same topic again costs one dict lookup.
+        """
+        result = self._cache.get(topic)
+        if result is None:
+            if len(self._cache) >= MATCH_CACHE_SIZE:
+                self._cache.clear()
+            result = self._cache[topic] = self.match(topic)
+        return result
 
     def match(self, topic: str) -> dict[str, int]:
         """Every client with a filter matching the topic name ``topic``, with its QoS.

@@ -414,3 +414,18 @@ def test_removing_all_subscriptions_leaves_only_the_root(
         assert tree.unsubscribe(topic_filter, client_id)
     assert len(tree) == 0
     assert tree._node_count() == 1
+
+
+def test_cached_matches_follow_subscription_changes() -> None:
+    """`matches` caches per topic, and every subscribe/unsubscribe invalidates the cache."""
+    tree = TopicTree()
+    assert dict(tree.matches("a/b")) == {}
+    tree.subscribe("a/+", "c1", 1)
+    assert dict(tree.matches("a/b")) == {"c1": 1}
+    assert tree.matches("a/b") is tree.matches("a/b")
+    tree.subscribe("a/#", "c2", 2)
+    assert dict(tree.matches("a/b")) == {"c1": 1, "c2": 2}
+    tree.unsubscribe("a/+", "c1")
+    assert dict(tree.matches("a/b")) == {"c2": 2}
+    tree.subscribe("a/#", "c2", 0)  # replaced with another QoS
+    assert dict(tree.matches("a/b")) == {"c2": 0}
