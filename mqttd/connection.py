@@ -53,9 +53,29 @@ class ServerState:
     connections: set[Connection] = field(default_factory=set)
     shutting_down: bool = False
     _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
+    #: connections with new output whose writer task is idle: flushed in one go (see
+    #: ``Connection._wake``) instead of waking one writer task per connection
+    dirty: list[Connection] = field(default_factory=list)
+    flush_needed: trio.Event = field(default_factory=trio.Event)
 
     def next_connection_id(self) -> int:
         return next(self._ids)
+
+    def flush_dirty(self) -> None:
+        """Write every pending outbox of an idle writer now, without blocking."""
+        dirty = self.dirty
+        while dirty:
+            batch = dirty[:]
+            dirty.clear()
+            for connection in batch:
+                connection._flush_now()
+
+    async def flusher(self) -> None:
+        """Flush output produced outside a reader's batch (timers, wills, takeovers)."""
+        while True:
+            await self.flush_needed.wait()
+            self.flush_needed = trio.Event()
+            self.flush_dirty()
 
 
 class _PeerGone(Exception):
@@ -67,10 +87,13 @@ class Connection:
 
     __slots__ = (
         "__weakref__",
+        "_dirty",
         "_drained",
         "_own_store_ops",
+        "_raw_socket",
         "_started_at",
         "_wakeup",
+        "_writer_idle",
         "bytes_in",
         "bytes_out",
         "cancel_scope",
@@ -111,6 +134,11 @@ class Connection:
         self.bytes_in = 0
         self.bytes_out = 0
         self._wakeup = trio.Event()
+        self._writer_idle = False
+        self._dirty = False
+        # Plain TCP only: the socket a batch of output can be written to without a task switch.
+        socket = getattr(stream, "socket", None)
+        self._raw_socket = getattr(socket, "_sock", None)
         self._drained: trio.Event | None = None  # created when reading pauses for the writer
         #: (first, last] store operations this client's packets recorded, not yet confirmed
         self._own_store_ops: list[tuple[int, int]] = []
@@ -335,6 +363,8 @@ class Connection:
                         self.close_reason = "client_disconnect"
                         return
                 self._note_store_ops(first_op)
+                if self.state.dirty:
+                    self.state.flush_dirty()
                 if got_packet and grace:
                     keepalive.deadline = trio.current_time() + grace
                 if session.outbox_bytes > max_outbox or (
@@ -368,7 +398,41 @@ class Connection:
             self._own_store_ops.append((first_op, store.recorded))
 
     def _wake(self) -> None:
-        self._wakeup.set()
+        """The session has new output. An idle writer on a plain socket is not woken: the
+        connection joins ``state.dirty`` and whoever produced the output (the reader after its
+        batch, or the flusher task) writes it with one non-blocking send -- a fan-out to a
+        thousand subscribers costs a thousand sends, not a thousand task switches."""
+        if not self._writer_idle or self._raw_socket is None:
+            self._wakeup.set()
+        elif not self._dirty:
+            self._dirty = True
+            state = self.state
+            state.dirty.append(self)
+            if len(state.dirty) == 1:
+                state.flush_needed.set()
+
+    def _flush_now(self) -> None:
+        self._dirty = False
+        session = self.session
+        if session is None or not session.outbox or not self._writer_idle:
+            return
+        store = self.state.broker.store
+        if store is not None and (store.committed < store.recorded or self._own_store_ops):
+            self._wakeup.set()  # durability first: the writer task waits for the commit
+            return
+        data = session.take_outbox()
+        try:
+            sent = self._raw_socket.send(data)  # type: ignore[union-attr]
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError:
+            sent = 0  # the writer task meets the error again and closes the connection
+        self.bytes_out += sent
+        if sent < len(data):
+            rest = data[sent:]
+            session.outbox.insert(0, rest)
+            session.outbox_bytes += len(rest)
+            self._wakeup.set()
 
     async def _write_loop(self) -> None:
         session = self.session
@@ -397,7 +461,11 @@ class Connection:
                     self._drained.set()
             else:
                 self._wakeup = trio.Event()
-                await self._wakeup.wait()
+                self._writer_idle = True
+                try:
+                    await self._wakeup.wait()
+                finally:
+                    self._writer_idle = False
 
     # -- the end ----------------------------------------------------------------------------
 

@@ -113,6 +113,7 @@ async def serve(
         if store is not None:
             await background.start(store.writer)
         try:
+            background.start_soon(state.flusher)
             if config.broker.sys_interval_s:
                 background.start_soon(publish_status, state, config.broker.sys_interval_s)
             expiration = config.store.expiration_s

@@ -122,3 +122,16 @@ async def test_qos0_publish_packet_has_no_packet_id(server: Server) -> None:
     await sub.send(wire.publish("z", b"p", qos=2, pid=8))
     await sub.expect(wire.pubrec(8))
     await sub.expect(bytes.fromhex("30 04 00 01 7a 70".replace(" ", "")))
+
+
+async def test_large_message_arrives_intact(server: Server) -> None:
+    """A 3 MiB payload, far more than one non-blocking send takes, arrives whole and in order
+    with a small one after it (the writer task finishes what the direct send could not)."""
+    payload = bytes(range(256)) * (3 * 4096)
+    sub = await connect_client(server.port(), "sub")
+    await subscribe(sub, 1, ("big/#", 1))
+    pub = await connect_client(server.port(), "pub")
+    await pub.send(wire.publish("big/1", payload, qos=1, pid=1) + wire.publish("big/2", b"after"))
+    await pub.expect(wire.puback(1))
+    await sub.expect(wire.publish("big/1", payload, qos=1, pid=1))
+    await sub.expect(wire.publish("big/2", b"after"))
