@@ -1,12 +1,15 @@
-"""The trio driver of one client connection: CONNECT, then a reader and a writer task.
+"""The trio driver of one client connection: CONNECT, then a reader (and a writer when needed).
 
-Theory of operation: ``serve_connection`` reads until a CONNECT arrives (under
+Theory of operation: ``Connection.run`` reads until a CONNECT arrives (under
 ``connect_timeout_s``), validates and authorises it, takes the client id over from any existing
 connection (cancelling it and waiting until it is gone), attaches the session and sends CONNACK.
-Then two tasks run: the reader decodes packets and applies them synchronously through
-``ClientProtocol``; the writer is the only task that writes to the stream and drains the session's
-outbox in one ``send_all`` per batch, under ``write_timeout_s``. When either ends, both end; the
-cleanup (Will, session detach, registry) is synchronous so it also runs under cancellation.
+Then the reader decodes packets and applies them synchronously through ``ClientProtocol``.
+Output accumulates in the session's outbox. On a plain TCP socket it is written with one
+non-blocking send per batch by whoever produced it (see ``Connection._wake``); a writer task --
+the only task that awaits on writing -- runs only while output is left over, must wait for the
+durable store, or the stream is TLS/WebSocket, and sends under ``write_timeout_s``. When the
+reader ends, the writer ends; the cleanup (Will, session detach, registry) is synchronous so it
+also runs under cancellation.
 """
 
 from __future__ import annotations
@@ -89,11 +92,12 @@ class Connection:
         "__weakref__",
         "_dirty",
         "_drained",
+        "_nursery",
         "_own_store_ops",
         "_raw_socket",
         "_started_at",
         "_wakeup",
-        "_writer_idle",
+        "_writer_running",
         "bytes_in",
         "bytes_out",
         "cancel_scope",
@@ -134,7 +138,8 @@ class Connection:
         self.bytes_in = 0
         self.bytes_out = 0
         self._wakeup = trio.Event()
-        self._writer_idle = False
+        self._writer_running = False
+        self._nursery: trio.Nursery | None = None
         self._dirty = False
         # Plain TCP only: the socket a batch of output can be written to without a task switch.
         socket = getattr(stream, "socket", None)
@@ -196,9 +201,14 @@ class Connection:
         if not await self._accept(connect):
             return
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._write_loop)
+            self._nursery = nursery
+            if self._raw_socket is None:
+                self._start_writer()  # TLS and WebSocket streams keep a writer task
+            else:
+                self._wake()  # CONNACK goes out with the reader's first flush
             await self._read_loop()
             nursery.cancel_scope.cancel()
+        self._nursery = None
 
     # -- CONNECT ----------------------------------------------------------------------------
 
@@ -340,6 +350,7 @@ class Connection:
         stream = self.stream
         max_outbox = self.limits.max_outbox_bytes
         store = self.state.broker.store
+        raw = self._raw_socket
         # [MQTT-3.1.2-24] disconnect after 1.5 x Keep Alive without a complete packet; bytes
         # that trickle in without completing a packet do not extend the deadline.
         grace = self.keepalive * 1.5 if self.keepalive else None
@@ -376,7 +387,19 @@ class Connection:
                     await self._wait_before_reading()
                     if grace:
                         keepalive.deadline = trio.current_time() + grace
-                data = await stream.receive_some(RECEIVE_SIZE)
+                if raw is None:
+                    data = await stream.receive_some(RECEIVE_SIZE)
+                else:
+                    # Plain TCP: read the socket directly (fewer layers per read, and fewer
+                    # suspended frames per idle connection than SocketStream.receive_some).
+                    try:
+                        data = raw.recv(RECEIVE_SIZE)
+                    except (BlockingIOError, InterruptedError):
+                        await trio.lowlevel.wait_readable(raw)
+                        continue
+                    except OSError as exc:
+                        raise trio.BrokenResourceError from exc
+                    await trio.lowlevel.checkpoint()  # a flooding client must not starve others
                 self.bytes_in += len(data)
                 decoder.receive_data(data)
         self.close_reason = "keepalive_timeout"
@@ -398,11 +421,17 @@ class Connection:
             self._own_store_ops.append((first_op, store.recorded))
 
     def _wake(self) -> None:
-        """The session has new output. An idle writer on a plain socket is not woken: the
-        connection joins ``state.dirty`` and whoever produced the output (the reader after its
-        batch, or the flusher task) writes it with one non-blocking send -- a fan-out to a
-        thousand subscribers costs a thousand sends, not a thousand task switches."""
-        if not self._writer_idle or self._raw_socket is None:
+        """The session has new output.
+
+        On a plain TCP socket with no writer task running, nothing is woken: the connection
+        joins ``state.dirty`` and whoever produced the output (the reader after its batch of
+        packets, or the flusher task) writes it with one non-blocking send. A fan-out to a
+        thousand subscribers costs a thousand sends, not a thousand task switches, and an idle
+        connection needs no writer task at all. A writer task runs only while there is output
+        the socket would not take at once, or that must wait for the durable store; TLS and
+        WebSocket streams keep theirs.
+        """
+        if self._raw_socket is None or self._writer_running:
             self._wakeup.set()
         elif not self._dirty:
             self._dirty = True
@@ -411,14 +440,23 @@ class Connection:
             if len(state.dirty) == 1:
                 state.flush_needed.set()
 
+    def _start_writer(self) -> None:
+        if self._writer_running or self._nursery is None:
+            return
+        self._writer_running = True
+        try:
+            self._nursery.start_soon(self._write_loop)
+        except RuntimeError:  # the connection is closing: nothing more will be written
+            self._writer_running = False
+
     def _flush_now(self) -> None:
         self._dirty = False
         session = self.session
-        if session is None or not session.outbox or not self._writer_idle:
+        if session is None or not session.outbox or self._writer_running:
             return
         store = self.state.broker.store
         if store is not None and (store.committed < store.recorded or self._own_store_ops):
-            self._wakeup.set()  # durability first: the writer task waits for the commit
+            self._start_writer()  # durability first: the writer task waits for the commit
             return
         data = session.take_outbox()
         try:
@@ -432,7 +470,9 @@ class Connection:
             rest = data[sent:]
             session.outbox.insert(0, rest)
             session.outbox_bytes += len(rest)
-            self._wakeup.set()
+            self._start_writer()
+        elif self._drained is not None:
+            self._drained.set()
 
     async def _write_loop(self) -> None:
         session = self.session
@@ -441,31 +481,33 @@ class Connection:
         timeout = self.limits.write_timeout_s
         store = self.state.broker.store
         own_ops = self._own_store_ops
-        while True:
-            if session.outbox:
-                data = session.take_outbox()
-                if store is not None:
-                    # Nothing leaves before the state that produced it is durable: no PUBACK,
-                    # PUBREC or delivery can be lost by a crash after it was sent.
-                    upto = store.recorded
-                    if store.committed < upto:
-                        await store.durable(upto)
-                    while own_ops and own_ops[0][1] <= upto:
-                        first, last = own_ops.pop(0)
-                        if store.failed(first, last):
-                            raise StoreError("commit_failed")
-                with trio.fail_after(timeout):
-                    await stream.send_all(data)
-                self.bytes_out += len(data)
-                if self._drained is not None:
-                    self._drained.set()
-            else:
-                self._wakeup = trio.Event()
-                self._writer_idle = True
-                try:
+        persistent = self._raw_socket is None
+        try:
+            while True:
+                if session.outbox:
+                    data = session.take_outbox()
+                    if store is not None:
+                        # Nothing leaves before the state that produced it is durable: no
+                        # PUBACK, PUBREC or delivery can be lost by a crash after it was sent.
+                        upto = store.recorded
+                        if store.committed < upto:
+                            await store.durable(upto)
+                        while own_ops and own_ops[0][1] <= upto:
+                            first, last = own_ops.pop(0)
+                            if store.failed(first, last):
+                                raise StoreError("commit_failed")
+                    with trio.fail_after(timeout):
+                        await stream.send_all(data)
+                    self.bytes_out += len(data)
+                    if self._drained is not None:
+                        self._drained.set()
+                elif not persistent:
+                    return  # nothing left: a plain socket needs no idle writer task
+                else:
+                    self._wakeup = trio.Event()
                     await self._wakeup.wait()
-                finally:
-                    self._writer_idle = False
+        finally:
+            self._writer_running = False
 
     # -- the end ----------------------------------------------------------------------------
 

@@ -1,7 +1,7 @@
 """The broker process: listeners, connections, signals and graceful shutdown.
 
 ``serve(config)`` starts every configured listener in one trio nursery, hands each accepted
-connection to ``serve_connection``, and reports a ``Server`` through ``task_status`` (tests use
+connection to a ``Connection``, and reports a ``Server`` through ``task_status`` (tests use
 ``await nursery.start(serve, config)``). ``main(config)`` adds SIGINT/SIGTERM handling for the
 command line: stop listening, close every client, exit within ``graceful_timeout_s``.
 """
@@ -18,7 +18,7 @@ import trio
 from mqttd.access import AccessControl
 from mqttd.broker import Broker
 from mqttd.config import Config, ListenerConfig
-from mqttd.connection import ServerState, serve_connection
+from mqttd.connection import Connection, ServerState
 from mqttd.errors import ConfigError, StartupError
 from mqttd.store import Store
 from mqttd.sysinfo import publish_status
@@ -104,7 +104,7 @@ async def serve(
             return
         per_listener[key] = per_listener.get(key, 0) + 1
         try:
-            await serve_connection(stream, info, state)
+            await Connection(stream, info, state).run()
         finally:
             per_listener[key] -= 1
 
