@@ -175,6 +175,8 @@ class Broker:
 
     def _dropped(self, session: Session) -> None:
         self.stats.messages_dropped += 1
+        if session.on_overflow is not None and session.connected:
+            session.on_overflow()  # slow_consumer = "disconnect"
         if session.drop_episode_started():
             # Once per episode, never per message: a flood must not become a log flood.
             log.warning(

@@ -153,6 +153,20 @@ class LimitsConfig:
         write_timeout_s: seconds a write to a client may block before the connection closes.
         max_outbox_bytes: unsent bytes per connection before reading from it pauses.
         graceful_timeout_s: seconds connections get to finish on shutdown.
+        max_keepalive: cap on the Keep Alive the broker enforces, in seconds: a client asking
+            for more (or for none) is held to this; 0 takes the client's value as it is.
+        max_topic_levels: most levels in a topic name or filter; a deeper PUBLISH closes the
+            connection, a deeper subscription gets SUBACK 0x80.
+        max_subscriptions_per_client: most subscriptions one session may hold; further new
+            filters get SUBACK 0x80.
+        max_connections_per_ip: most simultaneous connections from one client address; more
+            are closed at once.
+        max_connect_rate_per_ip: new connections per second one address may open (a token
+            bucket with a burst of this many); 0 turns the limit off.
+        max_publish_rate: PUBLISH packets per second one client may send; the excess is delayed
+            by reading its socket more slowly, never dropped; 0 turns the limit off.
+        slow_consumer: what happens when a client's queue or unsent output is full: "drop"
+            its further messages (counted, logged once) or "disconnect" it.
     """
 
     max_inflight_messages: int = 20
@@ -164,6 +178,13 @@ class LimitsConfig:
     write_timeout_s: float = 30.0
     max_outbox_bytes: int = 4 * 1024 * 1024
     graceful_timeout_s: float = 3.0
+    max_keepalive: int = 0
+    max_topic_levels: int = 128
+    max_subscriptions_per_client: int = 10_000
+    max_connections_per_ip: int = 10_000
+    max_connect_rate_per_ip: float = 0.0
+    max_publish_rate: float = 0.0
+    slow_consumer: Literal["drop", "disconnect"] = "drop"
 
 
 @dataclass(frozen=True, slots=True)
@@ -271,6 +292,9 @@ _BOUNDS: dict[tuple[type, str], tuple[float | None, float | None]] = {
     # The largest Remaining Length four varint bytes can encode [MQTT-2.2.3].
     (LimitsConfig, "max_packet_size"): (1, 268_435_455),
     (BrokerConfig, "sys_interval_s"): (0, None),
+    (LimitsConfig, "max_keepalive"): (0, 65535),
+    (LimitsConfig, "max_connect_rate_per_ip"): (0, None),
+    (LimitsConfig, "max_publish_rate"): (0, None),
 }
 
 

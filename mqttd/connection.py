@@ -25,7 +25,7 @@ import trio
 from mqttd.access import AccessControl
 from mqttd.broker import Broker
 from mqttd.codec.decoder import CLOSED, NEED_DATA, Decoder
-from mqttd.codec.packets import ConnackCode, Connect, Will
+from mqttd.codec.packets import ConnackCode, Connect, Publish, Will
 from mqttd.config import Config
 from mqttd.errors import MalformedPacket, ProtocolError
 from mqttd.protocol import ClientProtocol, connack_bytes
@@ -274,10 +274,14 @@ class Connection:
             present = False  # MQTT 3.1 has no Session Present flag
         self.session = session
         self.will = connect.will  # [MQTT-3.1.2-8]
-        self.keepalive = connect.keepalive
+        cap = self.limits.max_keepalive
+        # A client asking for more than the cap (or for none) is held to the cap.
+        self.keepalive = cap if cap and not 0 < connect.keepalive <= cap else connect.keepalive
         self.username = username
         acl = self.state.access.client_acl(self.info.listener, username, client_id)
         session.may_receive = None if acl.allows_everything else acl.can_receive
+        if self.limits.slow_consumer == "disconnect":
+            session.on_overflow = lambda: self.kick("slow_consumer")
         self.protocol = ClientProtocol(broker, session, connect.protocol_level, acl)
         # CONNACK is the first packet the server sends ([MQTT-3.2.0-1], [MQTT-3.1.4-4]); the
         # session's re-sends follow it once attached ([MQTT-4.4.0-1]).
@@ -351,6 +355,9 @@ class Connection:
         max_outbox = self.limits.max_outbox_bytes
         store = self.state.broker.store
         raw = self._raw_socket
+        rate = self.limits.max_publish_rate
+        tokens = rate
+        last_refill = trio.current_time()
         # [MQTT-3.1.2-24] disconnect after 1.5 x Keep Alive without a complete packet; bytes
         # that trickle in without completing a packet do not extend the deadline.
         grace = self.keepalive * 1.5 if self.keepalive else None
@@ -373,6 +380,19 @@ class Connection:
                     if not handle(packet):
                         self.close_reason = "client_disconnect"
                         return
+                    if rate and type(packet) is Publish:
+                        # Token bucket (burst = one second's worth): the excess waits in the
+                        # decoder and the socket -- delayed by not reading, never dropped.
+                        now = trio.current_time()
+                        tokens = min(rate, tokens + (now - last_refill) * rate) - 1
+                        last_refill = now
+                        if tokens < 0:
+                            if self.state.dirty:
+                                self.state.flush_dirty()
+                            keepalive.deadline = float("inf")
+                            await trio.sleep(-tokens / rate)
+                            if grace:
+                                keepalive.deadline = trio.current_time() + grace
                 self._note_store_ops(first_op)
                 if self.state.dirty:
                     self.state.flush_dirty()

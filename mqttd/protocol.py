@@ -59,6 +59,7 @@ class ClientProtocol:
         "acl",
         "broker",
         "disconnected",
+        "max_topic_levels",
         "protocol_level",
         "publishes_denied",
         "session",
@@ -73,6 +74,7 @@ class ClientProtocol:
         self.acl = acl
         self.disconnected = False  # a DISCONNECT was received: discard the Will
         self.publishes_denied = 0
+        self.max_topic_levels = broker.limits.max_topic_levels
 
     def handle(self, packet: Packet) -> bool:
         """Apply one packet. Returns False once the client has sent DISCONNECT.
@@ -89,6 +91,8 @@ class ClientProtocol:
 
     def _publish(self, packet: Publish) -> None:
         qos = packet.qos
+        if packet.topic.count("/") >= self.max_topic_levels:
+            raise ProtocolViolation("too_many_topic_levels")  # [limits] max_topic_levels
         allowed = self.acl.can_publish(packet.topic)
         if not allowed:
             self._publish_denied(packet.topic)
@@ -130,7 +134,19 @@ class ClientProtocol:
 
     def _subscribe(self, packet: Subscribe) -> None:
         can_subscribe = self.acl.can_subscribe
-        allowed = [(f, qos) for f, qos in packet.subscriptions if can_subscribe(f)]
+        limits = self.broker.limits
+        room = limits.max_subscriptions_per_client - len(self.session.subscriptions)
+        allowed = []
+        for topic_filter, qos in packet.subscriptions:
+            if topic_filter.count("/") >= limits.max_topic_levels or not can_subscribe(
+                topic_filter
+            ):
+                continue
+            if topic_filter not in self.session.subscriptions:
+                if room <= 0:
+                    continue  # max_subscriptions_per_client
+                room -= 1
+            allowed.append((topic_filter, qos))
         codes_granted = self.broker.subscribe(self.session, allowed)
         granted = {f: code for (f, _), code in zip(allowed, codes_granted, strict=True)}
         codes = []
@@ -144,9 +160,8 @@ class ClientProtocol:
             else:
                 codes.append(SUBACK_FAILURE)  # [MQTT-3.9.3-2]
         if len(allowed) < len(packet.subscriptions):
-            log.warning(
-                "subscribe_denied", filters=[f for f, _ in packet.subscriptions if f not in granted]
-            )
+            refused = [f for f, _ in packet.subscriptions if f not in granted]
+            log.warning("subscribe_refused", count=len(refused), first=refused[0])
         # SUBACK with the same packet id, one code per filter in order ([MQTT-3.8.4-1],
         # [MQTT-3.8.4-4], [MQTT-3.9.3-1]), before any retained message it triggers.
         self.session.send_packet(encode(Suback(packet.packet_id, tuple(codes))))

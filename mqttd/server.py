@@ -16,6 +16,7 @@ import structlog
 import trio
 
 from mqttd.access import AccessControl
+from mqttd.admission import Admission, peer_ip
 from mqttd.broker import Broker
 from mqttd.config import Config, ListenerConfig
 from mqttd.connection import Connection, ServerState
@@ -91,22 +92,30 @@ async def serve(
         )
     state = ServerState(config=config, broker=broker, access=access)
     per_listener: dict[int, int] = {}
+    admission = Admission(config.limits)
 
     async def handle(stream: trio.abc.Stream, info: ConnectionInfo) -> None:
         key = id(info.listener)
         limit = info.listener.max_connections
-        if len(state.connections) >= config.limits.max_connections or (
-            limit and per_listener.get(key, 0) >= limit
-        ):
-            log.warning("connection_refused", reason="max_connections", peer=info.peer)
+        ip = peer_ip(info.peer)
+        refusal = admission.refuse(ip, trio.current_time())
+        if refusal is None and len(state.connections) >= config.limits.max_connections:
+            refusal = "max_connections"
+        if refusal is None and limit and per_listener.get(key, 0) >= limit:
+            refusal = "max_connections"
+        if refusal is not None:
+            if admission.first_refusal(ip, refusal):
+                log.warning("connection_refused", reason=refusal, peer=info.peer)
             with trio.move_on_after(1):
                 await stream.aclose()
             return
         per_listener[key] = per_listener.get(key, 0) + 1
+        admission.opened(ip)
         try:
             await Connection(stream, info, state).run()
         finally:
             per_listener[key] -= 1
+            admission.closed(ip)
 
     addresses: list[BoundAddress] = []
     async with trio.open_nursery() as background:

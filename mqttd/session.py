@@ -71,6 +71,7 @@ class Session:
         "last_seen",
         "limits",
         "may_receive",
+        "on_overflow",
         "outbox",
         "outbox_bytes",
         "queue",
@@ -109,6 +110,8 @@ class Session:
         self.last_seen = 0.0  # wall-clock time of the last connect/disconnect
         #: the client's read ACL check (None = may receive everything it subscribes to)
         self.may_receive: Callable[[str], bool] | None = None
+        #: called when a message is dropped for this online client (slow_consumer="disconnect")
+        self.on_overflow: Callable[[], None] | None = None
 
     # -- connection lifecycle ---------------------------------------------------------------
 
@@ -134,6 +137,7 @@ class Session:
         """The network connection ended. Unsent bytes are discarded; QoS 1/2 state is kept."""
         self.connected = False
         self.wake = None
+        self.on_overflow = None
         self.outbox.clear()
         self.outbox_bytes = 0
 

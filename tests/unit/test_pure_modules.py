@@ -19,6 +19,7 @@ PURE = [
     "mqttd.protocol",
     "mqttd.acl",
     "mqttd.auth",
+    "mqttd.admission",
 ]
 
 _PROBE = textwrap.dedent(
