@@ -3,38 +3,22 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
 import trio
 import trio.testing
 
-from mqttd.access import AccessControl
-from mqttd.broker import Broker
-from mqttd.config import Config, LimitsConfig, ListenerConfig
-from mqttd.connection import ServerState, serve_connection
-from mqttd.transports import ConnectionInfo
 from tests.helpers import wire
 from tests.helpers.client import WireClient
-
-
-def _state(**limits: object) -> ServerState:
-    config = Config(limits=dataclasses.replace(LimitsConfig(), **limits))  # type: ignore[arg-type]
-    return ServerState(config=config, broker=Broker(config.limits), access=AccessControl(config))
-
-
-def _start(nursery: trio.Nursery, state: ServerState, stream: trio.abc.Stream) -> None:
-    info = ConnectionInfo("memory", "memory:1", ListenerConfig())
-    nursery.start_soon(serve_connection, stream, info, state)
+from tests.helpers.memory import serve_stream, server_state
 
 
 async def test_keepalive_timeout_closes_after_one_and_a_half(
     nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
 ) -> None:
     """A client silent for 1.5 x Keep Alive is disconnected [MQTT-3.1.2-24]."""
-    state = _state()
+    state = server_state()
     client_stream, server_stream = trio.testing.memory_stream_pair()
-    _start(nursery, state, server_stream)
+    serve_stream(nursery, state, server_stream)
     client = WireClient(client_stream)
     await client.send(wire.connect("ka", keepalive=10))
     await client.expect(wire.connack(0, 0))
@@ -48,9 +32,9 @@ async def test_keepalive_reset_by_packets(
 ) -> None:
     """Each complete packet restarts the 1.5 x Keep Alive timer; PINGREQ gets PINGRESP
     [MQTT-3.12.4-1]."""
-    state = _state()
+    state = server_state()
     client_stream, server_stream = trio.testing.memory_stream_pair()
-    _start(nursery, state, server_stream)
+    serve_stream(nursery, state, server_stream)
     client = WireClient(client_stream)
     await client.send(wire.connect("ka", keepalive=10))
     await client.expect(wire.connack(0, 0))
@@ -67,9 +51,9 @@ async def test_trickled_bytes_do_not_extend_keepalive(
     nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
 ) -> None:
     """Bytes that never complete a packet do not count as a Control Packet [MQTT-3.1.2-24]."""
-    state = _state()
+    state = server_state()
     client_stream, server_stream = trio.testing.memory_stream_pair()
-    _start(nursery, state, server_stream)
+    serve_stream(nursery, state, server_stream)
     client = WireClient(client_stream)
     await client.send(wire.connect("ka", keepalive=2))
     await client.expect(wire.connack(0, 0))
@@ -86,9 +70,9 @@ async def test_keepalive_zero_means_no_timeout(
     nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
 ) -> None:
     """Keep Alive 0 turns the mechanism off."""
-    state = _state()
+    state = server_state()
     client_stream, server_stream = trio.testing.memory_stream_pair()
-    _start(nursery, state, server_stream)
+    serve_stream(nursery, state, server_stream)
     client = WireClient(client_stream)
     await client.send(wire.connect("ka0", keepalive=0))
     await client.expect(wire.connack(0, 0))
@@ -101,9 +85,9 @@ async def test_connect_timeout_closes_silent_socket(
     nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
 ) -> None:
     """A socket that never sends CONNECT is closed after connect_timeout_s."""
-    state = _state(connect_timeout_s=7)
+    state = server_state(connect_timeout_s=7)
     client_stream, server_stream = trio.testing.memory_stream_pair()
-    _start(nursery, state, server_stream)
+    serve_stream(nursery, state, server_stream)
     client = WireClient(client_stream)
     start = trio.current_time()
     await client.expect_closed(timeout=100)
@@ -114,11 +98,11 @@ async def test_write_timeout_closes_client_that_never_reads(
     nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
 ) -> None:
     """A client that stops reading is closed after write_timeout_s; others are unaffected."""
-    state = _state(write_timeout_s=5)
+    state = server_state(write_timeout_s=5)
     client_stream, server_stream = trio.testing.lockstep_stream_pair()
-    _start(nursery, state, server_stream)
+    serve_stream(nursery, state, server_stream)
     other_client, other_server = trio.testing.memory_stream_pair()
-    _start(nursery, state, other_server)
+    serve_stream(nursery, state, other_server)
     stuck = WireClient(client_stream)
     other = WireClient(other_client)
     await other.send(wire.connect("other"))

@@ -9,34 +9,21 @@ import pytest
 import trio
 import trio.testing
 
-from mqttd.access import AccessControl
 from mqttd.admission import Admission, peer_ip
-from mqttd.broker import Broker
-from mqttd.config import Config, LimitsConfig, ListenerConfig
-from mqttd.connection import Connection, ServerState
-from mqttd.transports import ConnectionInfo
+from mqttd.config import LimitsConfig
 from tests.helpers import wire
 from tests.helpers.client import WireClient, connect_client, subscribe
-
-
-def _state(**limits: object) -> ServerState:
-    config = Config(limits=dataclasses.replace(LimitsConfig(), **limits))  # type: ignore[arg-type]
-    return ServerState(config=config, broker=Broker(config.limits), access=AccessControl(config))
-
-
-def _start(nursery: trio.Nursery, state: ServerState, stream: trio.abc.Stream) -> None:
-    info = ConnectionInfo("memory", "memory:1", ListenerConfig())
-    nursery.start_soon(Connection(stream, info, state).run)
+from tests.helpers.memory import serve_stream, server_state
 
 
 async def test_keepalive_cap_applies_to_long_and_zero_keepalive(
     nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
 ) -> None:
     """max_keepalive holds a client asking for more, or for none, to the cap (1.5 x cap)."""
-    state = _state(max_keepalive=10)
+    state = server_state(max_keepalive=10)
     for asked in (600, 0):
         client_stream, server_stream = trio.testing.memory_stream_pair()
-        _start(nursery, state, server_stream)
+        serve_stream(nursery, state, server_stream)
         client = WireClient(client_stream)
         await client.send(wire.connect(f"ka{asked}", keepalive=asked))
         await client.expect(wire.connack(0, 0))
@@ -118,11 +105,11 @@ async def test_publish_rate_delays_but_never_drops(
 ) -> None:
     """max_publish_rate slows a flooding publisher down (by reading it more slowly) and every
     message still arrives."""
-    state = _state(max_publish_rate=10)
+    state = server_state(max_publish_rate=10)
     sub_stream, sub_server = trio.testing.memory_stream_pair()
     pub_stream, pub_server = trio.testing.memory_stream_pair()
-    _start(nursery, state, sub_server)
-    _start(nursery, state, pub_server)
+    serve_stream(nursery, state, sub_server)
+    serve_stream(nursery, state, pub_server)
     sub, pub = WireClient(sub_stream), WireClient(pub_stream)
     await sub.send(wire.connect("sub") + wire.subscribe(1, [("flood", 0)]))
     await sub.expect(wire.connack(0, 0))
@@ -141,11 +128,11 @@ async def test_slow_consumer_disconnect_policy(
 ) -> None:
     """slow_consumer = "disconnect" closes a client whose output is full instead of dropping
     its messages; the publisher is unaffected."""
-    state = _state(slow_consumer="disconnect", max_outbox_bytes=1000, write_timeout_s=1000)
+    state = server_state(slow_consumer="disconnect", max_outbox_bytes=1000, write_timeout_s=1000)
     stuck_stream, stuck_server = trio.testing.lockstep_stream_pair()
     pub_stream, pub_server = trio.testing.memory_stream_pair()
-    _start(nursery, state, stuck_server)
-    _start(nursery, state, pub_server)
+    serve_stream(nursery, state, stuck_server)
+    serve_stream(nursery, state, pub_server)
     stuck, pub = WireClient(stuck_stream), WireClient(pub_stream)
     await stuck.send(wire.connect("stuck"))
     await stuck.expect(wire.connack(0, 0))
