@@ -265,3 +265,41 @@ async def test_wss_round_trip_with_dev_certs(
                 got += await stream.receive_some()
         assert got == payload
     assert server.infos[0].transport == "wss"
+
+
+async def test_certificate_identity_is_the_user_name(
+    nursery: trio.Nursery, tmp_path: Path, certs: Certs
+) -> None:
+    """With use_identity_as_username, a client certificate's CN is the user name: no password
+    is needed, and the ACL of that user applies."""
+    from mqttd.config import AuthConfig, Config, StoreConfig
+    from mqttd.server import serve
+    from tests.helpers import wire
+    from tests.helpers.client import WireClient
+
+    (tmp_path / "acl").write_text("user sensor-17\ntopic readwrite sensors/17/#\n")
+    (tmp_path / "passwd").write_text("")
+    listener = tls_listener(
+        certs, cafile=certs.cafile, require_certificate=True, use_identity_as_username=True
+    )
+    config = Config(
+        listeners=(listener,),
+        auth=AuthConfig(
+            allow_anonymous=False,
+            password_file=tmp_path / "passwd",
+            acl_file=tmp_path / "acl",
+        ),
+        store=StoreConfig(durability="memory"),
+    )
+    with trio.fail_after(TIMEOUT_S):
+        server = await nursery.start(serve, config)
+        context = client_context(certs)
+        certs.ca.issue_cert("sensor-17@example", common_name="sensor-17").configure_cert(context)
+        stream = await tls_connect(server.port("tls"), context)
+        client = WireClient(stream)
+        await client.send(wire.connect("s17"))
+        await client.expect(wire.connack(0, 0))
+        await client.send(wire.subscribe(1, [("sensors/17/#", 1), ("sensors/18/#", 1)]))
+        await client.expect(wire.suback(1, [1, 0x80]))
+        await stream.aclose()
+        server.shutdown()
