@@ -474,6 +474,8 @@ class Connection:
         session = self.session
         if session is None or not session.outbox or self._writer_running:
             return
+        if self.closed.is_set():
+            return  # taken over or closed: the session may already belong to a new connection
         store = self.state.broker.store
         if store is not None and (store.committed < store.recorded or self._own_store_ops):
             self._start_writer()  # durability first: the writer task waits for the commit
