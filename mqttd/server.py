@@ -24,6 +24,7 @@ from mqttd.errors import ConfigError, StartupError
 from mqttd.store import Store
 from mqttd.sysinfo import publish_status
 from mqttd.transports import ConnectionInfo, serve_listener
+from mqttd.transports.tls import reload_certificates
 
 log = structlog.get_logger("mqttd.server")
 
@@ -57,10 +58,13 @@ class Server:
         raise LookupError(f"no {listener_type} listener")
 
     async def reload(self) -> None:
-        """Re-read password and ACL files (SIGHUP); existing connections get the new rules."""
+        """SIGHUP: re-read password and ACL files (open connections get the new rules) and the
+        certificates of tls/wss listeners (new handshakes use them); a broken file keeps the
+        previous one."""
         if await trio.to_thread.run_sync(self.state.access.reload):
             for connection in list(self.state.connections):
                 connection.refresh_acl()
+        reload_certificates(self.state.config.listeners)
 
     def shutdown(self) -> None:
         """Ask ``serve`` to stop listening, close every client and return."""

@@ -11,6 +11,8 @@ connection. A verified client certificate's common name becomes ``ConnectionInfo
 from __future__ import annotations
 
 import ssl
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -27,6 +29,65 @@ from mqttd.transports.peer import stream_peer
 log = structlog.get_logger()
 
 
+def _certificate_files(listener: ListenerConfig, data_dir: Path) -> tuple[Path, Path | None]:
+    if listener.certfile is not None:
+        return listener.certfile, listener.keyfile
+    if listener.tls_dev_certs:
+        dev = ensure_dev_certs(data_dir)
+        return dev.cert_file, dev.key_file
+    raise StartupError(
+        f"{listener.type} listener {listener.host}:{listener.port}: "
+        "set certfile and keyfile, or tls_dev_certs = true"
+    )
+
+
+#: The TLS contexts of running listeners (by listener identity), so SIGHUP can reload their
+#: certificate files in place: new handshakes use the new certificate, open connections stay.
+_live_contexts: dict[int, tuple[ListenerConfig, Path, ssl.SSLContext, list[str] | None]] = {}
+
+
+@contextmanager
+def live_context(
+    listener: ListenerConfig, data_dir: Path, context: ssl.SSLContext, alpn: list[str] | None
+) -> Iterator[None]:
+    """Register ``context`` as the running context of ``listener`` while the block runs."""
+    _live_contexts[id(listener)] = (listener, data_dir, context, alpn)
+    try:
+        yield
+    finally:
+        _live_contexts.pop(id(listener), None)
+
+
+def reload_certificates(listeners: Iterable[ListenerConfig]) -> bool:
+    """Re-read the certificate, key and CA files of these running tls/wss listeners (SIGHUP).
+
+    Files are checked in a fresh context first; a listener whose files are broken keeps its
+    current certificate and the error is logged.
+
+    Returns:
+        True if every listener took its files.
+    """
+    ok = True
+    for listener in listeners:
+        entry = _live_contexts.get(id(listener))
+        if entry is None:
+            continue
+        _listener, data_dir, context, alpn = entry
+        where = f"{listener.type} listener {listener.host}:{listener.port}"
+        try:
+            server_ssl_context(listener, data_dir, alpn=alpn)  # validate before touching
+        except StartupError as exc:
+            log.error("tls_reload_failed", listener=where, error=str(exc), kept="previous")
+            ok = False
+            continue
+        certfile, keyfile = _certificate_files(listener, data_dir)
+        context.load_cert_chain(certfile, keyfile)
+        if listener.cafile is not None:
+            context.load_verify_locations(cafile=listener.cafile)
+        log.info("tls_reloaded", listener=where, certfile=str(certfile))
+    return ok
+
+
 def server_ssl_context(
     listener: ListenerConfig, data_dir: Path, *, alpn: list[str] | None = None
 ) -> ssl.SSLContext:
@@ -40,13 +101,7 @@ def server_ssl_context(
         StartupError: no certificate configured, or a file is missing or invalid.
     """
     where = f"{listener.type} listener {listener.host}:{listener.port}"
-    if listener.certfile is not None:
-        certfile, keyfile = listener.certfile, listener.keyfile
-    elif listener.tls_dev_certs:
-        dev = ensure_dev_certs(data_dir)
-        certfile, keyfile = dev.cert_file, dev.key_file
-    else:
-        raise StartupError(f"{where}: set certfile and keyfile, or tls_dev_certs = true")
+    certfile, keyfile = _certificate_files(listener, data_dir)
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     try:
@@ -165,9 +220,10 @@ async def serve_tls_listener(
     ssl_listeners = [
         trio.SSLListener(tcp, context, https_compatible=False) for tcp in tcp_listeners
     ]
-    await trio.serve_listeners(
-        partial(_serve_tls_connection, listener=listener, handler=handler),
-        ssl_listeners,
-        handler_nursery=handler_nursery,
-        task_status=task_status,
-    )
+    with live_context(listener, data_dir, context, None):
+        await trio.serve_listeners(
+            partial(_serve_tls_connection, listener=listener, handler=handler),
+            ssl_listeners,
+            handler_nursery=handler_nursery,
+            task_status=task_status,
+        )

@@ -50,7 +50,13 @@ from mqttd.transports.http import (
     serve_static,
 )
 from mqttd.transports.peer import IPNetwork, client_address, parse_trusted_proxies, stream_peer
-from mqttd.transports.tls import client_identity, open_listeners, server_ssl_context, tls_handshake
+from mqttd.transports.tls import (
+    client_identity,
+    live_context,
+    open_listeners,
+    server_ssl_context,
+    tls_handshake,
+)
 
 log = structlog.get_logger()
 
@@ -532,9 +538,18 @@ async def serve_ws_listener(
         listeners = [trio.SSLListener(t, context, https_compatible=True) for t in tcp_listeners]
     else:
         listeners = list(tcp_listeners)
-    await trio.serve_listeners(
-        partial(_serve_ws_connection, ctx=ctx),
-        listeners,
-        handler_nursery=handler_nursery,
-        task_status=task_status,
-    )
+    if context is None:
+        await trio.serve_listeners(
+            partial(_serve_ws_connection, ctx=ctx),
+            listeners,
+            handler_nursery=handler_nursery,
+            task_status=task_status,
+        )
+        return
+    with live_context(listener, data_dir, context, ["http/1.1"]):
+        await trio.serve_listeners(
+            partial(_serve_ws_connection, ctx=ctx),
+            listeners,
+            handler_nursery=handler_nursery,
+            task_status=task_status,
+        )

@@ -303,3 +303,53 @@ async def test_certificate_identity_is_the_user_name(
         await client.expect(wire.suback(1, [1, 0x80]))
         await stream.aclose()
         server.shutdown()
+
+
+async def test_sighup_reload_swaps_certificate_for_new_handshakes(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    """Server.reload (SIGHUP) loads a renewed certificate for new handshakes, keeps open
+    connections, and keeps the old certificate when the new files are broken."""
+    from mqttd.config import Config, StoreConfig
+    from mqttd.server import serve
+    from tests.helpers import wire
+    from tests.helpers.client import WireClient
+
+    old_ca, new_ca = trustme.CA(), trustme.CA()
+    certfile, keyfile = tmp_path / "server.pem", tmp_path / "server.key"
+
+    def install(ca: trustme.CA) -> None:
+        cert = ca.issue_cert("localhost", "127.0.0.1")
+        cert.private_key_pem.write_to_path(str(keyfile))
+        cert.cert_chain_pems[0].write_to_path(str(certfile))
+
+    install(old_ca)
+    listener = ListenerConfig(type="tls", port=0, certfile=certfile, keyfile=keyfile)
+    config = Config(listeners=(listener,), store=StoreConfig(durability="memory"))
+
+    async def handshake(ca: trustme.CA) -> WireClient:
+        context = ssl.create_default_context()
+        ca.configure_trust(context)
+        client = WireClient(await tls_connect(server.port("tls"), context))
+        await client.send(wire.connect(""))
+        await client.expect(wire.connack(0, 0))
+        return client
+
+    with trio.fail_after(TIMEOUT_S):
+        server = await nursery.start(serve, config)
+        before = await handshake(old_ca)
+        install(new_ca)
+        with capture_logs() as logs:
+            await server.reload()
+        assert "tls_reloaded" in [e["event"] for e in logs]
+        await handshake(new_ca)
+        with pytest.raises(trio.BrokenResourceError):
+            await handshake(old_ca)  # the old chain is no longer served
+        await before.send(wire.pingreq())  # the connection made before the reload lives on
+        await before.expect(wire.pingresp())
+        keyfile.write_text("not a key")
+        with capture_logs() as logs:
+            await server.reload()
+        assert "tls_reload_failed" in [e["event"] for e in logs]
+        await handshake(new_ca)
+        server.shutdown()
