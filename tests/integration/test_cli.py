@@ -393,3 +393,21 @@ async def test_sighup_reloads_auth_files_and_keeps_running(
     assert "acl" in failed["error"]
     broker.proc.send_signal(signal.SIGTERM)
     assert await broker.wait_exit(TIMEOUT_S) == 0
+
+
+async def test_corrupt_store_exits_2_with_what_to_do(write_config: Any, tmp_path: Path) -> None:
+    """A corrupt database never starts an empty broker: one line naming the file and what to
+    do, exit 2."""
+    database = tmp_path / "broken.db"
+    database.write_bytes(b"definitely not sqlite" * 200)
+    path = write_config(
+        f'[[listeners]]\nport = 0\n[store]\ndurability = "fsync"\npath = "{database}"\n'
+    )
+    result = await run_mqttd("--config", path, "--log-format", "json")
+    stderr = result.stderr.decode()
+    assert result.returncode == 2, stderr
+    assert "Traceback" not in stderr
+    last = stderr.splitlines()[-1]
+    assert last.startswith("mqttd: store ")
+    assert str(database) in last
+    assert "backup" in last
