@@ -10,15 +10,6 @@ from mqttd.config import LimitsConfig
 MAX_TRACKED_ADDRESSES = 100_000
 
 
-def peer_ip(peer: str) -> str:
-    """The address part of ``host:port``, ``[v6]:port`` or a bare address."""
-    if peer.startswith("["):
-        return peer[1 : peer.find("]")]
-    if peer.count(":") == 1:
-        return peer.rpartition(":")[0]
-    return peer
-
-
 class Admission:
     """Decides whether a new connection from an address is let in."""
 

@@ -16,7 +16,7 @@ import structlog
 import trio
 
 from mqttd.access import AccessControl
-from mqttd.admission import Admission, peer_ip
+from mqttd.admission import Admission
 from mqttd.broker import Broker
 from mqttd.config import Config, ListenerConfig
 from mqttd.connection import Connection, ServerState
@@ -95,31 +95,10 @@ async def serve(
             retained=len(broker.retained),
         )
     state = ServerState(config=config, broker=broker, access=access)
-    per_listener: dict[int, int] = {}
-    admission = Admission(config.limits)
+    gate = ConnectionGate(config)
 
     async def handle(stream: trio.abc.Stream, info: ConnectionInfo) -> None:
-        key = id(info.listener)
-        limit = info.listener.max_connections
-        ip = peer_ip(info.peer)
-        refusal = admission.refuse(ip, trio.current_time())
-        if refusal is None and len(state.connections) >= config.limits.max_connections:
-            refusal = "max_connections"
-        if refusal is None and limit and per_listener.get(key, 0) >= limit:
-            refusal = "max_connections"
-        if refusal is not None:
-            if admission.first_refusal(ip, refusal):
-                log.warning("connection_refused", reason=refusal, peer=info.peer)
-            with trio.move_on_after(1):
-                await stream.aclose()
-            return
-        per_listener[key] = per_listener.get(key, 0) + 1
-        admission.opened(ip)
-        try:
-            await Connection(stream, info, state).run()
-        finally:
-            per_listener[key] -= 1
-            admission.closed(ip)
+        await Connection(stream, info, state).run()
 
     addresses: list[BoundAddress] = []
     async with trio.open_nursery() as background:
@@ -142,6 +121,7 @@ async def serve(
                                 handle,
                                 data_dir=config.broker.data_dir,
                                 handler_nursery=connections,
+                                gate=gate,
                             )
                         )
                         addresses.extend(_log_started(listener, sockets))
@@ -162,6 +142,43 @@ async def serve(
                 store.close()  # the writer commits what is recorded, then its thread ends
             background.cancel_scope.cancel()  # the writer task still waits for its thread
     log.info("stopped")
+
+
+class ConnectionGate:
+    """Admission at accept time, for every transport and before any TLS, HTTP or MQTT work:
+    ``limits.max_connections``, ``listeners[].max_connections``, and the per-address count and
+    rate of ``mqttd.admission``. Refusals are logged once per episode and address."""
+
+    def __init__(self, config: Config) -> None:
+        self.limits = config.limits
+        self.admission = Admission(config.limits)
+        self.total = 0
+        self.per_listener: dict[int, int] = {}
+
+    def enter(self, listener: ListenerConfig, ip: str) -> bool:
+        refusal = self.admission.refuse(ip, trio.current_time())
+        key = id(listener)
+        if refusal is None and self.total >= self.limits.max_connections:
+            refusal = "max_connections"
+        if (
+            refusal is None
+            and listener.max_connections
+            and self.per_listener.get(key, 0) >= listener.max_connections
+        ):
+            refusal = "max_connections"
+        if refusal is not None:
+            if self.admission.first_refusal(ip, refusal):
+                log.warning("connection_refused", reason=refusal, peer=ip, transport=listener.type)
+            return False
+        self.total += 1
+        self.per_listener[key] = self.per_listener.get(key, 0) + 1
+        self.admission.opened(ip)
+        return True
+
+    def leave(self, listener: ListenerConfig, ip: str) -> None:
+        self.total -= 1
+        self.per_listener[id(listener)] -= 1
+        self.admission.closed(ip)
 
 
 async def _open_store(config: Config) -> Store | None:

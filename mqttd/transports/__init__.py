@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Protocol
 
 import trio
 
@@ -29,12 +30,46 @@ class ConnectionInfo:
 Handler = Callable[[trio.abc.Stream, ConnectionInfo], Awaitable[None]]
 
 
+class Gate(Protocol):
+    """Admission control every listener applies to each accepted connection, before any TLS,
+    HTTP or MQTT work: connection counts (global, per listener, per address) and rates."""
+
+    def enter(self, listener: ListenerConfig, ip: str) -> bool:
+        """Let a connection from ``ip`` in (True), or refuse it (False: it is closed)."""
+
+    def leave(self, listener: ListenerConfig, ip: str) -> None:
+        """A connection that ``enter`` let in has ended."""
+
+
+async def gated(
+    gate: Gate | None,
+    listener: ListenerConfig,
+    serve: Callable[[Any], Awaitable[None]],
+    stream: Any,
+) -> None:
+    """Run ``serve(stream)`` if ``gate`` lets the connection in; close it at once otherwise."""
+    if gate is None:
+        await serve(stream)
+        return
+    from mqttd.transports.peer import stream_peer
+
+    ip, _peer = stream_peer(stream)
+    if not gate.enter(listener, ip):
+        await trio.aclose_forcefully(stream)
+        return
+    try:
+        await serve(stream)
+    finally:
+        gate.leave(listener, ip)
+
+
 async def serve_listener(
     listener: ListenerConfig,
     handler: Handler,
     *,
     data_dir: Path,
     handler_nursery: trio.Nursery,
+    gate: Gate | None = None,
     task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run the listener ``listener`` describes until cancelled.
@@ -49,7 +84,7 @@ async def serve_listener(
         from mqttd.transports.tcp import serve_tcp_listener
 
         await serve_tcp_listener(
-            listener, handler, handler_nursery=handler_nursery, task_status=task_status
+            listener, handler, handler_nursery=handler_nursery, gate=gate, task_status=task_status
         )
     elif listener.type == "tls":
         from mqttd.transports.tls import serve_tls_listener
@@ -59,6 +94,7 @@ async def serve_listener(
             handler,
             data_dir=data_dir,
             handler_nursery=handler_nursery,
+            gate=gate,
             task_status=task_status,
         )
     else:
@@ -69,6 +105,7 @@ async def serve_listener(
             handler,
             data_dir=data_dir,
             handler_nursery=handler_nursery,
+            gate=gate,
             task_status=task_status,
         )
 

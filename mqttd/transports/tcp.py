@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import socket
+from functools import partial
 
 import trio
 
 from mqttd.config import ListenerConfig
-from mqttd.transports import ConnectionInfo, Handler, open_listeners, peer_name
+from mqttd.transports import ConnectionInfo, Gate, Handler, gated, open_listeners, peer_name
 
 
 async def serve_tcp_listener(
@@ -15,6 +16,7 @@ async def serve_tcp_listener(
     handler: Handler,
     *,
     handler_nursery: trio.Nursery,
+    gate: Gate | None = None,
     task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Accept TCP connections and hand each one to ``handler``."""
@@ -27,5 +29,8 @@ async def serve_tcp_listener(
         await handler(stream, ConnectionInfo("tcp", peer_name(stream), listener))
 
     await trio.serve_listeners(
-        on_connection, listeners, handler_nursery=handler_nursery, task_status=task_status
+        partial(gated, gate, listener, on_connection),
+        listeners,
+        handler_nursery=handler_nursery,
+        task_status=task_status,
     )

@@ -22,7 +22,7 @@ import trio
 
 from mqttd.config import ListenerConfig
 from mqttd.errors import StartupError
-from mqttd.transports import ConnectionInfo, Handler
+from mqttd.transports import ConnectionInfo, Gate, Handler, gated
 from mqttd.transports.devcerts import ensure_dev_certs
 from mqttd.transports.peer import stream_peer
 
@@ -199,6 +199,7 @@ async def serve_tls_listener(
     *,
     data_dir: Path,
     handler_nursery: trio.Nursery,
+    gate: Gate | None = None,
     task_status: trio.TaskStatus[list[trio.SSLListener[trio.SocketStream]]] = (
         trio.TASK_STATUS_IGNORED
     ),
@@ -222,7 +223,12 @@ async def serve_tls_listener(
     ]
     with live_context(listener, data_dir, context, None):
         await trio.serve_listeners(
-            partial(_serve_tls_connection, listener=listener, handler=handler),
+            partial(
+                gated,
+                gate,
+                listener,
+                partial(_serve_tls_connection, listener=listener, handler=handler),
+            ),
             ssl_listeners,
             handler_nursery=handler_nursery,
             task_status=task_status,

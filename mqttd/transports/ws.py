@@ -41,7 +41,7 @@ from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 
 from mqttd.config import ListenerConfig
 from mqttd.errors import StartupError
-from mqttd.transports import ConnectionInfo, Handler
+from mqttd.transports import ConnectionInfo, Gate, Handler, gated
 from mqttd.transports.http import (
     HttpConnection,
     header_tokens,
@@ -489,6 +489,7 @@ async def serve_ws_listener(
     *,
     data_dir: Path,
     handler_nursery: trio.Nursery,
+    gate: Gate | None = None,
     task_status: trio.TaskStatus[list[Any]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve MQTT over WebSocket (``ws``) or secure WebSocket (``wss``) until cancelled.
@@ -540,7 +541,7 @@ async def serve_ws_listener(
         listeners = list(tcp_listeners)
     if context is None:
         await trio.serve_listeners(
-            partial(_serve_ws_connection, ctx=ctx),
+            partial(gated, gate, listener, partial(_serve_ws_connection, ctx=ctx)),
             listeners,
             handler_nursery=handler_nursery,
             task_status=task_status,
@@ -548,7 +549,7 @@ async def serve_ws_listener(
         return
     with live_context(listener, data_dir, context, ["http/1.1"]):
         await trio.serve_listeners(
-            partial(_serve_ws_connection, ctx=ctx),
+            partial(gated, gate, listener, partial(_serve_ws_connection, ctx=ctx)),
             listeners,
             handler_nursery=handler_nursery,
             task_status=task_status,

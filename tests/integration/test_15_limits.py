@@ -9,7 +9,7 @@ import pytest
 import trio
 import trio.testing
 
-from mqttd.admission import Admission, peer_ip
+from mqttd.admission import Admission
 from mqttd.config import LimitsConfig
 from tests.helpers import wire
 from tests.helpers.client import WireClient, connect_client, subscribe
@@ -93,13 +93,6 @@ async def test_admission_token_bucket_refills() -> None:
     assert not admission.first_refusal("198.51.100.1", "max_connect_rate_per_ip")
 
 
-async def test_peer_ip() -> None:
-    """The address part of the peer names ConnectionInfo uses."""
-    assert peer_ip("127.0.0.1:5000") == "127.0.0.1"
-    assert peer_ip("[::1]:5000") == "::1"
-    assert peer_ip("203.0.113.9") == "203.0.113.9"
-
-
 async def test_publish_rate_delays_but_never_drops(
     nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
 ) -> None:
@@ -147,3 +140,28 @@ async def test_slow_consumer_disconnect_policy(
     with trio.fail_after(100):
         await connection.closed.wait()
     assert connection.close_reason == "slow_consumer"
+
+
+async def test_per_address_limit_applies_before_http_and_tls(nursery: trio.Nursery) -> None:
+    """On a ws listener the per-address limit counts connections from accept, before any HTTP:
+    an address at its limit gets the next socket closed without a byte read."""
+    from mqttd.config import Config, ListenerConfig, StoreConfig
+    from mqttd.server import serve
+
+    config = Config(
+        listeners=(ListenerConfig(type="ws", port=0),),
+        limits=dataclasses.replace(LimitsConfig(), max_connections_per_ip=2),
+        store=StoreConfig(durability="memory"),
+    )
+    with trio.fail_after(10):
+        server = await nursery.start(serve, config)
+        port = server.port("ws")
+        held = [await trio.open_tcp_stream("127.0.0.1", port) for _ in range(2)]
+        refused = await trio.open_tcp_stream("127.0.0.1", port)
+        try:
+            assert await refused.receive_some(100) == b""
+        except trio.BrokenResourceError:
+            pass  # closed with a reset: refused just the same
+        for stream in [*held, refused]:
+            await stream.aclose()
+        server.shutdown()
