@@ -248,6 +248,8 @@ def parse_publish(first_byte: int, body: bytes) -> tuple[str, int, int, bytes]:
         raise WireError("malformed PUBLISH")
     tlen = (body[0] << 8) | body[1]
     off = 2 + tlen
+    if off + (2 if qos else 0) > len(body):
+        raise WireError("PUBLISH shorter than its topic")
     topic = body[2:off].decode()
     pid = 0
     if qos:

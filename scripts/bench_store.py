@@ -58,6 +58,17 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 MODES = ("memory", "os", "fsync")
 
+# The wire basics (framing, PUBLISH parsing) are bench.py's, next to this script.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench import (  # noqa: E402
+    PacketReader,
+    WireError,
+    _mqtt_str,
+    _packet,
+    parse_publish,
+)
+from bench import encode_varint as encode_varint  # noqa: E402 - re-exported
+
 # --------------------------------------------------------------------------------------------
 # Wire codec: just the MQTT 3.1.1 this benchmark needs.
 # --------------------------------------------------------------------------------------------
@@ -68,31 +79,6 @@ MAX_REMAINING_LENGTH = 268_435_455
 #: Payload head: sequence number, send time (CLOCK_MONOTONIC, ns).
 PAYLOAD_HEAD = struct.Struct(">Qq")
 _U16 = struct.Struct(">H")
-
-
-class WireError(Exception):
-    """The broker sent something this client did not expect."""
-
-
-def encode_varint(n: int) -> bytes:
-    """Encode an MQTT Remaining Length (0 ... 268,435,455)."""
-    if not 0 <= n <= MAX_REMAINING_LENGTH:
-        raise ValueError(f"remaining length out of range: {n}")
-    out = bytearray()
-    while True:
-        n, digit = divmod(n, 128)
-        out.append(digit | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
-
-
-def _packet(first_byte: int, body: bytes) -> bytes:
-    return bytes([first_byte]) + encode_varint(len(body)) + body
-
-
-def _mqtt_str(text: str) -> bytes:
-    raw = text.encode()
-    return _U16.pack(len(raw)) + raw
 
 
 def encode_connect(client_id: str, clean_session: bool, keepalive_s: int = 600) -> bytes:
@@ -133,74 +119,6 @@ def read_payload(payload: bytes) -> tuple[int, int]:
         raise WireError(f"payload of {len(payload)} bytes is not from this benchmark")
     seq, t_ns = PAYLOAD_HEAD.unpack_from(payload)
     return seq, t_ns
-
-
-class PacketReader:
-    """Incremental MQTT framer: ``feed(data)`` returns complete packets as (first byte, body)."""
-
-    def __init__(self, max_packet_size: int = 1 << 20) -> None:
-        self._buf = bytearray()
-        self._max = max_packet_size
-
-    def feed(self, data: bytes) -> list[tuple[int, bytes]]:
-        """Buffer ``data``; return every packet now complete, in order.
-
-        Raises:
-            WireError: a Remaining Length over 4 bytes, or a packet over the size limit.
-        """
-        buf = self._buf
-        buf += data
-        out: list[tuple[int, bytes]] = []
-        pos = 0
-        n = len(buf)
-        while n - pos >= 2:
-            i = pos + 1
-            length = shift = 0
-            while True:
-                if i >= n:
-                    length = -1
-                    break
-                digit = buf[i]
-                i += 1
-                length |= (digit & 0x7F) << shift
-                if digit < 0x80:
-                    break
-                shift += 7
-                if shift > 21:
-                    raise WireError("remaining length longer than 4 bytes")
-            if length < 0:
-                break
-            if length > self._max:
-                raise WireError(f"packet of {length} bytes exceeds {self._max}")
-            if i + length > n:
-                break
-            out.append((buf[pos], bytes(buf[i : i + length])))
-            pos = i + length
-        del buf[:pos]
-        return out
-
-    @property
-    def buffered(self) -> int:
-        """Bytes held back waiting for the rest of a packet."""
-        return len(self._buf)
-
-
-def parse_publish(first_byte: int, body: bytes) -> tuple[str, int, int, bytes]:
-    """Split a PUBLISH into (topic, QoS, packet id, payload); packet id 0 at QoS 0."""
-    if first_byte >> 4 != PUBLISH:
-        raise WireError(f"not a PUBLISH: 0x{first_byte:02x}")
-    qos = (first_byte >> 1) & 3
-    if qos == 3 or len(body) < 2:
-        raise WireError("malformed PUBLISH")
-    end = 2 + _U16.unpack_from(body)[0]
-    if end + (2 if qos else 0) > len(body):
-        raise WireError("PUBLISH shorter than its topic")
-    topic = body[2:end].decode()
-    packet_id = 0
-    if qos:
-        packet_id = _U16.unpack_from(body, end)[0]
-        end += 2
-    return topic, qos, packet_id, body[end:]
 
 
 # --------------------------------------------------------------------------------------------
