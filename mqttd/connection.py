@@ -90,8 +90,10 @@ class Connection:
 
     __slots__ = (
         "__weakref__",
+        "_closed",
         "_dirty",
         "_drained",
+        "_finished",
         "_nursery",
         "_own_store_ops",
         "_raw_socket",
@@ -100,10 +102,8 @@ class Connection:
         "_writer_running",
         "bytes_in",
         "bytes_out",
-        "cancel_scope",
         "client_id",
         "close_reason",
-        "closed",
         "conn_id",
         "decoder",
         "info",
@@ -125,8 +125,8 @@ class Connection:
         self.limits = state.config.limits
         self.conn_id = state.next_connection_id()
         self.decoder = Decoder(server=True, max_packet_size=self.limits.max_packet_size)
-        self.cancel_scope = trio.CancelScope()
-        self.closed = trio.Event()
+        self._finished = False
+        self._closed: trio.Event | None = None  # created on demand: see ``closed``
         self.client_id: str | None = None
         self.username: str | None = None
         self.session: Session | None = None
@@ -137,7 +137,7 @@ class Connection:
         self.packets_in = 0
         self.bytes_in = 0
         self.bytes_out = 0
-        self._wakeup = trio.Event()
+        self._wakeup: trio.Event | None = None  # only a persistent (TLS/WebSocket) writer waits
         self._writer_running = False
         self._nursery: trio.Nursery | None = None
         self._dirty = False
@@ -159,8 +159,12 @@ class Connection:
         )
         self.state.connections.add(self)
         try:
-            with self.cancel_scope:
+            # One nursery for the whole connection: its cancel scope is what ``kick`` cancels,
+            # and the writer task (when one is needed) runs in it.
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
                 await self._run()
+                nursery.cancel_scope.cancel()
         # The reader and writer run in a nursery, so errors arrive as exception groups.
         except* ProtocolError as group:
             exc = group.exceptions[0]
@@ -188,11 +192,21 @@ class Connection:
                 except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
                     pass
 
+    @property
+    def closed(self) -> trio.Event:
+        """Set once the connection has finished its cleanup (takeover waits for it)."""
+        if self._closed is None:
+            self._closed = trio.Event()
+            if self._finished:
+                self._closed.set()
+        return self._closed
+
     def kick(self, reason: str) -> None:
         """Close this connection from outside (takeover, shutdown)."""
         if self.close_reason == "unknown":
             self.close_reason = reason
-        self.cancel_scope.cancel()
+        if self._nursery is not None:
+            self._nursery.cancel_scope.cancel()
 
     async def _run(self) -> None:
         connect = await self._receive_connect()
@@ -200,15 +214,11 @@ class Connection:
             return
         if not await self._accept(connect):
             return
-        async with trio.open_nursery() as nursery:
-            self._nursery = nursery
-            if self._raw_socket is None:
-                self._start_writer()  # TLS and WebSocket streams keep a writer task
-            else:
-                self._wake()  # CONNACK goes out with the reader's first flush
-            await self._read_loop()
-            nursery.cancel_scope.cancel()
-        self._nursery = None
+        if self._raw_socket is None:
+            self._start_writer()  # TLS and WebSocket streams keep a writer task
+        else:
+            self._wake()  # CONNACK goes out with the reader's first flush
+        await self._read_loop()
 
     # -- CONNECT ----------------------------------------------------------------------------
 
@@ -452,7 +462,8 @@ class Connection:
         WebSocket streams keep theirs.
         """
         if self._raw_socket is None or self._writer_running:
-            self._wakeup.set()
+            if self._wakeup is not None:
+                self._wakeup.set()
         elif not self._dirty:
             self._dirty = True
             state = self.state
@@ -474,7 +485,7 @@ class Connection:
         session = self.session
         if session is None or not session.outbox or self._writer_running:
             return
-        if self.closed.is_set():
+        if self._finished:
             return  # taken over or closed: the session may already belong to a new connection
         store = self.state.broker.store
         if store is not None and (store.committed < store.recorded or self._own_store_ops):
@@ -559,7 +570,10 @@ class Connection:
             bytes_in=self.bytes_in,
             bytes_out=self.bytes_out,
         )
-        self.closed.set()
+        self._finished = True
+        self._nursery = None
+        if self._closed is not None:
+            self._closed.set()
 
 
 async def serve_connection(
