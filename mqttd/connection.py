@@ -100,6 +100,7 @@ class Connection:
         "_started_at",
         "_wakeup",
         "_writer_running",
+        "_ws_send_now",
         "bytes_in",
         "bytes_out",
         "client_id",
@@ -141,9 +142,11 @@ class Connection:
         self._writer_running = False
         self._nursery: trio.Nursery | None = None
         self._dirty = False
-        # Plain TCP only: the socket a batch of output can be written to without a task switch.
+        # Plain TCP: the socket, read directly and written without a task switch. Plain ws: a
+        # stream that can send a whole message without blocking (``WebSocketStream.send_now``).
         socket = getattr(stream, "socket", None)
         self._raw_socket = getattr(socket, "_sock", None)
+        self._ws_send_now = stream if getattr(stream, "can_send_now", False) else None
         self._drained: trio.Event | None = None  # created when reading pauses for the writer
         #: (first, last] store operations this client's packets recorded, not yet confirmed
         self._own_store_ops: list[tuple[int, int]] = []
@@ -214,8 +217,8 @@ class Connection:
             return
         if not await self._accept(connect):
             return
-        if self._raw_socket is None:
-            self._start_writer()  # TLS and WebSocket streams keep a writer task
+        if self._raw_socket is None and self._ws_send_now is None:
+            self._start_writer()  # TLS streams keep a writer task
         else:
             self._wake()  # CONNACK goes out with the reader's first flush
         await self._read_loop()
@@ -461,7 +464,7 @@ class Connection:
         the socket would not take at once, or that must wait for the durable store; TLS and
         WebSocket streams keep theirs.
         """
-        if self._raw_socket is None or self._writer_running:
+        if (self._raw_socket is None and self._ws_send_now is None) or self._writer_running:
             if self._wakeup is not None:
                 self._wakeup.set()
         elif not self._dirty:
@@ -492,6 +495,19 @@ class Connection:
             self._start_writer()  # durability first: the writer task waits for the commit
             return
         data = session.take_outbox()
+        ws = self._ws_send_now
+        if ws is not None:
+            if not ws.send_now(data):
+                session.outbox.insert(0, data)
+                session.outbox_bytes += len(data)
+                self._start_writer()
+                return
+            self.bytes_out += len(data)
+            if ws.has_unsent:
+                self._start_writer()  # the writer flushes the rest of the frame
+            elif self._drained is not None:
+                self._drained.set()
+            return
         try:
             sent = self._raw_socket.send(data)  # type: ignore[union-attr]
         except (BlockingIOError, InterruptedError):
@@ -514,9 +530,14 @@ class Connection:
         timeout = self.limits.write_timeout_s
         store = self.state.broker.store
         own_ops = self._own_store_ops
-        persistent = self._raw_socket is None
+        persistent = self._raw_socket is None and self._ws_send_now is None
+        ws = self._ws_send_now
         try:
             while True:
+                if ws is not None and ws.has_unsent:
+                    with trio.fail_after(timeout):
+                        await ws.flush()
+                    continue
                 if session.outbox:
                     data = session.take_outbox()
                     if store is not None:

@@ -97,10 +97,64 @@ class WebSocketStream(trio.abc.Stream):
         self._receiving = False
         self._sending = False
         self._write_lock = trio.Lock()
+        #: frame bytes a non-blocking ``send_now`` could not write; sent before anything else
+        self._unsent = b""
+        # Plain ws only: the socket ``send_now`` writes to (a TLS stream needs its own task).
+        socket = getattr(transport, "socket", None)
+        self._raw_socket = getattr(socket, "_sock", None)
 
     async def _write(self, data: bytes) -> None:
         async with self._write_lock:
+            if self._unsent:
+                data, self._unsent = self._unsent + data, b""
             await self.transport.send_all(data)
+
+    @property
+    def can_send_now(self) -> bool:
+        """Whether ``send_now`` is available at all (plain ws over a TCP socket)."""
+        return self._raw_socket is not None
+
+    @property
+    def has_unsent(self) -> bool:
+        """Whether ``send_now`` left frame bytes for ``flush`` to write."""
+        return bool(self._unsent)
+
+    def send_now(self, data: bytes) -> bool:
+        """Send ``data`` as one binary message without blocking, if nothing else is sending.
+
+        What the socket does not take at once is kept and written first by the next ``flush``,
+        ``send_all`` or control frame, so the byte stream stays in order.
+
+        Returns:
+            False if nothing was sent (another send in progress, left-over bytes, closing, or a
+            TLS transport): the caller must use ``send_all`` instead.
+        """
+        raw = self._raw_socket
+        if (
+            raw is None
+            or self._unsent
+            or self._sending
+            or self._closed
+            or self._write_lock.locked()
+            or self._ws.state is not ConnectionState.OPEN
+        ):
+            return False
+        frame = self._ws.send(BytesMessage(data=data))
+        try:
+            sent = raw.send(frame)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError:
+            sent = 0  # the next write meets the error and reports it
+        self._unsent = frame[sent:]
+        return True
+
+    async def flush(self) -> None:
+        """Write what ``send_now`` left over."""
+        if self._unsent:
+            await self._write(b"")
+        else:
+            await trio.lowlevel.checkpoint()
 
     async def _close_with(self, code: int, reason: str) -> None:
         """Start the close handshake ourselves, then read as EOF."""

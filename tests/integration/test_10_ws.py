@@ -403,3 +403,38 @@ async def test_handler_crash_does_not_kill_listener(
             assert await stream.receive_some() == b""
     assert len(calls) == 2
     assert [e["event"] for e in logs].count("connection_task_failed") == 2
+
+
+async def test_broker_over_ws_delivers_large_and_fanned_out_messages(nursery: trio.Nursery) -> None:
+    """Through the broker over plain ws: a 3 MiB message (more than one non-blocking send takes,
+    so the writer finishes the frame) and a small one after it arrive whole and in order, at
+    every ws subscriber, while a publisher on TCP is acknowledged."""
+    from mqttd.config import Config, StoreConfig
+    from mqttd.server import serve
+    from tests.helpers import wire
+    from tests.helpers.client import WireClient, connect_client
+
+    config = Config(
+        listeners=(ListenerConfig(port=0), ListenerConfig(type="ws", port=0)),
+        store=StoreConfig(durability="memory"),
+    )
+    payload = bytes(range(256)) * (3 * 4096)
+    with trio.fail_after(TIMEOUT_S):
+        server = await nursery.start(serve, config)
+        subscribers = []
+        for i in range(3):
+            tcp = await trio.open_tcp_stream("127.0.0.1", server.port("ws"))
+            ws = await open_websocket_stream(tcp, host="localhost")
+            client = WireClient(ws)
+            await client.send(wire.connect(f"ws{i}") + wire.subscribe(1, [("big/#", 1)]))
+            await client.expect(wire.connack(0, 0))
+            await client.expect(wire.suback(1, [1]))
+            subscribers.append(client)
+        pub = await connect_client(server.port("tcp"), "pub")
+        await pub.send(wire.publish("big/1", payload, qos=1, pid=1) + wire.publish("big/2", b"x"))
+        await pub.expect(wire.puback(1))
+        for client in subscribers:
+            await client.expect(wire.publish("big/1", payload, qos=1, pid=1))
+            await client.expect(wire.publish("big/2", b"x"))
+            await client.stream.aclose()
+        server.shutdown()
