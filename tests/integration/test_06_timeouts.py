@@ -60,7 +60,7 @@ async def test_trickled_bytes_do_not_extend_keepalive(
     start = trio.current_time()
     partial = wire.publish("t", bytes(50))
     for i in range(4):
-        await trio.sleep(0.7)
+        await trio.sleep(0.7)  # mock time (autojump clock): a byte every 0.7 s
         await client.send(partial[i : i + 1])
     await client.expect_closed(timeout=100)
     assert trio.current_time() - start == pytest.approx(3, abs=0.01)
