@@ -371,6 +371,15 @@ class Context:
         await c.connect(**kwargs)  # type: ignore[arg-type]
         return c
 
+    async def persistent_subscriber(self, qos: int) -> tuple[Client, str, str]:
+        """A CleanSession 0 client subscribed at ``qos`` to a fresh topic: (client, id, topic)."""
+        cid = self.cid("p")
+        topic = self.topic("s")
+        client = await self.client("a")
+        await client.connect(cid, clean=False)
+        await client.subscribe([(topic, qos)])
+        return client, cid, topic
+
     async def cleanup(self) -> None:
         """Close clients, clear retained messages and persistent sessions this run made."""
         try:

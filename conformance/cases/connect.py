@@ -228,11 +228,7 @@ async def sp0_new(ctx: Context) -> None:
     title="CleanSession 0 reconnect: Session Present 1 and the subscription still delivers",
 )
 async def session_resume(ctx: Context) -> None:
-    cid = ctx.cid("p")
-    topic = ctx.topic("s")
-    a = await ctx.client("a")
-    await a.connect(cid, clean=False)
-    await a.subscribe([(topic, 1)])
+    a, cid, topic = await ctx.persistent_subscriber(1)
     await a.disconnect()
     b = await ctx.client("a2")
     await b.send(wire.connect(cid, clean=False))
@@ -256,11 +252,7 @@ async def session_resume(ctx: Context) -> None:
     title="CleanSession 1 discards a stored session: SP 0, no old subscription, not reused later",
 )
 async def session_clean_discards(ctx: Context) -> None:
-    cid = ctx.cid("p")
-    topic = ctx.topic("s")
-    a = await ctx.client("a")
-    await a.connect(cid, clean=False)
-    await a.subscribe([(topic, 1)])
+    a, cid, topic = await ctx.persistent_subscriber(1)
     await a.disconnect()
     b = await ctx.client("clean")
     await b.send(wire.connect(cid, clean=True))
@@ -284,11 +276,7 @@ async def session_clean_discards(ctx: Context) -> None:
     title="QoS 1 and 2 messages for a disconnected CleanSession 0 client are delivered on return",
 )
 async def offline_stored(ctx: Context) -> None:
-    cid = ctx.cid("p")
-    topic = ctx.topic("s")
-    a = await ctx.client("a")
-    await a.connect(cid, clean=False)
-    await a.subscribe([(topic, 2)])
+    a, cid, topic = await ctx.persistent_subscriber(2)
     await a.disconnect()
     p = await ctx.connected("pub")
     await p.publish(topic, b"q1", qos=1)
@@ -306,11 +294,7 @@ async def offline_stored(ctx: Context) -> None:
     title="QoS 0 messages for a disconnected session: queued or not — a broker choice",
 )
 async def offline_qos0(ctx: Context) -> None:
-    cid = ctx.cid("p")
-    topic = ctx.topic("s")
-    a = await ctx.client("a")
-    await a.connect(cid, clean=False)
-    await a.subscribe([(topic, 1)])
+    a, cid, topic = await ctx.persistent_subscriber(1)
     await a.disconnect()
     p = await ctx.connected("pub")
     await p.publish(topic, b"qos0", qos=0)
@@ -334,11 +318,7 @@ async def offline_qos0(ctx: Context) -> None:
     title="Unacknowledged QoS 1 PUBLISH is re-sent on reconnect with DUP 1 and the same pid",
 )
 async def redeliver_qos1(ctx: Context) -> None:
-    cid = ctx.cid("p")
-    topic = ctx.topic("s")
-    a = await ctx.client("a")
-    await a.connect(cid, clean=False)
-    await a.subscribe([(topic, 1)])
+    a, cid, topic = await ctx.persistent_subscriber(1)
     a.auto_ack = False
     p = await ctx.connected("pub")
     await p.publish(topic, b"unacked", qos=1)
@@ -360,11 +340,7 @@ async def redeliver_qos1(ctx: Context) -> None:
     title="Several unacknowledged QoS 1 messages are re-sent in their original order",
 )
 async def redeliver_order(ctx: Context) -> None:
-    cid = ctx.cid("p")
-    topic = ctx.topic("s")
-    a = await ctx.client("a")
-    await a.connect(cid, clean=False)
-    await a.subscribe([(topic, 1)])
+    a, cid, topic = await ctx.persistent_subscriber(1)
     a.auto_ack = False
     p = await ctx.connected("pub")
     payloads = [f"m{i}".encode() for i in range(5)]
@@ -389,11 +365,7 @@ async def redeliver_order(ctx: Context) -> None:
     " not the PUBLISH",
 )
 async def redeliver_pubrel(ctx: Context) -> None:
-    cid = ctx.cid("p")
-    topic = ctx.topic("s")
-    a = await ctx.client("a")
-    await a.connect(cid, clean=False)
-    await a.subscribe([(topic, 2)])
+    a, cid, topic = await ctx.persistent_subscriber(2)
     a.auto_ack = False
     p = await ctx.connected("pub")
     await p.publish(topic, b"exactly-once", qos=2)
