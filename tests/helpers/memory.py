@@ -5,12 +5,15 @@ from __future__ import annotations
 import dataclasses
 
 import trio
+import trio.testing
 
 from mqttd.access import AccessControl
 from mqttd.broker import Broker
 from mqttd.config import Config, LimitsConfig, ListenerConfig
 from mqttd.connection import Connection, ServerState
 from mqttd.transports import ConnectionInfo
+from tests.helpers import wire
+from tests.helpers.client import WireClient
 
 
 def server_state(**limits: object) -> ServerState:
@@ -23,3 +26,15 @@ def serve_stream(nursery: trio.Nursery, state: ServerState, stream: trio.abc.Str
     """Serve one MQTT connection over ``stream`` in ``nursery``."""
     info = ConnectionInfo("memory", "memory:1", ListenerConfig())
     nursery.start_soon(Connection(stream, info, state).run)
+
+
+async def memory_client(
+    nursery: trio.Nursery, state: ServerState, client_id: str, **connect_args: object
+) -> WireClient:
+    """A client on a new memory stream, CONNECTed and accepted (CONNACK 0)."""
+    client_stream, server_stream = trio.testing.memory_stream_pair()
+    serve_stream(nursery, state, server_stream)
+    client = WireClient(client_stream)
+    await client.send(wire.connect(client_id, **connect_args))  # type: ignore[arg-type]
+    await client.expect(wire.connack(0, 0))
+    return client

@@ -9,7 +9,7 @@ import trio.testing
 
 from tests.helpers import wire
 from tests.helpers.client import WireClient
-from tests.helpers.memory import serve_stream, server_state
+from tests.helpers.memory import memory_client, serve_stream, server_state
 
 
 async def test_keepalive_timeout_closes_after_one_and_a_half(
@@ -17,11 +17,7 @@ async def test_keepalive_timeout_closes_after_one_and_a_half(
 ) -> None:
     """A client silent for 1.5 x Keep Alive is disconnected [MQTT-3.1.2-24]."""
     state = server_state()
-    client_stream, server_stream = trio.testing.memory_stream_pair()
-    serve_stream(nursery, state, server_stream)
-    client = WireClient(client_stream)
-    await client.send(wire.connect("ka", keepalive=10))
-    await client.expect(wire.connack(0, 0))
+    client = await memory_client(nursery, state, "ka", keepalive=10)
     start = trio.current_time()
     await client.expect_closed(timeout=100)
     assert trio.current_time() - start == pytest.approx(15, abs=0.01)
@@ -33,11 +29,7 @@ async def test_keepalive_reset_by_packets(
     """Each complete packet restarts the 1.5 x Keep Alive timer; PINGREQ gets PINGRESP
     [MQTT-3.12.4-1]."""
     state = server_state()
-    client_stream, server_stream = trio.testing.memory_stream_pair()
-    serve_stream(nursery, state, server_stream)
-    client = WireClient(client_stream)
-    await client.send(wire.connect("ka", keepalive=10))
-    await client.expect(wire.connack(0, 0))
+    client = await memory_client(nursery, state, "ka", keepalive=10)
     for _ in range(5):
         await trio.sleep(14)  # mock time: just under the 15 s grace
         await client.send(wire.pingreq())
@@ -52,11 +44,7 @@ async def test_trickled_bytes_do_not_extend_keepalive(
 ) -> None:
     """Bytes that never complete a packet do not count as a Control Packet [MQTT-3.1.2-24]."""
     state = server_state()
-    client_stream, server_stream = trio.testing.memory_stream_pair()
-    serve_stream(nursery, state, server_stream)
-    client = WireClient(client_stream)
-    await client.send(wire.connect("ka", keepalive=2))
-    await client.expect(wire.connack(0, 0))
+    client = await memory_client(nursery, state, "ka", keepalive=2)
     start = trio.current_time()
     partial = wire.publish("t", bytes(50))
     for i in range(4):
@@ -71,11 +59,7 @@ async def test_keepalive_zero_means_no_timeout(
 ) -> None:
     """Keep Alive 0 turns the mechanism off."""
     state = server_state()
-    client_stream, server_stream = trio.testing.memory_stream_pair()
-    serve_stream(nursery, state, server_stream)
-    client = WireClient(client_stream)
-    await client.send(wire.connect("ka0", keepalive=0))
-    await client.expect(wire.connack(0, 0))
+    client = await memory_client(nursery, state, "ka0", keepalive=0)
     await trio.sleep(86_000)  # mock time: a day without a packet
     await client.send(wire.pingreq())
     await client.expect(wire.pingresp())

@@ -13,7 +13,7 @@ from mqttd.admission import Admission
 from mqttd.config import LimitsConfig
 from tests.helpers import wire
 from tests.helpers.client import WireClient, connect_client, subscribe
-from tests.helpers.memory import serve_stream, server_state
+from tests.helpers.memory import memory_client, serve_stream, server_state
 
 
 async def test_keepalive_cap_applies_to_long_and_zero_keepalive(
@@ -22,11 +22,7 @@ async def test_keepalive_cap_applies_to_long_and_zero_keepalive(
     """max_keepalive holds a client asking for more, or for none, to the cap (1.5 x cap)."""
     state = server_state(max_keepalive=10)
     for asked in (600, 0):
-        client_stream, server_stream = trio.testing.memory_stream_pair()
-        serve_stream(nursery, state, server_stream)
-        client = WireClient(client_stream)
-        await client.send(wire.connect(f"ka{asked}", keepalive=asked))
-        await client.expect(wire.connack(0, 0))
+        client = await memory_client(nursery, state, f"ka{asked}", keepalive=asked)
         start = trio.current_time()
         await client.expect_closed(timeout=1000)
         assert trio.current_time() - start == pytest.approx(15, abs=0.01)
