@@ -7,9 +7,13 @@ Then the reader decodes packets and applies them synchronously through ``ClientP
 Output accumulates in the session's outbox. On a plain TCP socket it is written with one
 non-blocking send per batch by whoever produced it (see ``Connection._wake``); a writer task --
 the only task that awaits on writing -- runs only while output is left over, must wait for the
-durable store, or the stream is TLS/WebSocket, and sends under ``write_timeout_s``. When the
-reader ends, the writer ends; the cleanup (Will, session detach, registry) is synchronous so it
-also runs under cancellation.
+durable store, or the stream is TLS/WebSocket, and sends under ``write_timeout_s``.
+
+An idle connection is one suspended reader task and one cancel scope, nothing more: the scope's
+deadline is the CONNECT timeout, then the keepalive deadline, and ``kick`` cancels it. Writer
+tasks run in the server's connection nursery (``ServerState.nursery``); a failing writer kicks
+its connection, and the reader stops the writer before it closes the stream. The cleanup (Will,
+session detach, registry) is synchronous so it also runs under cancellation.
 """
 
 from __future__ import annotations
@@ -60,6 +64,8 @@ class ServerState:
     #: ``Connection._wake``) instead of waking one writer task per connection
     dirty: list[Connection] = field(default_factory=list)
     flush_needed: trio.Event = field(default_factory=trio.Event)
+    #: where writer tasks run: the nursery of the connections (set by whoever serves them)
+    nursery: trio.Nursery | None = None
 
     def next_connection_id(self) -> int:
         return next(self._ids)
@@ -94,12 +100,14 @@ class Connection:
         "_dirty",
         "_drained",
         "_finished",
-        "_nursery",
         "_own_store_ops",
         "_raw_socket",
+        "_scope",
         "_started_at",
         "_wakeup",
+        "_writer_done",
         "_writer_running",
+        "_writer_scope",
         "_ws_send_now",
         "bytes_in",
         "bytes_out",
@@ -140,12 +148,13 @@ class Connection:
         self.bytes_out = 0
         self._wakeup: trio.Event | None = None  # only a persistent (TLS/WebSocket) writer waits
         self._writer_running = False
-        self._nursery: trio.Nursery | None = None
+        self._writer_scope: trio.CancelScope | None = None
+        self._writer_done: trio.Event | None = None
+        self._scope = trio.CancelScope()  # replaced in ``run``; ``kick`` cancels it
         self._dirty = False
         # Plain TCP: the socket, read directly and written without a task switch. Plain ws: a
         # stream that can send a whole message without blocking (``WebSocketStream.send_now``).
-        socket = getattr(stream, "socket", None)
-        self._raw_socket = getattr(socket, "_sock", None)
+        self._raw_socket = getattr(stream, "raw_socket", None)
         self._ws_send_now = stream if getattr(stream, "can_send_now", False) else None
         self._drained: trio.Event | None = None  # created when reading pauses for the writer
         #: (first, last] store operations this client's packets recorded, not yet confirmed
@@ -157,43 +166,68 @@ class Connection:
     async def run(self) -> None:
         """Serve the connection until it ends; never raises except ``trio.Cancelled``."""
         structlog.contextvars.clear_contextvars()
-        structlog.contextvars.bind_contextvars(
-            conn_id=self.conn_id, peer=self.info.peer, transport=self.info.transport
-        )
+        self._bind_log_context()
         self.state.connections.add(self)
+        # The one cancel scope of the connection (see the module docstring).
+        scope = self._scope = trio.CancelScope(
+            deadline=trio.current_time() + self.limits.connect_timeout_s
+        )
         try:
-            # One nursery for the whole connection: its cancel scope is what ``kick`` cancels,
-            # and the writer task (when one is needed) runs in it.
-            async with trio.open_nursery() as nursery:
-                self._nursery = nursery
-                await self._run()
-                nursery.cancel_scope.cancel()
-        # The reader and writer run in a nursery, so errors arrive as exception groups.
-        except* ProtocolError as group:
-            exc = group.exceptions[0]
-            assert isinstance(exc, ProtocolError)
+            with scope:
+                connect = await self._receive_connect()
+                if connect is not None and await self._accept(connect):
+                    del connect  # not kept alive by an idle connection's frame
+                    if self._raw_socket is None and self._ws_send_now is None:
+                        self._start_writer()  # TLS streams keep a writer task
+                    else:
+                        self._wake()  # CONNACK goes out with the reader's first flush
+                    await self._read_loop()
+            if scope.cancelled_caught and self.close_reason == "unknown":
+                self._timed_out()  # not kicked: the deadline passed
+        except ProtocolError as exc:
             self.close_reason = exc.reason
             log.warning("protocol_error", reason=exc.reason, client_id=self.client_id)
-        except* (trio.BrokenResourceError, trio.ClosedResourceError):
-            self.close_reason = "connection_lost"
-        except* _PeerGone:
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            if self.close_reason == "unknown":
+                self.close_reason = "connection_lost"
+        except _PeerGone:
             self.close_reason = "peer_closed"
-        except* StoreError:
+        except StoreError:
             self.close_reason = "store_commit_failed"
             log.warning("not_acknowledged", reason="store_commit_failed", client_id=self.client_id)
-        except* trio.TooSlowError:
-            self.close_reason = "write_timeout"
-            log.warning("write_timeout", client_id=self.client_id)
-        except* Exception:
+        except trio.TooSlowError:
+            self.close_reason = "takeover_timeout"
+            log.warning("takeover_timeout", client_id=self.client_id)
+        except Exception:
             self.close_reason = "internal_error"
             log.exception("connection_failed", client_id=self.client_id)
         finally:
             self._finish()
             with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_TIMEOUT_S):
                 try:
+                    await self._stop_writer()
                     await self.stream.aclose()
                 except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
                     pass
+            info = self.info
+            if info.admission is not None:
+                info.admission.leave(info.listener, info.ip)
+
+    def _bind_log_context(self) -> None:
+        """Every log line of this connection's tasks names the connection."""
+        structlog.contextvars.bind_contextvars(
+            conn_id=self.conn_id, peer=self.info.peer, transport=self.info.transport
+        )
+        if self.client_id is not None:
+            structlog.contextvars.bind_contextvars(client_id=self.client_id)
+
+    def _timed_out(self) -> None:
+        if self.session is None:
+            self.close_reason = "connect_timeout"
+            log.info("connect_timeout", timeout_s=self.limits.connect_timeout_s)
+        else:
+            self.close_reason = "keepalive_timeout"
+            log.info("keepalive_timeout", keepalive=self.keepalive)
 
     @property
     def closed(self) -> trio.Event:
@@ -208,47 +242,33 @@ class Connection:
         """Close this connection from outside (takeover, shutdown)."""
         if self.close_reason == "unknown":
             self.close_reason = reason
-        if self._nursery is not None:
-            self._nursery.cancel_scope.cancel()
-
-    async def _run(self) -> None:
-        connect = await self._receive_connect()
-        if connect is None:
-            return
-        if not await self._accept(connect):
-            return
-        if self._raw_socket is None and self._ws_send_now is None:
-            self._start_writer()  # TLS streams keep a writer task
-        else:
-            self._wake()  # CONNACK goes out with the reader's first flush
-        await self._read_loop()
+        self._scope.cancel()
 
     # -- CONNECT ----------------------------------------------------------------------------
 
     async def _receive_connect(self) -> Connect | None:
-        """Read until the first packet, which must be CONNECT ([MQTT-3.1.0-1])."""
-        with trio.move_on_after(self.limits.connect_timeout_s):
-            try:
-                while True:
-                    packet = self.decoder.next_packet()
-                    if packet is CLOSED:
-                        self.close_reason = "closed_before_connect"
-                        return None
-                    if packet is not NEED_DATA:
-                        self.packets_in += 1
-                        assert isinstance(packet, Connect)  # the decoder enforces CONNECT first
-                        return packet
-                    data = await self.stream.receive_some(RECEIVE_SIZE)
-                    self.bytes_in += len(data)
-                    self.decoder.receive_data(data)
-            except ProtocolError as exc:
-                if exc.connack_code is not None:
-                    await self._refuse(exc.connack_code, exc.reason)
+        """Read until the first packet, which must be CONNECT ([MQTT-3.1.0-1]), under the
+        connection scope's first deadline (``connect_timeout_s``)."""
+        try:
+            while True:
+                packet = self.decoder.next_packet()
+                if packet is CLOSED:
+                    self.close_reason = "closed_before_connect"
                     return None
-                raise
-        self.close_reason = "connect_timeout"
-        log.info("connect_timeout", timeout_s=self.limits.connect_timeout_s)
-        return None
+                if packet is not NEED_DATA:
+                    self.packets_in += 1
+                    assert isinstance(packet, Connect)  # the decoder enforces CONNECT first
+                    # Authentication and takeover are not bound by the CONNECT timeout.
+                    self._scope.deadline = float("inf")
+                    return packet
+                data = await self.stream.receive_some(RECEIVE_SIZE)
+                self.bytes_in += len(data)
+                self.decoder.receive_data(data)
+        except ProtocolError as exc:
+            if exc.connack_code is not None:
+                await self._refuse(exc.connack_code, exc.reason)
+                return None
+            raise
 
     async def _refuse(self, code: int, reason: str) -> None:
         """CONNACK with a non-zero code, then close ([MQTT-3.2.2-5]); later data is ignored
@@ -372,71 +392,70 @@ class Connection:
         tokens = rate
         last_refill = trio.current_time()
         # [MQTT-3.1.2-24] disconnect after 1.5 x Keep Alive without a complete packet; bytes
-        # that trickle in without completing a packet do not extend the deadline.
+        # that trickle in without completing a packet do not extend the deadline. The deadline
+        # is the connection scope's (``run`` turns its expiry into keepalive_timeout), moved
+        # forward after every batch with a complete packet.
         grace = self.keepalive * 1.5 if self.keepalive else None
-        # One scope for the whole loop (not one per read): its deadline moves forward after
-        # every complete packet.
-        with trio.CancelScope() as keepalive:
-            if grace:
-                keepalive.deadline = trio.current_time() + grace
+        keepalive = self._scope
+        keepalive.deadline = trio.current_time() + grace if grace else float("inf")
+        while True:
+            got_packet = False
+            first_op = store.recorded if store is not None else 0
             while True:
-                got_packet = False
-                first_op = store.recorded if store is not None else 0
-                while True:
-                    packet = decoder.next_packet()
-                    if packet is NEED_DATA:
-                        break
-                    if packet is CLOSED:
-                        raise _PeerGone
-                    got_packet = True
-                    self.packets_in += 1
-                    if not handle(packet):
-                        self.close_reason = "client_disconnect"
-                        return
-                    if rate and type(packet) is Publish:
-                        # Token bucket (burst = one second's worth): the excess waits in the
-                        # decoder and the socket -- delayed by not reading, never dropped.
-                        now = trio.current_time()
-                        tokens = min(rate, tokens + (now - last_refill) * rate) - 1
-                        last_refill = now
-                        if tokens < 0:
-                            if self.state.dirty:
-                                self.state.flush_dirty()
-                            keepalive.deadline = float("inf")
-                            await trio.sleep(-tokens / rate)
-                            if grace:
-                                keepalive.deadline = trio.current_time() + grace
-                self._note_store_ops(first_op)
-                if self.state.dirty:
-                    self.state.flush_dirty()
-                if got_packet and grace:
+                packet = decoder.next_packet()
+                if packet is NEED_DATA:
+                    break
+                if packet is CLOSED:
+                    raise _PeerGone
+                got_packet = True
+                self.packets_in += 1
+                if not handle(packet):
+                    self.close_reason = "client_disconnect"
+                    return
+                if rate and type(packet) is Publish:
+                    # Token bucket (burst = one second's worth): the excess waits in the
+                    # decoder and the socket -- delayed by not reading, never dropped.
+                    now = trio.current_time()
+                    tokens = min(rate, tokens + (now - last_refill) * rate) - 1
+                    last_refill = now
+                    if tokens < 0:
+                        if self.state.dirty:
+                            self.state.flush_dirty()
+                        keepalive.deadline = float("inf")
+                        await trio.sleep(-tokens / rate)
+                        if grace:
+                            keepalive.deadline = trio.current_time() + grace
+            self._note_store_ops(first_op)
+            if self.state.dirty:
+                self.state.flush_dirty()
+            if got_packet and grace:
+                keepalive.deadline = trio.current_time() + grace
+            if session.outbox_bytes > max_outbox or (
+                store is not None and store.backlog() >= STORE_BACKLOG_LIMIT
+            ):
+                # Reading pauses (the client does not read its replies, or the disk lags);
+                # silence from the client means nothing meanwhile.
+                keepalive.deadline = float("inf")
+                await self._wait_before_reading()
+                if grace:
                     keepalive.deadline = trio.current_time() + grace
-                if session.outbox_bytes > max_outbox or (
-                    store is not None and store.backlog() >= STORE_BACKLOG_LIMIT
-                ):
-                    # Reading pauses (the client does not read its replies, or the disk lags);
-                    # silence from the client means nothing meanwhile.
-                    keepalive.deadline = float("inf")
-                    await self._wait_before_reading()
-                    if grace:
-                        keepalive.deadline = trio.current_time() + grace
-                if raw is None:
-                    data = await stream.receive_some(RECEIVE_SIZE)
-                else:
-                    # Plain TCP: read the socket directly (fewer layers per read, and fewer
-                    # suspended frames per idle connection than SocketStream.receive_some).
-                    try:
-                        data = raw.recv(RECEIVE_SIZE)
-                    except (BlockingIOError, InterruptedError):
-                        await trio.lowlevel.wait_readable(raw)
-                        continue
-                    except OSError as exc:
-                        raise trio.BrokenResourceError from exc
-                    await trio.lowlevel.checkpoint()  # a flooding client must not starve others
-                self.bytes_in += len(data)
-                decoder.receive_data(data)
-        self.close_reason = "keepalive_timeout"
-        log.info("keepalive_timeout", keepalive=self.keepalive)
+            if raw is None:
+                data = await stream.receive_some(RECEIVE_SIZE)
+            else:
+                # Plain TCP: read the socket directly (fewer layers per read, and fewer
+                # suspended frames per idle connection than a stream's receive_some).
+                try:
+                    data = raw.recv(RECEIVE_SIZE)
+                except (BlockingIOError, InterruptedError):
+                    data = None  # wait outside the handler: a held exception costs memory
+                except OSError as exc:
+                    raise trio.BrokenResourceError from exc
+                if data is None:
+                    await trio.lowlevel.wait_readable(raw)
+                    continue
+                await trio.lowlevel.checkpoint()  # a flooding client must not starve others
+            self.bytes_in += len(data)
+            decoder.receive_data(data)
 
     async def _wait_before_reading(self) -> None:
         session = self.session
@@ -475,13 +494,23 @@ class Connection:
                 state.flush_needed.set()
 
     def _start_writer(self) -> None:
-        if self._writer_running or self._nursery is None:
+        if self._writer_running or self._finished or self.state.nursery is None:
             return
         self._writer_running = True
         try:
-            self._nursery.start_soon(self._write_loop)
-        except RuntimeError:  # the connection is closing: nothing more will be written
+            self.state.nursery.start_soon(self._write_loop)
+        except RuntimeError:  # the server is closing: nothing more will be written
             self._writer_running = False
+
+    async def _stop_writer(self) -> None:
+        """Cancel the writer task, if one runs, and wait until it has let go of the stream."""
+        if not self._writer_running:
+            return
+        if self._writer_done is None:
+            self._writer_done = trio.Event()
+        if self._writer_scope is not None:
+            self._writer_scope.cancel()
+        await self._writer_done.wait()
 
     def _flush_now(self) -> None:
         self._dirty = False
@@ -524,6 +553,34 @@ class Connection:
             self._drained.set()
 
     async def _write_loop(self) -> None:
+        """The writer task: its failures close the connection (by ``kick``), never the
+        nursery it runs in."""
+        # Spawned by whichever task produced the output: log as this connection.
+        self._bind_log_context()
+        scope = self._writer_scope = trio.CancelScope()
+        try:
+            if self._finished:
+                return  # the connection ended before this task started
+            with scope:
+                await self._write()
+        except StoreError:
+            log.warning("not_acknowledged", reason="store_commit_failed", client_id=self.client_id)
+            self.kick("store_commit_failed")
+        except trio.TooSlowError:
+            log.warning("write_timeout", client_id=self.client_id)
+            self.kick("write_timeout")
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            self.kick("connection_lost")
+        except Exception:
+            log.exception("connection_failed", client_id=self.client_id)
+            self.kick("internal_error")
+        finally:
+            self._writer_running = False
+            self._writer_scope = None
+            if self._writer_done is not None:
+                self._writer_done.set()
+
+    async def _write(self) -> None:
         session = self.session
         assert session is not None
         stream = self.stream
@@ -532,36 +589,33 @@ class Connection:
         own_ops = self._own_store_ops
         persistent = self._raw_socket is None and self._ws_send_now is None
         ws = self._ws_send_now
-        try:
-            while True:
-                if ws is not None and ws.has_unsent:
-                    with trio.fail_after(timeout):
-                        await ws.flush()
-                    continue
-                if session.outbox:
-                    data = session.take_outbox()
-                    if store is not None:
-                        # Nothing leaves before the state that produced it is durable: no
-                        # PUBACK, PUBREC or delivery can be lost by a crash after it was sent.
-                        upto = store.recorded
-                        if store.committed < upto:
-                            await store.durable(upto)
-                        while own_ops and own_ops[0][1] <= upto:
-                            first, last = own_ops.pop(0)
-                            if store.failed(first, last):
-                                raise StoreError("commit_failed")
-                    with trio.fail_after(timeout):
-                        await stream.send_all(data)
-                    self.bytes_out += len(data)
-                    if self._drained is not None:
-                        self._drained.set()
-                elif not persistent:
-                    return  # nothing left: a plain socket needs no idle writer task
-                else:
-                    self._wakeup = trio.Event()
-                    await self._wakeup.wait()
-        finally:
-            self._writer_running = False
+        while True:
+            if ws is not None and ws.has_unsent:
+                with trio.fail_after(timeout):
+                    await ws.flush()
+                continue
+            if session.outbox:
+                data = session.take_outbox()
+                if store is not None:
+                    # Nothing leaves before the state that produced it is durable: no
+                    # PUBACK, PUBREC or delivery can be lost by a crash after it was sent.
+                    upto = store.recorded
+                    if store.committed < upto:
+                        await store.durable(upto)
+                    while own_ops and own_ops[0][1] <= upto:
+                        first, last = own_ops.pop(0)
+                        if store.failed(first, last):
+                            raise StoreError("commit_failed")
+                with trio.fail_after(timeout):
+                    await stream.send_all(data)
+                self.bytes_out += len(data)
+                if self._drained is not None:
+                    self._drained.set()
+            elif not persistent:
+                return  # nothing left: a plain socket needs no idle writer task
+            else:
+                self._wakeup = trio.Event()
+                await self._wakeup.wait()
 
     # -- the end ----------------------------------------------------------------------------
 
@@ -592,7 +646,6 @@ class Connection:
             bytes_out=self.bytes_out,
         )
         self._finished = True
-        self._nursery = None
         if self._closed is not None:
             self._closed.set()
 

@@ -9,8 +9,10 @@ command line: stop listening, close every client, exit within ``graceful_timeout
 from __future__ import annotations
 
 import signal
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from functools import partial
+from typing import Any
 
 import structlog
 import trio
@@ -97,8 +99,10 @@ async def serve(
     state = ServerState(config=config, broker=broker, access=access)
     gate = ConnectionGate(config)
 
-    async def handle(stream: trio.abc.Stream, info: ConnectionInfo) -> None:
-        await Connection(stream, info, state).run()
+    def handle(stream: trio.abc.Stream, info: ConnectionInfo) -> Coroutine[Any, Any, None]:
+        # Returns the coroutine rather than awaiting it: spawned directly, an idle TCP
+        # connection's task holds one frame less.
+        return Connection(stream, info, state).run()
 
     addresses: list[BoundAddress] = []
     async with trio.open_nursery() as background:
@@ -112,6 +116,7 @@ async def serve(
             if expiration is not None:
                 background.start_soon(_expire_sessions, broker, expiration)
             async with trio.open_nursery() as connections:
+                state.nursery = connections
                 async with trio.open_nursery() as listening:
                     for listener in config.listeners:
                         sockets = await listening.start(

@@ -31,6 +31,8 @@ _PUBCOMP = b"\x70\x02"
 
 
 _NO_QUEUE: tuple[()] = ()
+#: the shared empty ``awaiting_release`` until a QoS 2 message arrives (an empty set is 216 B)
+_NONE_AWAITING: frozenset[int] = frozenset()
 
 
 class OfferResult(IntEnum):
@@ -95,7 +97,7 @@ class Session:
         self.queue: deque[tuple[Message, int, bool, int]] = _NO_QUEUE  # type: ignore[assignment]
         self.queued_bytes = 0
         #: incoming QoS 2 packet ids PUBREC'd and awaiting PUBREL ([MQTT-4.3.3-2])
-        self.awaiting_release: set[int] = set()
+        self.awaiting_release: set[int] = _NONE_AWAITING  # type: ignore[assignment]
         #: byte chunks for the connection's writer, in order
         self.outbox: list[bytes] = []
         self.outbox_bytes = 0
@@ -303,6 +305,8 @@ class Session:
         """
         new = packet_id not in self.awaiting_release
         if new:
+            if self.awaiting_release is _NONE_AWAITING:
+                self.awaiting_release = set()
             self.awaiting_release.add(packet_id)
             if self.store is not None:
                 self.store.incoming_added(self.client_id, packet_id)
@@ -351,4 +355,5 @@ class Session:
                 self.queue.append((message, qos, retain, seq))
                 self.queued_bytes += message.size
             self._next_seq = max(self._next_seq, seq + 1)
-        self.awaiting_release.update(incoming)
+        if incoming:
+            self.awaiting_release = set(self.awaiting_release) | set(incoming)

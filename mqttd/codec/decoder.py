@@ -323,6 +323,18 @@ class Decoder:
         protocol_level: ``None`` until a CONNECT was decoded, then 4 (MQTT 3.1.1) or 3 (MQTT 3.1).
     """
 
+    # An idle connection keeps its decoder: no per-instance __dict__.
+    __slots__ = (
+        "_buf",
+        "_eof",
+        "_error",
+        "_max_packet_size",
+        "_pos",
+        "_rules",
+        "_server",
+        "protocol_level",
+    )
+
     def __init__(self, *, server: bool = True, max_packet_size: int = MAX_REMAINING_LENGTH) -> None:
         if not 0 <= max_packet_size <= MAX_REMAINING_LENGTH:
             raise LocalProtocolError("max_packet_size_out_of_range")
@@ -334,24 +346,6 @@ class Decoder:
         self._eof = False
         self._error: ProtocolError | None = None
         self._rules = _AWAIT_CONNECT if server else _CLIENT_311
-        self._decoders: tuple[_Decode | None, ...] = (
-            None,
-            self._decode_connect,
-            _decode_connack,
-            _decode_publish,
-            _decode_puback,
-            _decode_pubrec,
-            _decode_pubrel,
-            _decode_pubcomp,
-            self._decode_subscribe,
-            _decode_suback,
-            self._decode_unsubscribe,
-            _decode_unsuback,
-            _decode_pingreq,
-            _decode_pingresp,
-            _decode_disconnect,
-            None,
-        )
 
     def receive_data(self, data: bytes) -> None:
         """Buffer ``data`` from the peer; ``b""`` means the peer closed its side (EOF).
@@ -389,6 +383,11 @@ class Decoder:
             pos = self._pos
             size = len(buf)
             if pos >= size:
+                if pos:
+                    # All consumed: drop the buffer, so an idle connection does not keep its
+                    # last (possibly large) read alive.
+                    self._buf = bytearray()
+                    self._pos = 0
                 return CLOSED if self._eof else NEED_DATA
             first = buf[pos]
             rule = self._rules[first]
@@ -418,7 +417,11 @@ class Decoder:
             end = i + length
             if end > size:
                 return self._short()
-            packet = self._decoders[first >> 4](first & 0x0F, buf, i, end)  # type: ignore[misc]
+            kind = first >> 4
+            if kind in _NEEDS_STATE:
+                packet = _NEEDS_STATE[kind](self, first & 0x0F, buf, i, end)
+            else:
+                packet = _DECODERS[kind](first & 0x0F, buf, i, end)  # type: ignore[misc]
             self._pos = end
             return packet
         except ProtocolError as exc:
@@ -552,3 +555,31 @@ class Decoder:
         if not topic_filters and self.protocol_level != _MQTT_31_LEVEL:
             raise ProtocolViolation("unsubscribe_without_filters")  # [MQTT-3.10.3-2]
         return Unsubscribe(packet_id, tuple(topic_filters))
+
+
+#: Decoders by packet type (the fixed header's high nibble). The rules table has already
+#: refused the types a side must not receive, so every entry reached here is a function.
+_DECODERS: tuple[_Decode | None, ...] = (
+    None,
+    None,  # CONNECT: see _NEEDS_STATE
+    _decode_connack,
+    _decode_publish,
+    _decode_puback,
+    _decode_pubrec,
+    _decode_pubrel,
+    _decode_pubcomp,
+    None,  # SUBSCRIBE: see _NEEDS_STATE
+    _decode_suback,
+    None,  # UNSUBSCRIBE: see _NEEDS_STATE
+    _decode_unsuback,
+    _decode_pingreq,
+    _decode_pingresp,
+    _decode_disconnect,
+    None,
+)
+#: The packets whose decoding depends on (or sets) the decoder's protocol level.
+_NEEDS_STATE = {
+    1: Decoder._decode_connect,
+    8: Decoder._decode_subscribe,
+    10: Decoder._decode_unsubscribe,
+}

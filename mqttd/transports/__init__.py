@@ -25,6 +25,10 @@ class ConnectionInfo:
     peer: str  # "host:port"; for ws/wss behind a trusted proxy, from X-Forwarded-For
     listener: ListenerConfig
     tls_identity: str | None = None  # verified client-certificate CN, when one was presented
+    ip: str = ""  # the TCP peer's address, as the gate counted it
+    #: the gate that admitted this connection when the connection itself must leave it on
+    #: close (plain TCP, whose accept loop spawns the connection directly); None otherwise
+    admission: Gate | None = None
 
 
 Handler = Callable[[trio.abc.Stream, ConnectionInfo], Awaitable[None]]
@@ -108,16 +112,6 @@ async def serve_listener(
             gate=gate,
             task_status=task_status,
         )
-
-
-def peer_name(stream: trio.SocketStream) -> str:
-    """``host:port`` of the remote end of a socket stream (``[v6]:port`` for IPv6)."""
-    try:
-        address = stream.socket.getpeername()
-    except OSError:
-        return "unknown"
-    host, port = address[0], address[1]
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 async def open_listeners(listener: ListenerConfig) -> list[trio.SocketListener]:

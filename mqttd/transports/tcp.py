@@ -1,14 +1,105 @@
-"""Plain TCP listener (``type = "tcp"``): MQTT straight over the socket."""
+"""Plain TCP listener (``type = "tcp"``): MQTT straight over the socket.
+
+Idle connections are what a broker holds most of, so this path is kept lean: one accept loop
+per listening socket admits connections synchronously (the gate, ``TCP_NODELAY``) and spawns
+the handler's coroutine directly -- no wrapper task per connection -- and the stream is a
+``TcpStream``, a thin trio stream over the stdlib socket that the connection also reads and
+writes directly (see ``mqttd.connection``).
+"""
 
 from __future__ import annotations
 
+import errno
 import socket
-from functools import partial
 
+import structlog
 import trio
 
 from mqttd.config import ListenerConfig
-from mqttd.transports import ConnectionInfo, Gate, Handler, gated, open_listeners, peer_name
+from mqttd.transports import ConnectionInfo, Gate, Handler, open_listeners
+from mqttd.transports.peer import format_peer
+
+log = structlog.get_logger("mqttd.transports.tcp")
+
+RECEIVE_SIZE = 65536
+#: accept() errors that mean "out of resources for now": wait and retry (as trio's
+#: serve_listeners does) instead of stopping the listener.
+_RESOURCE_ERRORS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
+#: accept() errors about one connection that died in the backlog: skip it.
+_CONNECTION_ERRORS = {errno.ECONNABORTED, errno.EPROTO, errno.EPERM, errno.ECONNRESET}
+RESOURCE_RETRY_S = 0.1
+#: Linux's TCP_NOTSENT_LOWAT (the socket module names it from Python 3.12 on).
+_TCP_NOTSENT_LOWAT = getattr(socket, "TCP_NOTSENT_LOWAT", 25)
+NOTSENT_LOWAT = 2**14
+#: Connections accepted in one go before the accept loop lets other tasks run.
+ACCEPT_BATCH = 64
+
+
+class TcpStream(trio.abc.HalfCloseableStream):
+    """A connected non-blocking stdlib socket as a trio stream.
+
+    Lighter than ``trio.SocketStream`` (one small object, no wrapper socket, no conflict
+    detectors): a connection has a single reader and at most one writer task, which
+    ``mqttd.connection`` guarantees.
+    """
+
+    __slots__ = ("raw_socket",)
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.raw_socket = sock
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        sock = self.raw_socket
+        while True:
+            if sock.fileno() == -1:
+                raise trio.ClosedResourceError("the stream was closed")
+            try:
+                data = sock.recv(max_bytes or RECEIVE_SIZE)
+            except (BlockingIOError, InterruptedError):
+                pass  # wait outside the handler: a held exception costs memory while idle
+            except OSError as exc:
+                raise trio.BrokenResourceError(exc) from exc
+            else:
+                await trio.lowlevel.checkpoint()
+                return data
+            await trio.lowlevel.wait_readable(sock)
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        sock = self.raw_socket
+        with memoryview(data) as view:
+            while view:
+                if sock.fileno() == -1:
+                    raise trio.ClosedResourceError("the stream was closed")
+                try:
+                    sent = sock.send(view)
+                except (BlockingIOError, InterruptedError):
+                    sent = 0
+                except OSError as exc:
+                    raise trio.BrokenResourceError(exc) from exc
+                if sent:
+                    view = view[sent:]
+                else:
+                    await trio.lowlevel.wait_writable(sock)
+        await trio.lowlevel.checkpoint()
+
+    async def wait_send_all_might_not_block(self) -> None:
+        if self.raw_socket.fileno() == -1:
+            raise trio.ClosedResourceError("the stream was closed")
+        await trio.lowlevel.wait_writable(self.raw_socket)
+
+    async def send_eof(self) -> None:
+        await trio.lowlevel.checkpoint()
+        try:
+            self.raw_socket.shutdown(socket.SHUT_WR)
+        except OSError as exc:
+            raise trio.BrokenResourceError(exc) from exc
+
+    async def aclose(self) -> None:
+        sock = self.raw_socket
+        if sock.fileno() != -1:
+            trio.lowlevel.notify_closing(sock)  # a task waiting on it gets ClosedResourceError
+            sock.close()
+        await trio.lowlevel.checkpoint()
 
 
 async def serve_tcp_listener(
@@ -19,18 +110,80 @@ async def serve_tcp_listener(
     gate: Gate | None = None,
     task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Accept TCP connections and hand each one to ``handler``."""
+    """Accept TCP connections and run ``handler(stream, info)`` for each in
+    ``handler_nursery``.
+
+    A connection the gate admits holds its place until the handler's connection calls
+    ``info.admission.leave`` (``mqttd.connection`` does, when it closes).
+    """
     listeners = await open_listeners(listener)
+    try:
+        async with trio.open_nursery() as nursery:
+            for socket_listener in listeners:
+                raw = socket_listener.socket._sock  # type: ignore[attr-defined]
+                nursery.start_soon(_accept_loop, raw, listener, handler, handler_nursery, gate)
+            task_status.started(listeners)
+    finally:
+        for socket_listener in listeners:
+            socket_listener.socket.close()
 
-    async def on_connection(stream: trio.SocketStream) -> None:
-        # Small MQTT packets must not wait for Nagle (trio sets TCP_NODELAY already; make it
-        # explicit because QoS 2 round trips depend on it).
-        stream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, True)
-        await handler(stream, ConnectionInfo("tcp", peer_name(stream), listener))
 
-    await trio.serve_listeners(
-        partial(gated, gate, listener, on_connection),
-        listeners,
-        handler_nursery=handler_nursery,
-        task_status=task_status,
-    )
+async def _accept_loop(
+    listening: socket.socket,
+    listener: ListenerConfig,
+    handler: Handler,
+    handler_nursery: trio.Nursery,
+    gate: Gate | None,
+) -> None:
+    reported_exhaustion = False
+    while True:
+        for _ in range(ACCEPT_BATCH):
+            try:
+                sock, address = listening.accept()
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as exc:
+                if exc.errno in _CONNECTION_ERRORS:
+                    continue
+                if exc.errno not in _RESOURCE_ERRORS:
+                    raise
+                if not reported_exhaustion:
+                    log.error("accept_failed", reason=errno.errorcode.get(exc.errno, str(exc)))
+                    reported_exhaustion = True
+                await trio.sleep(RESOURCE_RETRY_S)
+                break
+            reported_exhaustion = False
+            _admit(sock, address, listener, handler, handler_nursery, gate)
+        else:
+            await trio.lowlevel.checkpoint()  # a burst of connects must not starve the rest
+            continue
+        await trio.lowlevel.wait_readable(listening)
+
+
+def _admit(
+    sock: socket.socket,
+    address: tuple[str, int],
+    listener: ListenerConfig,
+    handler: Handler,
+    handler_nursery: trio.Nursery,
+    gate: Gate | None,
+) -> None:
+    ip = str(address[0])
+    if gate is not None and not gate.enter(listener, ip):
+        sock.close()
+        return
+    try:
+        sock.setblocking(False)
+        # Small MQTT packets must not wait for Nagle: QoS 2 round trips depend on it.
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, True)
+        # As trio.SocketStream does: the kernel takes at most 16 KiB of unsent data, so a
+        # client that stops reading shows up as a blocked send here (write_timeout_s, the
+        # outbox limits), not as megabytes silently parked in its socket buffer.
+        sock.setsockopt(socket.IPPROTO_TCP, _TCP_NOTSENT_LOWAT, NOTSENT_LOWAT)
+    except OSError:
+        sock.close()  # the peer is already gone
+        if gate is not None:
+            gate.leave(listener, ip)
+        return
+    info = ConnectionInfo("tcp", format_peer(address), listener, ip=ip, admission=gate)
+    handler_nursery.start_soon(handler, TcpStream(sock), info)

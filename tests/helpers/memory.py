@@ -25,6 +25,8 @@ def server_state(**limits: object) -> ServerState:
 def serve_stream(nursery: trio.Nursery, state: ServerState, stream: trio.abc.Stream) -> None:
     """Serve one MQTT connection over ``stream`` in ``nursery``."""
     info = ConnectionInfo("memory", "memory:1", ListenerConfig())
+    if state.nursery is None:
+        state.nursery = nursery  # where the connections' writer tasks run
     nursery.start_soon(Connection(stream, info, state).run)
 
 
