@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import ipaddress
 import math
 import tomllib
@@ -126,6 +127,7 @@ class AuthConfig:
         return is_loopback(listener_host)
 
 
+@functools.lru_cache(maxsize=64)  # asked on every connect, for a handful of listener hosts
 def is_loopback(host: str) -> bool:
     """Whether ``host`` (an address or "localhost") only accepts local connections."""
     if host == "localhost":

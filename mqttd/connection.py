@@ -9,8 +9,9 @@ non-blocking send per batch by whoever produced it (see ``Connection._wake``); a
 the only task that awaits on writing -- runs only while output is left over, must wait for the
 durable store, or the stream is TLS/WebSocket, and sends under ``write_timeout_s``.
 
-An idle connection is one suspended reader task and one cancel scope, nothing more: the scope's
-deadline is the CONNECT timeout, then the keepalive deadline, and ``kick`` cancels it. Writer
+An idle connection is one suspended reader task and one cancel scope, which ``kick`` cancels;
+its CONNECT and keepalive deadlines are watched by one task for all connections
+(``mqttd.timeouts``), and the reader only notes when a complete packet arrived. Writer
 tasks run in the server's connection nursery (``ServerState.nursery``); a failing writer kicks
 its connection, and the reader stops the writer before it closes the stream. The cleanup (Will,
 session detach, registry) is synchronous so it also runs under cancellation.
@@ -35,12 +36,15 @@ from mqttd.errors import MalformedPacket, ProtocolError
 from mqttd.protocol import ClientProtocol, connack_bytes
 from mqttd.session import Session
 from mqttd.store import StoreError
+from mqttd.timeouts import TimeoutWatch
 from mqttd.topics import validate_topic_name
 from mqttd.transports import ConnectionInfo
 
 log = structlog.get_logger("mqttd.connection")
 
 RECEIVE_SIZE = 65536
+#: A plain TCP read at least this large is followed by another read before waiting.
+EAGER_READ_BYTES = 16384
 #: How long a takeover waits for the old connection to finish its cleanup.
 TAKEOVER_TIMEOUT_S = 5.0
 #: Uncommitted store operations above which readers pause until the disk catches up.
@@ -66,6 +70,7 @@ class ServerState:
     flush_needed: trio.Event = field(default_factory=trio.Event)
     #: where writer tasks run: the nursery of the connections (set by whoever serves them)
     nursery: trio.Nursery | None = None
+    timeouts: TimeoutWatch = field(default_factory=TimeoutWatch)
 
     def next_connection_id(self) -> int:
         return next(self._ids)
@@ -100,7 +105,9 @@ class Connection:
         "_dirty",
         "_drained",
         "_finished",
+        "_last_packet_at",
         "_own_store_ops",
+        "_paused",
         "_raw_socket",
         "_scope",
         "_started_at",
@@ -124,6 +131,7 @@ class Connection:
         "state",
         "stream",
         "username",
+        "watch_entry",
         "will",
     )
 
@@ -160,6 +168,9 @@ class Connection:
         #: (first, last] store operations this client's packets recorded, not yet confirmed
         self._own_store_ops: list[tuple[int, int]] = []
         self._started_at = trio.current_time()
+        self._last_packet_at = self._started_at
+        self._paused = False  # reading paused on purpose: silence is not the client's fault
+        self.watch_entry = 0  # see mqttd.timeouts
 
     # -- entry point ------------------------------------------------------------------------
 
@@ -169,9 +180,11 @@ class Connection:
         self._bind_log_context()
         self.state.connections.add(self)
         # The one cancel scope of the connection (see the module docstring).
-        scope = self._scope = trio.CancelScope(
-            deadline=trio.current_time() + self.limits.connect_timeout_s
-        )
+        scope = self._scope = trio.CancelScope()
+        if self.state.nursery is not None:
+            self.state.timeouts.watch(
+                self, self._started_at + self.limits.connect_timeout_s, self.state.nursery
+            )
         try:
             with scope:
                 connect = await self._receive_connect()
@@ -182,8 +195,10 @@ class Connection:
                     else:
                         self._wake()  # CONNACK goes out with the reader's first flush
                     await self._read_loop()
-            if scope.cancelled_caught and self.close_reason == "unknown":
-                self._timed_out()  # not kicked: the deadline passed
+            if self.close_reason == "connect_timeout":
+                log.info("connect_timeout", timeout_s=self.limits.connect_timeout_s)
+            elif self.close_reason == "keepalive_timeout":
+                log.info("keepalive_timeout", keepalive=self.keepalive)
         except ProtocolError as exc:
             self.close_reason = exc.reason
             log.warning("protocol_error", reason=exc.reason, client_id=self.client_id)
@@ -221,13 +236,26 @@ class Connection:
         if self.client_id is not None:
             structlog.contextvars.bind_contextvars(client_id=self.client_id)
 
-    def _timed_out(self) -> None:
+    def packet_due(self) -> float | None:
+        """When the next complete packet must arrive: the CONNECT within connect_timeout_s,
+        then one within 1.5 x Keep Alive of the last ([MQTT-3.1.2-24]); None when no deadline
+        applies (Keep Alive 0, CONNECT being authorised, closed)."""
+        if self._finished:
+            return None
         if self.session is None:
-            self.close_reason = "connect_timeout"
-            log.info("connect_timeout", timeout_s=self.limits.connect_timeout_s)
-        else:
-            self.close_reason = "keepalive_timeout"
-            log.info("keepalive_timeout", keepalive=self.keepalive)
+            if self.packets_in:
+                return None  # authenticating or taking over: ``_accept`` watches again
+            return self._started_at + self.limits.connect_timeout_s
+        if not self.keepalive:
+            return None
+        grace = self.keepalive * 1.5
+        if self._paused:
+            return trio.current_time() + grace  # check again later
+        return self._last_packet_at + grace
+
+    def expire(self) -> None:
+        """The deadline of ``packet_due`` passed (called by the timeout watch)."""
+        self.kick("connect_timeout" if self.session is None else "keepalive_timeout")
 
     @property
     def closed(self) -> trio.Event:
@@ -258,9 +286,7 @@ class Connection:
                 if packet is not NEED_DATA:
                     self.packets_in += 1
                     assert isinstance(packet, Connect)  # the decoder enforces CONNECT first
-                    # Authentication and takeover are not bound by the CONNECT timeout.
-                    self._scope.deadline = float("inf")
-                    return packet
+                    return packet  # authentication and takeover: not bound by the timeout
                 data = await self.stream.receive_some(RECEIVE_SIZE)
                 self.bytes_in += len(data)
                 self.decoder.receive_data(data)
@@ -321,6 +347,11 @@ class Connection:
         session.send_packet(connack_bytes(present, ConnackCode.ACCEPTED))
         session.attach(self._wake)
         structlog.contextvars.bind_contextvars(client_id=client_id)
+        self._last_packet_at = trio.current_time()
+        if self.keepalive and self.state.nursery is not None:
+            self.state.timeouts.watch(
+                self, self._last_packet_at + self.keepalive * 1.5, self.state.nursery
+            )
         log.info(
             "client_connected",
             clean_session=connect.clean_session,
@@ -391,13 +422,9 @@ class Connection:
         rate = self.limits.max_publish_rate
         tokens = rate
         last_refill = trio.current_time()
-        # [MQTT-3.1.2-24] disconnect after 1.5 x Keep Alive without a complete packet; bytes
-        # that trickle in without completing a packet do not extend the deadline. The deadline
-        # is the connection scope's (``run`` turns its expiry into keepalive_timeout), moved
-        # forward after every batch with a complete packet.
-        grace = self.keepalive * 1.5 if self.keepalive else None
-        keepalive = self._scope
-        keepalive.deadline = trio.current_time() + grace if grace else float("inf")
+        eager = False
+        # [MQTT-3.1.2-24] the timeout watch disconnects after 1.5 x Keep Alive without a
+        # complete packet; bytes that trickle in without completing one do not count.
         while True:
             got_packet = False
             first_op = store.recorded if store is not None else 0
@@ -421,39 +448,46 @@ class Connection:
                     if tokens < 0:
                         if self.state.dirty:
                             self.state.flush_dirty()
-                        keepalive.deadline = float("inf")
+                        self._paused = True
                         await trio.sleep(-tokens / rate)
-                        if grace:
-                            keepalive.deadline = trio.current_time() + grace
+                        self._paused = False
+                        self._last_packet_at = trio.current_time()
             self._note_store_ops(first_op)
             if self.state.dirty:
                 self.state.flush_dirty()
-            if got_packet and grace:
-                keepalive.deadline = trio.current_time() + grace
+            if got_packet:
+                self._last_packet_at = trio.current_time()
             if session.outbox_bytes > max_outbox or (
                 store is not None and store.backlog() >= STORE_BACKLOG_LIMIT
             ):
                 # Reading pauses (the client does not read its replies, or the disk lags);
                 # silence from the client means nothing meanwhile.
-                keepalive.deadline = float("inf")
+                self._paused = True
                 await self._wait_before_reading()
-                if grace:
-                    keepalive.deadline = trio.current_time() + grace
+                self._paused = False
+                self._last_packet_at = trio.current_time()
             if raw is None:
                 data = await stream.receive_some(RECEIVE_SIZE)
             else:
                 # Plain TCP: read the socket directly (fewer layers per read, and fewer
-                # suspended frames per idle connection than a stream's receive_some).
+                # suspended frames per idle connection than a stream's receive_some). Wait
+                # for readability first unless the last read was large (a streaming client
+                # probably has more): a recv that fails with EAGAIN costs an exception, and
+                # one raised through this frame keeps a frame object alive while idle.
+                if not eager:
+                    await trio.lowlevel.wait_readable(raw)
                 try:
                     data = raw.recv(RECEIVE_SIZE)
                 except (BlockingIOError, InterruptedError):
-                    data = None  # wait outside the handler: a held exception costs memory
+                    data = None
                 except OSError as exc:
                     raise trio.BrokenResourceError from exc
                 if data is None:
-                    await trio.lowlevel.wait_readable(raw)
+                    eager = False
                     continue
-                await trio.lowlevel.checkpoint()  # a flooding client must not starve others
+                if eager:
+                    await trio.lowlevel.checkpoint()  # a flooding client must not starve others
+                eager = len(data) >= EAGER_READ_BYTES
             self.bytes_in += len(data)
             decoder.receive_data(data)
 

@@ -186,4 +186,5 @@ def _admit(
             gate.leave(listener, ip)
         return
     info = ConnectionInfo("tcp", format_peer(address), listener, ip=ip, admission=gate)
-    handler_nursery.start_soon(handler, TcpStream(sock), info)
+    # A constant task name: trio would otherwise format one per connection.
+    handler_nursery.start_soon(handler, TcpStream(sock), info, name="mqttd.tcp_connection")
