@@ -1,0 +1,185 @@
+"""The plain TCP transport: TcpStream, the accept loop, and what an idle connection costs.
+
+Sockets are loopback or socketpairs; every wait is bounded by ``trio.fail_after``.
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+from typing import Any
+
+import pytest
+import trio
+from structlog.testing import capture_logs
+
+from mqttd.config import ListenerConfig
+from mqttd.connection import Connection
+from mqttd.transports import ConnectionInfo
+from mqttd.transports.tcp import TcpStream, _accept_loop
+from tests.helpers import wire
+from tests.helpers.client import connect_client
+
+TIMEOUT_S = 10
+
+
+def _stream_pair() -> tuple[TcpStream, socket.socket]:
+    ours, theirs = socket.socketpair()
+    ours.setblocking(False)
+    theirs.setblocking(False)
+    # Small buffers: a large send_all must meet a full socket and wait for the reader.
+    ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    theirs.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    return TcpStream(ours), theirs
+
+
+async def test_send_all_waits_for_a_slow_reader_and_loses_nothing() -> None:
+    stream, peer = _stream_pair()
+    data = bytes(range(256)) * 16384  # 4 MiB
+    received = bytearray()
+    peer_stream = TcpStream(peer)
+
+    async def read_all() -> None:
+        while len(received) < len(data):
+            received.extend(await peer_stream.receive_some(65536))
+
+    with trio.fail_after(TIMEOUT_S):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(read_all)
+            await stream.send_all(data)
+    assert bytes(received) == data
+    await stream.aclose()
+    await peer_stream.aclose()
+
+
+async def test_send_eof_reaches_the_peer_as_end_of_stream() -> None:
+    stream, peer = _stream_pair()
+    peer_stream = TcpStream(peer)
+    with trio.fail_after(TIMEOUT_S):
+        await stream.send_all(b"last words")
+        await stream.send_eof()
+        assert await peer_stream.receive_some() == b"last words"
+        assert await peer_stream.receive_some() == b""
+        # The other direction still works after a half-close.
+        await peer_stream.send_all(b"reply")
+        assert await stream.receive_some() == b"reply"
+    await stream.aclose()
+    await peer_stream.aclose()
+
+
+async def test_aclose_wakes_a_waiting_reader_and_later_calls_fail() -> None:
+    stream, peer = _stream_pair()
+    outcome: list[type[BaseException]] = []
+
+    async def wait_for_data() -> None:
+        try:
+            await stream.receive_some()
+        except trio.ClosedResourceError as exc:
+            outcome.append(type(exc))
+
+    with trio.fail_after(TIMEOUT_S):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(wait_for_data)
+            await trio.testing.wait_all_tasks_blocked()
+            await stream.aclose()
+    assert outcome == [trio.ClosedResourceError]
+    with pytest.raises(trio.ClosedResourceError):
+        await stream.receive_some()
+    with pytest.raises(trio.ClosedResourceError):
+        await stream.send_all(b"x")
+    await stream.aclose()  # closing twice is harmless
+    peer.close()
+
+
+async def test_a_reset_connection_is_a_broken_stream() -> None:
+    stream, peer = _stream_pair()
+    # SO_LINGER 0: close sends RST, so the next send fails.
+    peer.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+    peer.close()
+
+    async def keep_sending() -> None:
+        for _ in range(100):  # the first sends may still be buffered
+            await stream.send_all(bytes(65536))
+
+    with trio.fail_after(TIMEOUT_S), pytest.raises(trio.BrokenResourceError):
+        await keep_sending()
+    await stream.aclose()
+
+
+class ScriptedListener:
+    """A listening socket whose accept() fails as scripted before accepting for real."""
+
+    def __init__(self, real: socket.socket, failures: list[int]) -> None:
+        self.real = real
+        self.failures = failures
+
+    def fileno(self) -> int:
+        return self.real.fileno()
+
+    def accept(self) -> tuple[socket.socket, Any]:
+        if self.failures:
+            code = self.failures.pop(0)
+            raise OSError(code, errno.errorcode[code])
+        return self.real.accept()
+
+
+@pytest.mark.parametrize(
+    ("failures", "logged"),
+    [([errno.EMFILE, errno.EMFILE], 1), ([errno.ECONNABORTED], 0)],
+    ids=["out_of_descriptors", "aborted_in_backlog"],
+)
+async def test_accept_loop_survives_accept_errors(failures: list[int], logged: int) -> None:
+    """Out of descriptors: logged once, retried after a pause; a connection aborted in the
+    backlog: skipped. Either way the next connection is served."""
+    real = socket.socket()
+    real.bind(("127.0.0.1", 0))
+    real.listen()
+    real.setblocking(False)
+    listening = ScriptedListener(real, failures)
+    accepted: list[ConnectionInfo] = []
+    served = trio.Event()
+
+    async def handler(stream: trio.abc.Stream, info: ConnectionInfo) -> None:
+        accepted.append(info)
+        served.set()
+        await stream.aclose()
+
+    client = socket.create_connection(real.getsockname())
+    client_port = client.getsockname()[1]
+    with capture_logs() as logs, trio.fail_after(TIMEOUT_S):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_accept_loop, listening, ListenerConfig(), handler, nursery, None)
+            await served.wait()
+            nursery.cancel_scope.cancel()
+    client.close()
+    real.close()
+    assert len(accepted) == 1
+    assert accepted[0].ip == "127.0.0.1"
+    assert accepted[0].peer == f"127.0.0.1:{client_port}"
+    assert [e["event"] for e in logs if e["event"] == "accept_failed"] == ["accept_failed"] * logged
+    assert not failures
+
+
+async def test_an_idle_tcp_connection_costs_one_task(start_server: Any) -> None:
+    """The memory design of idle connections: the connection's coroutine runs as the task
+    itself (no wrapper task, no nursery of its own, no writer task while idle)."""
+    server = await start_server()
+    port = server.port()
+    connections_nursery = server.state.nursery
+    assert connections_nursery is not None
+    with trio.fail_after(TIMEOUT_S):
+        first = await connect_client(port, "first", keepalive=60)  # starts the timeout watch
+        await first.send(wire.pingreq())
+        await first.expect(wire.pingresp())
+        before = len(connections_nursery.child_tasks)
+        clients = [await connect_client(port, f"idle-{i}", keepalive=60) for i in range(20)]
+        for client in clients:  # every CONNACK flushed: no writer task is left running
+            await client.send(wire.pingreq())
+            await client.expect(wire.pingresp())
+        assert len(connections_nursery.child_tasks) - before == 20
+        assert all(not c._writer_running for c in server.state.connections)
+        tasks = [t for t in connections_nursery.child_tasks if t.name == "mqttd.tcp_connection"]
+        assert len(tasks) == 21
+        for task in tasks:
+            assert task.coro.cr_code is Connection.run.__code__  # type: ignore[attr-defined]
+            assert not task.child_nurseries
