@@ -33,6 +33,7 @@ from mqttd.codec.decoder import CLOSED, NEED_DATA, Decoder
 from mqttd.codec.packets import ConnackCode, Connect, Publish, Will
 from mqttd.config import Config
 from mqttd.errors import MalformedPacket, ProtocolError
+from mqttd.logging import bind_connection
 from mqttd.protocol import ClientProtocol, connack_bytes
 from mqttd.session import Session
 from mqttd.store import StoreError
@@ -176,7 +177,6 @@ class Connection:
 
     async def run(self) -> None:
         """Serve the connection until it ends; never raises except ``trio.Cancelled``."""
-        structlog.contextvars.clear_contextvars()
         self._bind_log_context()
         self.state.connections.add(self)
         # The one cancel scope of the connection (see the module docstring).
@@ -230,11 +230,8 @@ class Connection:
 
     def _bind_log_context(self) -> None:
         """Every log line of this connection's tasks names the connection."""
-        structlog.contextvars.bind_contextvars(
-            conn_id=self.conn_id, peer=self.info.peer, transport=self.info.transport
-        )
-        if self.client_id is not None:
-            structlog.contextvars.bind_contextvars(client_id=self.client_id)
+        info = self.info
+        bind_connection(self.conn_id, info.peer, info.transport, self.client_id)
 
     def packet_due(self) -> float | None:
         """When the next complete packet must arrive: the CONNECT within connect_timeout_s,
@@ -346,7 +343,7 @@ class Connection:
         # session's re-sends follow it once attached ([MQTT-4.4.0-1]).
         session.send_packet(connack_bytes(present, ConnackCode.ACCEPTED))
         session.attach(self._wake)
-        structlog.contextvars.bind_contextvars(client_id=client_id)
+        self._bind_log_context()  # now with the client id
         self._last_packet_at = trio.current_time()
         if self.keepalive and self.state.nursery is not None:
             self.state.timeouts.watch(

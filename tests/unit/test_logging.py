@@ -1,0 +1,57 @@
+"""Log lines name their connection (mqttd.logging.bind_connection / merge_connection)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import trio
+
+from mqttd.logging import bind_connection, merge_connection
+
+
+def _line(**event: Any) -> dict[str, Any]:
+    """What the processor chain makes of a log call in the current task."""
+    return merge_connection(None, "info", dict(event))
+
+
+async def test_a_bound_connection_is_named_in_every_line() -> None:
+    bind_connection(7, "127.0.0.1:5000", "tcp", None)
+    first = _line(event="before_connect")
+    bind_connection(7, "127.0.0.1:5000", "tcp", "sensor-1")
+    second = _line(event="after_connect")
+    third = _line(event="explicit", client_id="other")
+    assert first == {
+        "event": "before_connect",
+        "conn_id": 7,
+        "peer": "127.0.0.1:5000",
+        "transport": "tcp",
+    }  # no client id before CONNECT
+    assert second["client_id"] == "sensor-1"
+    assert third["client_id"] == "other"  # a key passed to the call wins
+
+
+async def test_tasks_log_as_their_own_connection() -> None:
+    """Each task has its own binding; a task started by another inherits it until it binds
+    its own (what a connection's writer task does), and the parent is unaffected."""
+    lines: list[dict[str, Any]] = []
+
+    async def child() -> None:
+        lines.append(_line(event="inherited"))
+        bind_connection(2, "peer-2", "ws", "c2")
+        await trio.lowlevel.checkpoint()
+        lines.append(_line(event="own"))
+
+    async def connection() -> None:
+        bind_connection(1, "peer-1", "tcp", "c1")
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(child)
+        lines.append(_line(event="parent"))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(connection)
+    outside = _line(event="outside")
+    by_event = {line["event"]: line for line in lines}
+    assert by_event["inherited"]["conn_id"] == 1
+    assert by_event["own"]["client_id"] == "c2"
+    assert by_event["parent"]["client_id"] == "c1"
+    assert outside == {"event": "outside"}
