@@ -218,12 +218,18 @@ class Connection:
             log.exception("connection_failed", client_id=self.client_id)
         finally:
             self._finish()
-            with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_TIMEOUT_S):
-                try:
-                    await self._stop_writer()
-                    await self.stream.aclose()
-                except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-                    pass
+            raw = self._raw_socket
+            if raw is not None and not self._writer_running:
+                # Plain TCP with nothing being written: close at once, no task switch.
+                trio.lowlevel.notify_closing(raw)
+                raw.close()
+            else:
+                with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_TIMEOUT_S):
+                    try:
+                        await self._stop_writer()
+                        await self.stream.aclose()
+                    except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                        pass
             info = self.info
             if info.admission is not None:
                 info.admission.leave(info.listener, info.ip)
