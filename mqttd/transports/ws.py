@@ -7,17 +7,20 @@ origin and subprotocol checks is accepted by wsproto, and from then on the conne
 so the same MQTT framer serves TCP, TLS, WS and WSS. Any other request is a static-file request
 (``mqttd.transports.http``) and never reaches the handler.
 
-``WebSocketStream`` drives a ``wsproto`` connection (either role; the client role exists for
-tests and benchmarks). ``receive_some`` returns binary message data in the pieces it arrives in,
-without reassembling messages, because MQTT packets need not align with frames [MQTT-6.0.0-2];
-``send_all`` sends one binary message. A text frame closes with 1003 [MQTT-6.0.0-1], a message
-over ``max_message_size`` with 1009, a protocol error with wsproto's code; each then reads as
-EOF. Pings are answered from inside ``receive_some``; one lock serialises all writes to the
+After the handshake, ``WebSocketStream`` (either role; the client role exists for tests and
+benchmarks) frames with the sans-IO codec in ``mqttd.transports.wsframes``, which is several
+times cheaper per frame than wsproto's event machinery. ``receive_some`` returns binary message
+data in the pieces it arrives in, without reassembling messages, because MQTT packets need not
+align with frames [MQTT-6.0.0-2]; ``send_all`` sends one binary message. A text frame closes
+with 1003 [MQTT-6.0.0-1], a message over ``max_message_size`` with 1009 (seen in the frame
+header, before its payload is kept), any other protocol error with 1002 or 1007; each then reads
+as EOF. Pings are answered from inside ``receive_some``; one lock serialises all writes to the
 transport, since the broker's writer task and the reader's pong may write at the same time.
 """
 
 from __future__ import annotations
 
+import os
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -26,18 +29,8 @@ import h11
 import structlog
 import trio
 from wsproto import ConnectionType, WSConnection
-from wsproto.connection import ConnectionState
-from wsproto.events import (
-    AcceptConnection,
-    BytesMessage,
-    CloseConnection,
-    Ping,
-    RejectConnection,
-    Request,
-    TextMessage,
-)
-from wsproto.frame_protocol import CloseReason
-from wsproto.utilities import LocalProtocolError, RemoteProtocolError
+from wsproto.events import AcceptConnection, RejectConnection, Request
+from wsproto.utilities import RemoteProtocolError
 
 from mqttd.config import ListenerConfig
 from mqttd.errors import StartupError
@@ -57,6 +50,19 @@ from mqttd.transports.tls import (
     server_ssl_context,
     tls_handshake,
 )
+from mqttd.transports.wsframes import (
+    NEED_DATA,
+    Close,
+    CloseCode,
+    Data,
+    FrameDecoder,
+    FrameError,
+    MessageTooBig,
+    Ping,
+    encode_binary,
+    encode_close,
+    encode_pong,
+)
 
 log = structlog.get_logger()
 
@@ -69,9 +75,13 @@ CLOSE_TIMEOUT_S = 2.0
 class WebSocketStream(trio.abc.Stream):
     """A byte stream carried in binary WebSocket messages.
 
+    Frames are decoded and encoded by ``mqttd.transports.wsframes``; the wsproto connection
+    only tells the role (server or client) and hands over any bytes it received past the
+    handshake (its frame events must not have been read).
+
     Args:
         transport: the underlying stream (TCP or TLS), already past the HTTP handshake.
-        ws: a wsproto connection in the OPEN state.
+        ws: the wsproto connection that ran the handshake, in the OPEN state.
         max_message_size: a received message larger than this closes the connection (1009).
         subprotocol: the negotiated subprotocol, for the record.
     """
@@ -88,20 +98,39 @@ class WebSocketStream(trio.abc.Stream):
         self.subprotocol = subprotocol
         self.close_code: int | None = None  # the close code sent or received, once closed
         self.close_reason: str | None = None
-        self._ws = ws
-        self._max_message_size = max_message_size
-        self._message_bytes = 0
+        self._client = bool(ws.client)
+        self._decoder = FrameDecoder(max_message_size=max_message_size, client=self._client)
         self._pending = bytearray()  # received message data not yet returned
         self._eof = False
-        self._closed = False
+        self._closed = False  # aclose() was called
+        self._close_sent = False
+        self._close_received = False
         self._receiving = False
         self._sending = False
         self._write_lock = trio.Lock()
         #: frame bytes a non-blocking ``send_now`` could not write; sent before anything else
         self._unsent = b""
         # Plain ws only: the socket ``send_now`` writes to (a TLS stream needs its own task).
-        socket = getattr(transport, "socket", None)
-        self._raw_socket = getattr(socket, "_sock", None)
+        raw = getattr(transport, "raw_socket", None)
+        if raw is None and isinstance(transport, trio.SocketStream):
+            raw = getattr(transport.socket, "_sock", None)
+        self._raw_socket = raw
+        early = _unparsed_frame_bytes(ws)
+        self._decoder.receive_data(early)
+        self._early = bool(early)  # frame bytes from the handshake wait for receive_some
+
+    @property
+    def _open(self) -> bool:
+        return not (self._close_sent or self._close_received)
+
+    def _new_mask(self) -> bytes | None:
+        """A fresh masking key for each frame a client sends [RFC 6455 5.3]; None for a server."""
+        return os.urandom(4) if self._client else None
+
+    def _encode(self, data: bytes | bytearray | memoryview) -> bytes:
+        if self._client:
+            return encode_binary(data, mask=os.urandom(4))
+        return encode_binary(data)
 
     async def _write(self, data: bytes) -> None:
         async with self._write_lock:
@@ -135,18 +164,20 @@ class WebSocketStream(trio.abc.Stream):
             or self._unsent
             or self._sending
             or self._closed
+            or self._close_sent
+            or self._close_received
             or self._write_lock.locked()
-            or self._ws.state is not ConnectionState.OPEN
         ):
             return False
-        frame = self._ws.send(BytesMessage(data=data))
+        frame = self._encode(data)
         try:
             sent = raw.send(frame)
         except (BlockingIOError, InterruptedError):
             sent = 0
         except OSError:
             sent = 0  # the next write meets the error and reports it
-        self._unsent = frame[sent:]
+        if sent != len(frame):
+            self._unsent = frame[sent:]
         return True
 
     async def flush(self) -> None:
@@ -156,60 +187,71 @@ class WebSocketStream(trio.abc.Stream):
         else:
             await trio.lowlevel.checkpoint()
 
+    async def _send_close(self, code: int | None, reason: str = "") -> None:
+        """Send a close frame (best effort, within ``CLOSE_TIMEOUT_S``) unless one was sent."""
+        if self._close_sent:
+            return
+        self._close_sent = True
+        frame = encode_close(code, reason, mask=self._new_mask())
+        with trio.move_on_after(CLOSE_TIMEOUT_S):
+            try:
+                await self._write(frame)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass
+
     async def _close_with(self, code: int, reason: str) -> None:
         """Start the close handshake ourselves, then read as EOF."""
         self.close_code, self.close_reason = code, reason
         self._eof = True  # data received before the offending frame is still delivered
-        if self._ws.state is ConnectionState.OPEN:
-            data = self._ws.send(CloseConnection(code=code, reason=reason))
-            with trio.move_on_after(CLOSE_TIMEOUT_S):
-                try:
-                    await self._write(data)
-                except (trio.BrokenResourceError, trio.ClosedResourceError):
-                    pass
+        if not self._close_received:
+            await self._send_close(code, reason)
 
     async def _handle_events(self) -> None:
-        for event in self._ws.events():
-            if self._eof:
-                return
-            if isinstance(event, BytesMessage):
-                self._message_bytes += len(event.data)
-                if self._message_bytes > self._max_message_size:
-                    log.warning(
-                        "ws_message_too_large",
-                        size=self._message_bytes,
-                        limit=self._max_message_size,
-                    )
-                    await self._close_with(CloseReason.MESSAGE_TOO_BIG, "message too big")
+        """Turn the buffered frames into pending data, answering pings and closes."""
+        decoder = self._decoder
+        pending = self._pending
+        try:
+            while True:
+                event = decoder.next_event()
+                if type(event) is Data:
+                    pending += event.data
+                elif event is NEED_DATA:
                     return
-                self._pending += event.data
-                if event.message_finished:
-                    self._message_bytes = 0
-            elif isinstance(event, TextMessage):
+                elif isinstance(event, Ping):
+                    if self._open:
+                        try:
+                            await self._write(encode_pong(event.payload, mask=self._new_mask()))
+                        except (trio.BrokenResourceError, trio.ClosedResourceError):
+                            pass
+                elif isinstance(event, Close):
+                    self.close_code, self.close_reason = event.code, event.reason
+                    self._eof = True
+                    self._close_received = True
+                    if not self._close_sent:
+                        # Echo the peer's code [RFC 6455 5.5.1]; 1005 means "no code".
+                        self._close_sent = True
+                        frame = encode_close(event.code, event.reason, mask=self._new_mask())
+                        try:
+                            await self._write(frame)
+                        except (trio.BrokenResourceError, trio.ClosedResourceError):
+                            pass
+                    return
+                # Pong: nothing to do.
+        except MessageTooBig as exc:
+            log.warning("ws_message_too_large", size=exc.size, limit=exc.limit)
+            await self._close_with(exc.close_code, exc.reason)
+        except FrameError as exc:
+            if exc.close_code == CloseCode.UNSUPPORTED_DATA:
                 # [MQTT-6.0.0-1] MQTT control packets must travel in binary frames.
                 log.warning("ws_text_frame_received")
-                await self._close_with(CloseReason.UNSUPPORTED_DATA, "binary frames only")
-                return
-            elif isinstance(event, Ping):
-                try:
-                    await self._write(self._ws.send(event.response()))
-                except (trio.BrokenResourceError, trio.ClosedResourceError):
-                    pass
-            elif isinstance(event, CloseConnection):
-                self.close_code, self.close_reason = event.code, event.reason
-                self._eof = True
-                if self._ws.state is ConnectionState.REMOTE_CLOSING:
-                    try:
-                        await self._write(self._ws.send(event.response()))
-                    except (trio.BrokenResourceError, trio.ClosedResourceError):
-                        pass
-                elif self._ws.state is ConnectionState.OPEN:
-                    # wsproto reports a frame it could not parse as a close event
-                    # without closing: answer with its code ourselves.
-                    log.warning("ws_protocol_error", code=event.code, reason=event.reason)
-                    await self._close_with(event.code, event.reason or "protocol error")
-                return
-            # Pong: nothing to do.
+            else:
+                log.warning("ws_protocol_error", code=exc.close_code, reason=exc.reason)
+            await self._close_with(exc.close_code, exc.reason)
+
+    async def _receive_early(self, data: bytes) -> None:
+        """Take frame bytes that arrived together with the handshake."""
+        self._decoder.receive_data(data)
+        await self._handle_events()
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
         """Return the next received piece of binary message data; ``b""`` after a close.
@@ -232,15 +274,23 @@ class WebSocketStream(trio.abc.Stream):
             while True:
                 if self._closed:
                     raise trio.ClosedResourceError("stream was closed")
-                if self._pending:
-                    size = len(self._pending) if max_bytes is None else max_bytes
-                    chunk = bytes(self._pending[:size])
-                    del self._pending[:size]
+                pending = self._pending
+                if pending:
+                    if max_bytes is None or max_bytes >= len(pending):
+                        chunk = bytes(pending)
+                        pending.clear()
+                    else:
+                        chunk = bytes(pending[:max_bytes])
+                        del pending[:max_bytes]
                     await trio.lowlevel.cancel_shielded_checkpoint()
                     return chunk
                 if self._eof:
                     await trio.lowlevel.cancel_shielded_checkpoint()
                     return b""
+                if self._early:
+                    self._early = False
+                    await self._handle_events()
+                    continue
                 try:
                     data = await self.transport.receive_some(RECEIVE_SIZE)
                 except trio.ClosedResourceError:
@@ -250,9 +300,9 @@ class WebSocketStream(trio.abc.Stream):
                 if not data:
                     # Transport EOF without a close frame: an abnormal closure (1006).
                     self._eof = True
-                    self.close_code = self.close_code or CloseReason.ABNORMAL_CLOSURE
+                    self.close_code = self.close_code or CloseCode.ABNORMAL_CLOSURE
                     continue
-                self._ws.receive_data(data)
+                self._decoder.receive_data(data)
                 await self._handle_events()
         finally:
             self._receiving = False
@@ -274,14 +324,10 @@ class WebSocketStream(trio.abc.Stream):
             if not data:
                 await trio.lowlevel.checkpoint()
                 return
-            if self._ws.state is not ConnectionState.OPEN:
+            if self._close_sent or self._close_received:
                 await trio.lowlevel.checkpoint()
                 raise trio.BrokenResourceError("WebSocket is closing")
-            try:
-                frame = self._ws.send(BytesMessage(data=bytes(data)))
-            except LocalProtocolError as exc:
-                raise trio.BrokenResourceError("WebSocket is closing") from exc
-            await self._write(frame)
+            await self._write(self._encode(data))
         finally:
             self._sending = False
 
@@ -299,15 +345,33 @@ class WebSocketStream(trio.abc.Stream):
             return
         self._closed = True
         try:
-            if self._ws.state is ConnectionState.OPEN:
-                self.close_code = self.close_code or CloseReason.NORMAL_CLOSURE
-                data = self._ws.send(CloseConnection(code=CloseReason.NORMAL_CLOSURE))
-                with trio.move_on_after(CLOSE_TIMEOUT_S):
-                    await self._write(data)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            pass
+            if self._open:
+                self.close_code = self.close_code or CloseCode.NORMAL_CLOSURE
+                await self._send_close(CloseCode.NORMAL_CLOSURE)
         finally:
             await self.transport.aclose()
+
+
+def _unparsed_frame_bytes(ws: WSConnection) -> bytes:
+    """Bytes a wsproto connection received after the handshake and has not parsed yet.
+
+    A peer may send frames in the same segment as the end of the handshake; wsproto keeps them
+    in its (private) frame buffer until its events are read, which ``WebSocketStream`` never
+    does (only the client twin, ``open_websocket_stream``, meets this).
+
+    Raises:
+        RuntimeError: wsproto no longer keeps the buffer where this looks (a wsproto upgrade
+            changed its internals): better to fail than to drop frames silently.
+    """
+    connection = getattr(ws, "connection", None)
+    proto = getattr(connection, "_proto", None)
+    frame_decoder = getattr(proto, "_frame_decoder", None)
+    buffer = getattr(frame_decoder, "buffer", None)
+    raw = getattr(buffer, "buffer", None)
+    used = getattr(buffer, "bytes_used", None)
+    if not isinstance(raw, (bytes, bytearray)) or not isinstance(used, int):
+        raise RuntimeError("cannot find wsproto's frame buffer: check the wsproto version")
+    return bytes(raw[used:])
 
 
 async def open_websocket_stream(
@@ -444,8 +508,7 @@ async def _accept_websocket(
     )
     trailing, _ = http.conn.trailing_data
     if trailing:
-        ws.receive_data(bytes(trailing))
-        await stream._handle_events()
+        await stream._receive_early(bytes(trailing))
     return stream
 
 

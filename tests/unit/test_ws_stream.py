@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import socket
+import struct
+
+import pytest
 import trio
 import trio.testing
+from structlog.testing import capture_logs
 from wsproto import ConnectionType, WSConnection
 from wsproto.events import (
     AcceptConnection,
@@ -15,6 +20,7 @@ from wsproto.events import (
     TextMessage,
 )
 
+from mqttd.transports.tcp import TcpStream
 from mqttd.transports.ws import WebSocketStream
 
 TIMEOUT_S = 10
@@ -231,3 +237,158 @@ async def test_generic_stream_contract() -> None:
 
     with trio.fail_after(60):
         await trio.testing.check_two_way_stream(stream_maker, None)
+
+
+# --- added with the wsframes codec -------------------------------------------------------------
+
+
+async def test_frames_left_in_wsproto_after_handshake_are_read() -> None:
+    """Frames that arrived with the 101 response (still in wsproto's buffer) are not lost."""
+    with trio.fail_after(TIMEOUT_S):
+        client = WSConnection(ConnectionType.CLIENT)
+        server = WSConnection(ConnectionType.SERVER)
+        server.receive_data(
+            client.send(Request(host="localhost", target="/mqtt", subprotocols=["mqtt"]))
+        )
+        assert isinstance(next(server.events()), Request)
+        accept = server.send(AcceptConnection(subprotocol="mqtt"))
+        client.receive_data(accept + server.send(BytesMessage(data=b"\x20\x02\x00\x00")))
+        assert isinstance(next(client.events()), AcceptConnection)
+        a, _b = trio.testing.memory_stream_pair()
+        stream = WebSocketStream(a, client)
+        assert await stream.receive_some() == b"\x20\x02\x00\x00"
+
+
+async def test_client_role_masks_what_it_sends() -> None:
+    """A client-role stream sends masked frames, which a wsproto server accepts."""
+    with trio.fail_after(TIMEOUT_S):
+        client, server = handshaken_pair()
+        a, b = trio.testing.memory_stream_pair()
+        stream = WebSocketStream(a, client)
+        await stream.send_all(b"\xc0\x00")
+        data = await b.receive_some()
+        assert data[1] & 0x80  # the mask bit
+        server.receive_data(data)
+        (event,) = list(server.events())
+        assert isinstance(event, BytesMessage)
+        assert event.data == b"\xc0\x00"
+
+
+async def test_send_now_over_socket_stream_and_raw_socket() -> None:
+    """send_now works over a trio.SocketStream and over a stream with a raw_socket."""
+    with trio.fail_after(TIMEOUT_S):
+        for wrap in ("socket_stream", "raw_socket"):
+            ours, theirs = socket.socketpair()
+            ours.setblocking(False)
+            if wrap == "socket_stream":
+                transport: trio.abc.Stream = trio.SocketStream(trio.socket.from_stdlib_socket(ours))
+            else:
+                transport = TcpStream(ours)
+            _client, server = handshaken_pair()
+            stream = WebSocketStream(transport, server)
+            assert stream.can_send_now
+            assert stream.send_now(b"\x30\x03\x00\x01t")
+            assert not stream.has_unsent
+            await trio.lowlevel.wait_readable(theirs)
+            assert theirs.recv(100) == b"\x82\x05\x30\x03\x00\x01t"
+            await stream.aclose()
+            theirs.close()
+
+
+async def test_send_now_is_unavailable_without_a_plain_socket() -> None:
+    """Over a memory (or TLS) stream send_now refuses and send_all must be used."""
+    stream, _client = make_server_stream()
+    assert not stream.can_send_now
+    assert not stream.send_now(b"x")
+
+
+async def test_send_now_keeps_what_the_socket_did_not_take_for_flush() -> None:
+    """A frame too large for the socket buffer is finished by flush(), in order."""
+    with trio.fail_after(TIMEOUT_S):
+        ours, theirs = socket.socketpair()
+        ours.setblocking(False)
+        theirs.setblocking(False)
+        ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        _client, server = handshaken_pair()
+        stream = WebSocketStream(TcpStream(ours), server)
+        payload = bytes(range(256)) * 1024
+        assert stream.send_now(payload)
+        assert stream.has_unsent
+        assert not stream.send_now(b"later")  # must not overtake the unsent bytes
+        received = bytearray()
+        expected = b"\x82\x7f" + struct.pack("!Q", len(payload)) + payload
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(stream.flush)
+            while len(received) < len(expected):
+                await trio.lowlevel.wait_readable(theirs)
+                received += theirs.recv(1 << 16)
+        assert bytes(received) == expected
+        assert not stream.has_unsent
+        await stream.aclose()
+        theirs.close()
+
+
+async def test_oversize_header_is_logged_and_closed_before_payload() -> None:
+    """A frame header over the limit closes with 1009 and logs the announced size."""
+    with trio.fail_after(TIMEOUT_S):
+        stream, client = make_server_stream(max_message_size=100)
+        header = client.ws.send(BytesMessage(data=b"x" * 1000))[:8]  # 2 + 2 length + 4 mask
+        with capture_logs() as logs:
+            await client.stream.send_all(header)
+            assert await read_until_eof(stream) == b""
+        event = await client.next_event()
+        assert isinstance(event, CloseConnection)
+        assert event.code == 1009
+        assert {"event": "ws_message_too_large", "size": 1000, "limit": 100} in [
+            {k: v for k, v in entry.items() if k != "log_level"} for entry in logs
+        ]
+
+
+async def test_protocol_and_text_errors_are_logged() -> None:
+    """A protocol error logs ws_protocol_error with its code; a text frame logs its own event."""
+    with trio.fail_after(TIMEOUT_S):
+        stream, client = make_server_stream()
+        with capture_logs() as logs:
+            await client.stream.send_all(b"\xc2\x80abcd")  # RSV1 set, masked, empty
+            assert await read_until_eof(stream) == b""
+        assert [e["code"] for e in logs if e["event"] == "ws_protocol_error"] == [1002]
+        stream, client = make_server_stream()
+        with capture_logs() as logs:
+            await client.send(TextMessage(data="x"))
+            assert await read_until_eof(stream) == b""
+        assert [e["event"] for e in logs] == ["ws_text_frame_received"]
+
+
+async def test_close_reason_not_utf8_closes_with_1007() -> None:
+    """A close frame whose reason is not UTF-8 is answered with 1007."""
+    with trio.fail_after(TIMEOUT_S):
+        stream, client = make_server_stream()
+        mask = b"\x01\x02\x03\x04"
+        payload = b"\x03\xe8\xff"
+        masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+        await client.stream.send_all(bytes([0x88, 0x80 | len(payload)]) + mask + masked)
+        assert await read_until_eof(stream) == b""
+        event = await client.next_event()
+        assert isinstance(event, CloseConnection)
+        assert event.code == 1007
+        assert stream.close_code == 1007
+
+
+async def test_close_without_status_is_echoed_empty() -> None:
+    """A close frame without a code reads as 1005 and is answered by an empty close frame."""
+    with trio.fail_after(TIMEOUT_S):
+        stream, client = make_server_stream()
+        await client.stream.send_all(b"\x88\x80abcd")
+        assert await stream.receive_some() == b""
+        assert stream.close_code == 1005
+        assert await client.stream.receive_some() == b"\x88\x00"
+
+
+async def test_send_all_after_peer_close_is_broken() -> None:
+    """Once the peer closed, send_all raises BrokenResourceError."""
+    with trio.fail_after(TIMEOUT_S):
+        stream, client = make_server_stream()
+        await client.send(CloseConnection(code=1000))
+        assert await stream.receive_some() == b""
+        with pytest.raises(trio.BrokenResourceError):
+            await stream.send_all(b"x")
