@@ -351,10 +351,16 @@ class Connection:
         session.attach(self._wake)
         self._bind_log_context()  # now with the client id
         self._last_packet_at = trio.current_time()
-        if self.keepalive and self.state.nursery is not None:
-            self.state.timeouts.watch(
-                self, self._last_packet_at + self.keepalive * 1.5, self.state.nursery
-            )
+        keepalive_due = self._last_packet_at + self.keepalive * 1.5
+        connect_due = self._started_at + self.limits.connect_timeout_s
+        if (
+            self.keepalive
+            and self.state.nursery is not None
+            and (self.watch_entry == 0 or keepalive_due < connect_due)
+        ):
+            # A later keepalive deadline needs no new entry: the CONNECT timeout's entry,
+            # when it comes due, finds the keepalive deadline and moves itself there.
+            self.state.timeouts.watch(self, keepalive_due, self.state.nursery)
         log.info(
             "client_connected",
             clean_session=connect.clean_session,

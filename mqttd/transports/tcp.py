@@ -22,6 +22,8 @@ from mqttd.transports.peer import format_peer
 log = structlog.get_logger("mqttd.transports.tcp")
 
 RECEIVE_SIZE = 65536
+#: A read at least this large is followed by another read before waiting.
+EAGER_READ_BYTES = 16384
 #: accept() errors that mean "out of resources for now": wait and retry (as trio's
 #: serve_listeners does) instead of stopping the listener.
 _RESOURCE_ERRORS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
@@ -31,6 +33,7 @@ RESOURCE_RETRY_S = 0.1
 #: Linux's TCP_NOTSENT_LOWAT (the socket module names it from Python 3.12 on).
 _TCP_NOTSENT_LOWAT = getattr(socket, "TCP_NOTSENT_LOWAT", 25)
 NOTSENT_LOWAT = 2**14
+_TASK_NAMES = {kind: f"mqttd.{kind}_connection" for kind in ("tcp", "tls", "ws", "wss")}
 #: Connections accepted in one go before the accept loop lets other tasks run.
 ACCEPT_BATCH = 64
 
@@ -43,26 +46,38 @@ class TcpStream(trio.abc.HalfCloseableStream):
     ``mqttd.connection`` guarantees.
     """
 
-    __slots__ = ("raw_socket",)
+    __slots__ = ("_eager", "raw_socket")
 
     def __init__(self, sock: socket.socket) -> None:
         self.raw_socket = sock
+        self._eager = False  # the last read was large: read again before waiting
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
         sock = self.raw_socket
+        size = max_bytes or RECEIVE_SIZE
+        # Wait for readability first unless the last read was large: a recv failing with
+        # EAGAIN costs an exception, and one raised through this frame keeps a frame object
+        # alive for as long as the (idle) connection waits here.
+        if not self._eager:
+            if sock.fileno() == -1:
+                raise trio.ClosedResourceError("the stream was closed")
+            await trio.lowlevel.wait_readable(sock)
         while True:
             if sock.fileno() == -1:
                 raise trio.ClosedResourceError("the stream was closed")
             try:
-                data = sock.recv(max_bytes or RECEIVE_SIZE)
+                data = sock.recv(size)
             except (BlockingIOError, InterruptedError):
-                pass  # wait outside the handler: a held exception costs memory while idle
+                data = None
             except OSError as exc:
                 raise trio.BrokenResourceError(exc) from exc
-            else:
-                await trio.lowlevel.checkpoint()
-                return data
+            if data is not None:
+                break
             await trio.lowlevel.wait_readable(sock)
+        if self._eager:
+            await trio.lowlevel.checkpoint()
+        self._eager = len(data) >= EAGER_READ_BYTES
+        return data
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         sock = self.raw_socket
@@ -116,7 +131,31 @@ async def serve_tcp_listener(
     A connection the gate admits holds its place until the handler's connection calls
     ``info.admission.leave`` (``mqttd.connection`` does, when it closes).
     """
-    listeners = await open_listeners(listener)
+    await accept_connections(
+        listener,
+        await open_listeners(listener),
+        handler,
+        handler_nursery=handler_nursery,
+        gate=gate,
+        task_status=task_status,
+    )
+
+
+async def accept_connections(
+    listener: ListenerConfig,
+    listeners: list[trio.SocketListener],
+    handler: Handler,
+    *,
+    handler_nursery: trio.Nursery,
+    gate: Gate | None = None,
+    task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Accept on bound ``listeners`` until cancelled (closing them at the end): each admitted
+    connection becomes ``handler(TcpStream, ConnectionInfo)``, spawned in ``handler_nursery``.
+
+    The info's ``transport`` is the listener's type and ``admission`` the gate: whoever
+    handles the connection leaves the gate when it ends.
+    """
     try:
         async with trio.open_nursery() as nursery:
             for socket_listener in listeners:
@@ -185,6 +224,6 @@ def _admit(
         if gate is not None:
             gate.leave(listener, ip)
         return
-    info = ConnectionInfo("tcp", format_peer(address), listener, ip=ip, admission=gate)
+    info = ConnectionInfo(listener.type, format_peer(address), listener, ip=ip, admission=gate)
     # A constant task name: trio would otherwise format one per connection.
-    handler_nursery.start_soon(handler, TcpStream(sock), info, name="mqttd.tcp_connection")
+    handler_nursery.start_soon(handler, TcpStream(sock), info, name=_TASK_NAMES[listener.type])

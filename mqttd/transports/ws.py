@@ -21,6 +21,7 @@ transport, since the broker's writer task and the reader's pong may write at the
 from __future__ import annotations
 
 import os
+from collections.abc import Awaitable
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,7 @@ from mqttd.transports.http import (
     serve_static,
 )
 from mqttd.transports.peer import IPNetwork, client_address, parse_trusted_proxies, stream_peer
+from mqttd.transports.tcp import accept_connections
 from mqttd.transports.tls import (
     client_identity,
     live_context,
@@ -86,6 +88,26 @@ class WebSocketStream(trio.abc.Stream):
         subprotocol: the negotiated subprotocol, for the record.
     """
 
+    __slots__ = (
+        "_client",
+        "_close_received",
+        "_close_sent",
+        "_closed",
+        "_decoder",
+        "_early",
+        "_eof",
+        "_pending",
+        "_raw_socket",
+        "_receiving",
+        "_sending",
+        "_unsent",
+        "_write_lock",
+        "close_code",
+        "close_reason",
+        "subprotocol",
+        "transport",
+    )
+
     def __init__(
         self,
         transport: trio.abc.Stream,
@@ -107,7 +129,9 @@ class WebSocketStream(trio.abc.Stream):
         self._close_received = False
         self._receiving = False
         self._sending = False
-        self._write_lock = trio.Lock()
+        # Created on first use: a plain ws connection mostly writes with ``send_now``, and an
+        # idle one should not carry a lock and its parking lot.
+        self._write_lock: trio.Lock | None = None
         #: frame bytes a non-blocking ``send_now`` could not write; sent before anything else
         self._unsent = b""
         # Plain ws only: the socket ``send_now`` writes to (a TLS stream needs its own task).
@@ -133,6 +157,8 @@ class WebSocketStream(trio.abc.Stream):
         return encode_binary(data)
 
     async def _write(self, data: bytes) -> None:
+        if self._write_lock is None:
+            self._write_lock = trio.Lock()
         async with self._write_lock:
             if self._unsent:
                 data, self._unsent = self._unsent + data, b""
@@ -166,7 +192,7 @@ class WebSocketStream(trio.abc.Stream):
             or self._closed
             or self._close_sent
             or self._close_received
-            or self._write_lock.locked()
+            or (self._write_lock is not None and self._write_lock.locked())
         ):
             return False
         frame = self._encode(data)
@@ -512,92 +538,119 @@ async def _accept_websocket(
     return stream
 
 
-async def _serve_ws_connection(stream: trio.abc.Stream, ctx: _WsListenerContext) -> None:
-    listener = ctx.listener
-    peer_ip, peer = stream_peer(stream)
-    logger = log.bind(transport=ctx.transport, peer=peer)
+async def _serve_ws_connection(
+    stream: trio.abc.Stream,
+    ctx: _WsListenerContext,
+    peer_ip: str | None = None,
+    peer: str | None = None,
+    admission: Gate | None = None,
+) -> None:
+    """HTTP until a WebSocket upgrade, then MQTT over it; ``admission`` is left at the end."""
+    if peer_ip is None or peer is None:
+        peer_ip, peer = stream_peer(stream)
     try:
-        identity = None
-        if isinstance(stream, trio.SSLStream):
-            if not await tls_handshake(stream, listener.tls_handshake_timeout_s, logger):
-                return
-            identity = client_identity(stream)
-        http = HttpConnection(stream)
-        served = 0
-        while True:
-            ws_stream: WebSocketStream | None = None
-            upgrade = False
-            with trio.move_on_after(listener.ws_handshake_timeout_s) as scope:
-                request = await http.next_request()
-                if request is None:
-                    if http.last_error:
-                        logger.warning("http_request_rejected", reason=http.last_error)
-                    return
-                path = request_path(request)
-                upgrade = _is_websocket_upgrade(request)
-                if upgrade and path == listener.path:
-                    ws_stream = await _accept_websocket(ctx, http, request, logger)
-                    if ws_stream is None:
-                        return
-                elif upgrade:
-                    logger.warning("ws_handshake_rejected", status=404, reason="wrong_path")
-                    await http.send_error(404, "no WebSocket endpoint here")
-                    return
-                elif path == listener.path:
-                    await http.finish_request_body()
-                    await http.send_error(426, "WebSocket upgrade required", close=False)
-                    status, reason = 426, "upgrade_required"
-                else:
-                    status, reason = await serve_static(http, request, listener.web_root)
-                if ws_stream is None:
-                    logger.debug(
-                        "http_request",
-                        method=request.method.decode("ascii", "replace"),
-                        path=path,
-                        status=status,
-                        reason=reason,
-                    )
-            if scope.cancelled_caught:
-                if served and not upgrade and not http.conn.trailing_data[0]:
-                    # A kept-alive connection that simply went quiet: normal for browsers.
-                    logger.debug("http_keepalive_timeout")
-                else:
-                    logger.warning(
-                        "ws_handshake_timeout" if upgrade else "http_request_timeout",
-                        timeout_s=listener.ws_handshake_timeout_s,
-                    )
-                return
-            if ws_stream is not None:
-                forwarded = client_address(
-                    peer_ip, header_values(request, b"x-forwarded-for"), ctx.proxies
-                )
-                info = ConnectionInfo(
-                    transport=ctx.transport,
-                    peer=forwarded if forwarded is not None else peer,
-                    listener=listener,
-                    tls_identity=identity,
-                )
-                logger.debug(
-                    "ws_connection_accepted", subprotocol=ws_stream.subprotocol, client=info.peer
-                )
-                try:
-                    await ctx.handler(ws_stream, info)
-                except Exception:
-                    logger.exception("connection_task_failed")
-                finally:
-                    await trio.aclose_forcefully(ws_stream)
-                return
-            served += 1
-            if not http.start_next_cycle():
-                return
+        # The handshake runs in its own frame: its HTTP state (h11 connection, request,
+        # bound logger) is freed before the MQTT connection starts its long life.
+        accepted = await _upgrade(stream, ctx, peer_ip, peer)
+        if accepted is not None:
+            ws_stream, info = accepted
+            del accepted
+            try:
+                await ctx.handler(ws_stream, info)
+            except Exception:
+                log.exception("connection_task_failed", transport=ctx.transport, peer=peer)
+            finally:
+                await trio.aclose_forcefully(ws_stream)
     except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-        logger.debug("http_connection_lost", reason=str(exc))
+        log.debug("http_connection_lost", transport=ctx.transport, peer=peer, reason=str(exc))
     except Exception:
         # The handler catches its own errors; this only keeps one bad connection from
         # taking the listener down with it.
-        logger.exception("connection_task_failed")
+        log.exception("connection_task_failed", transport=ctx.transport, peer=peer)
     finally:
         await trio.aclose_forcefully(stream)
+        if admission is not None:
+            admission.leave(ctx.listener, peer_ip)
+
+
+async def _upgrade(
+    stream: trio.abc.Stream, ctx: _WsListenerContext, peer_ip: str, peer: str
+) -> tuple[WebSocketStream, ConnectionInfo] | None:
+    """Serve HTTP requests (static files, errors) until a WebSocket upgrade is accepted.
+
+    Returns:
+        The WebSocket stream and the MQTT connection's info, or None when the connection is
+        done (closed, timed out, refused, or a static file served without keep-alive).
+    """
+    listener = ctx.listener
+    logger = log.bind(transport=ctx.transport, peer=peer)
+    identity = None
+    if isinstance(stream, trio.SSLStream):
+        if not await tls_handshake(stream, listener.tls_handshake_timeout_s, logger):
+            return None
+        identity = client_identity(stream)
+    http = HttpConnection(stream)
+    served = 0
+    while True:
+        ws_stream: WebSocketStream | None = None
+        upgrade = False
+        with trio.move_on_after(listener.ws_handshake_timeout_s) as scope:
+            request = await http.next_request()
+            if request is None:
+                if http.last_error:
+                    logger.warning("http_request_rejected", reason=http.last_error)
+                return None
+            path = request_path(request)
+            upgrade = _is_websocket_upgrade(request)
+            if upgrade and path == listener.path:
+                ws_stream = await _accept_websocket(ctx, http, request, logger)
+                if ws_stream is None:
+                    return None
+            elif upgrade:
+                logger.warning("ws_handshake_rejected", status=404, reason="wrong_path")
+                await http.send_error(404, "no WebSocket endpoint here")
+                return None
+            elif path == listener.path:
+                await http.finish_request_body()
+                await http.send_error(426, "WebSocket upgrade required", close=False)
+                status, reason = 426, "upgrade_required"
+            else:
+                status, reason = await serve_static(http, request, listener.web_root)
+            if ws_stream is None:
+                logger.debug(
+                    "http_request",
+                    method=request.method.decode("ascii", "replace"),
+                    path=path,
+                    status=status,
+                    reason=reason,
+                )
+        if scope.cancelled_caught:
+            if served and not upgrade and not http.conn.trailing_data[0]:
+                # A kept-alive connection that simply went quiet: normal for browsers.
+                logger.debug("http_keepalive_timeout")
+            else:
+                logger.warning(
+                    "ws_handshake_timeout" if upgrade else "http_request_timeout",
+                    timeout_s=listener.ws_handshake_timeout_s,
+                )
+            return None
+        if ws_stream is not None:
+            forwarded = client_address(
+                peer_ip, header_values(request, b"x-forwarded-for"), ctx.proxies
+            )
+            info = ConnectionInfo(
+                transport=ctx.transport,
+                peer=forwarded if forwarded is not None else peer,
+                listener=listener,
+                tls_identity=identity,
+            )
+            logger.debug(
+                "ws_connection_accepted", subprotocol=ws_stream.subprotocol, client=info.peer
+            )
+            return ws_stream, info
+        served += 1
+        if not http.start_next_cycle():
+            return None
 
 
 async def serve_ws_listener(
@@ -657,10 +710,16 @@ async def serve_ws_listener(
     else:
         listeners = list(tcp_listeners)
     if context is None:
-        await trio.serve_listeners(
-            partial(gated, gate, listener, partial(_serve_ws_connection, ctx=ctx)),
-            listeners,
+        # Plain ws: the lean accept loop of the TCP listener, and its TcpStream.
+        def handle(stream: trio.abc.Stream, info: ConnectionInfo) -> Awaitable[None]:
+            return _serve_ws_connection(stream, ctx, info.ip, info.peer, info.admission)
+
+        await accept_connections(
+            listener,
+            tcp_listeners,
+            handle,
             handler_nursery=handler_nursery,
+            gate=gate,
             task_status=task_status,
         )
         return
