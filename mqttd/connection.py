@@ -71,6 +71,7 @@ class ServerState:
     flush_needed: trio.Event = field(default_factory=trio.Event)
     #: where writer tasks run: the nursery of the connections (set by whoever serves them)
     nursery: trio.Nursery | None = None
+    #: CONNECT and keepalive deadlines; whoever serves the connections runs ``timeouts.run``
     timeouts: TimeoutWatch = field(default_factory=TimeoutWatch)
 
     def next_connection_id(self) -> int:
@@ -181,10 +182,7 @@ class Connection:
         self.state.connections.add(self)
         # The one cancel scope of the connection (see the module docstring).
         scope = self._scope = trio.CancelScope()
-        if self.state.nursery is not None:
-            self.state.timeouts.watch(
-                self, self._started_at + self.limits.connect_timeout_s, self.state.nursery
-            )
+        self.state.timeouts.watch(self, self._started_at + self.limits.connect_timeout_s)
         try:
             with scope:
                 connect = await self._receive_connect()
@@ -353,14 +351,10 @@ class Connection:
         self._last_packet_at = trio.current_time()
         keepalive_due = self._last_packet_at + self.keepalive * 1.5
         connect_due = self._started_at + self.limits.connect_timeout_s
-        if (
-            self.keepalive
-            and self.state.nursery is not None
-            and (self.watch_entry == 0 or keepalive_due < connect_due)
-        ):
+        if self.keepalive and (self.watch_entry == 0 or keepalive_due < connect_due):
             # A later keepalive deadline needs no new entry: the CONNECT timeout's entry,
             # when it comes due, finds the keepalive deadline and moves itself there.
-            self.state.timeouts.watch(self, keepalive_due, self.state.nursery)
+            self.state.timeouts.watch(self, keepalive_due)
         log.info(
             "client_connected",
             clean_session=connect.clean_session,

@@ -110,6 +110,7 @@ async def serve(
             await background.start(store.writer)
         try:
             background.start_soon(state.flusher)
+            background.start_soon(state.timeouts.run)
             if config.broker.sys_interval_s:
                 background.start_soon(publish_status, state, config.broker.sys_interval_s)
             expiration = config.store.expiration_s

@@ -35,31 +35,29 @@ class Watched(Protocol):
 
 
 class TimeoutWatch:
-    """Fires connection deadlines from a single task, started on first use."""
+    """Fires connection deadlines from a single task: ``run``, which the server starts in its
+    background nursery (not among the connections, whose nursery must empty on shutdown)."""
 
     def __init__(self) -> None:
         self._heap: list[tuple[float, int, weakref.ref[Watched]]] = []
         self._ids = itertools.count(1)
         self._next_wake = math.inf
         self._changed: trio.Event | None = None
-        self._running = False
 
-    def watch(self, item: Watched, due: float, nursery: trio.Nursery) -> None:
+    def watch(self, item: Watched, due: float) -> None:
         """Check ``item`` at ``due`` (and from then on, as long as it reports a deadline),
         instead of when its previous entry would have come due."""
         entry = next(self._ids)
         heappush(self._heap, (due, entry, weakref.ref(item)))
         item.watch_entry = entry
-        if not self._running:
-            self._running = True
-            nursery.start_soon(self._run, name="mqttd.timeouts")
-        elif due < self._next_wake and self._changed is not None:
+        if due < self._next_wake and self._changed is not None:
             self._changed.set()
 
     def __len__(self) -> int:
         return len(self._heap)
 
-    async def _run(self) -> None:
+    async def run(self) -> None:
+        """Expire connections as their deadlines pass, until cancelled."""
         heap = self._heap
         ids = self._ids
         try:
@@ -85,5 +83,4 @@ class TimeoutWatch:
                 with trio.move_on_at(self._next_wake):
                     await self._changed.wait()
         finally:
-            self._running = False
             self._changed = None

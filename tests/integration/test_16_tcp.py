@@ -11,10 +11,12 @@ from typing import Any
 
 import pytest
 import trio
+import trio.testing
 from structlog.testing import capture_logs
 
-from mqttd.config import ListenerConfig
+from mqttd.config import Config, ListenerConfig
 from mqttd.connection import Connection
+from mqttd.server import serve
 from mqttd.transports import ConnectionInfo
 from mqttd.transports.tcp import TcpStream, _accept_loop
 from tests.helpers import wire
@@ -183,3 +185,20 @@ async def test_an_idle_tcp_connection_costs_one_task(start_server: Any) -> None:
         for task in tasks:
             assert task.coro.cr_code is Connection.run.__code__  # type: ignore[attr-defined]
             assert not task.child_nurseries
+
+
+async def test_shutdown_does_not_wait_for_background_tasks(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """With no client left, shutdown returns at once: the timeout watch and the flusher are
+    background tasks, not connections that the graceful timeout would wait for (mock clock:
+    waiting for graceful_timeout_s would show as that much clock time)."""
+    config = Config(listeners=(ListenerConfig(type="tcp", host="127.0.0.1", port=0),))
+    async with trio.open_nursery() as nursery:
+        server = await nursery.start(serve, config)
+        client = await connect_client(server.port(), "leaves", keepalive=60)
+        await client.send(wire.disconnect())
+        await client.expect_closed(timeout=TIMEOUT_S)
+        start = trio.current_time()
+        server.shutdown()
+    assert trio.current_time() - start < config.limits.graceful_timeout_s

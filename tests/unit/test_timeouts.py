@@ -34,9 +34,10 @@ async def test_expires_exactly_at_the_deadline(
     nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
 ) -> None:
     watch = TimeoutWatch()
+    nursery.start_soon(watch.run)
     start = trio.current_time()
     item = Item(start + 15)
-    watch.watch(item, start + 15, nursery)
+    watch.watch(item, start + 15)
     await item.expired.wait()
     assert item.expired_at == start + 15
 
@@ -47,9 +48,10 @@ async def test_a_later_deadline_is_rechecked_not_expired(
     """The reader moves its deadline by recording packets; the watch finds out when the old
     entry comes due and waits for the new deadline."""
     watch = TimeoutWatch()
+    nursery.start_soon(watch.run)
     start = trio.current_time()
     item = Item(start + 10)
-    watch.watch(item, start + 10, nursery)
+    watch.watch(item, start + 10)
     await trio.sleep(9)
     item.due = start + 25  # a packet arrived
     await item.expired.wait()
@@ -62,12 +64,13 @@ async def test_watching_again_replaces_a_later_entry(
     """CONNECT accepted with a keepalive shorter than the CONNECT timeout: the earlier
     deadline wins, and the old entry is ignored when it comes due."""
     watch = TimeoutWatch()
+    nursery.start_soon(watch.run)
     start = trio.current_time()
     item = Item(start + 10)
-    watch.watch(item, start + 10, nursery)
+    watch.watch(item, start + 10)
     await trio.sleep(1)
     item.due = start + 4
-    watch.watch(item, start + 4, nursery)
+    watch.watch(item, start + 4)
     await item.expired.wait()
     assert item.expired_at == start + 4
     expired_once = item.expired_at
@@ -79,9 +82,10 @@ async def test_no_deadline_stops_watching(
     nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
 ) -> None:
     watch = TimeoutWatch()
+    nursery.start_soon(watch.run)
     start = trio.current_time()
     item = Item(start + 5)
-    watch.watch(item, start + 5, nursery)
+    watch.watch(item, start + 5)
     await trio.sleep(1)
     item.due = None  # keepalive 0, or closed
     await trio.sleep(10)
@@ -96,11 +100,12 @@ async def test_closed_items_are_not_kept_alive(
     """Entries hold weak references: a connection that is gone is freed at once and its
     entry skipped."""
     watch = TimeoutWatch()
+    nursery.start_soon(watch.run)
     start = trio.current_time()
     survivor = Item(start + 30)
-    watch.watch(survivor, start + 30, nursery)
+    watch.watch(survivor, start + 30)
     gone = Item(start + 10)
-    watch.watch(gone, start + 10, nursery)
+    watch.watch(gone, start + 10)
     del gone
     gc.collect()
     await survivor.expired.wait()
@@ -112,11 +117,12 @@ async def test_many_items_fire_in_deadline_order(
     nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
 ) -> None:
     watch = TimeoutWatch()
+    nursery.start_soon(watch.run)
     start = trio.current_time()
     items = [Item(start + due) for due in (7, 3, 11, 5, 3)]
     for item in items:
         assert item.due is not None
-        watch.watch(item, item.due, nursery)
+        watch.watch(item, item.due)
     for item in items:
         await item.expired.wait()
     assert [item.expired_at for item in items] == [item.due for item in items]
