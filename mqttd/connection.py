@@ -44,8 +44,6 @@ from mqttd.transports import ConnectionInfo
 log = structlog.get_logger("mqttd.connection")
 
 RECEIVE_SIZE = 65536
-#: A plain TCP read at least this large is followed by another read before waiting.
-EAGER_READ_BYTES = 16384
 #: How long a takeover waits for the old connection to finish its cleanup.
 TAKEOVER_TIMEOUT_S = 5.0
 #: Uncommitted store operations above which readers pause until the disk catches up.
@@ -160,9 +158,9 @@ class Connection:
         self._writer_running = False
         self._writer_scope: trio.CancelScope | None = None
         self._writer_done: trio.Event | None = None
-        self._scope = trio.CancelScope()  # replaced in ``run``; ``kick`` cancels it
+        self._scope = trio.CancelScope()  # the connection's one scope: ``kick`` cancels it
         self._dirty = False
-        # Plain TCP: the socket, read directly and written without a task switch. Plain ws: a
+        # Plain TCP: the socket, written without a task switch and closed directly. Plain ws: a
         # stream that can send a whole message without blocking (``WebSocketStream.send_now``).
         self._raw_socket = getattr(stream, "raw_socket", None)
         self._ws_send_now = stream if getattr(stream, "can_send_now", False) else None
@@ -180,11 +178,9 @@ class Connection:
         """Serve the connection until it ends; never raises except ``trio.Cancelled``."""
         self._bind_log_context()
         self.state.connections.add(self)
-        # The one cancel scope of the connection (see the module docstring).
-        scope = self._scope = trio.CancelScope()
         self.state.timeouts.watch(self, self._started_at + self.limits.connect_timeout_s)
         try:
-            with scope:
+            with self._scope:
                 connect = await self._receive_connect()
                 if connect is not None and await self._accept(connect):
                     del connect  # not kept alive by an idle connection's frame
@@ -421,11 +417,9 @@ class Connection:
         stream = self.stream
         max_outbox = self.limits.max_outbox_bytes
         store = self.state.broker.store
-        raw = self._raw_socket
         rate = self.limits.max_publish_rate
         tokens = rate
         last_refill = trio.current_time()
-        eager = False
         # [MQTT-3.1.2-24] the timeout watch disconnects after 1.5 x Keep Alive without a
         # complete packet; bytes that trickle in without completing one do not count.
         while True:
@@ -469,28 +463,7 @@ class Connection:
                 await self._wait_before_reading()
                 self._paused = False
                 self._last_packet_at = trio.current_time()
-            if raw is None:
-                data = await stream.receive_some(RECEIVE_SIZE)
-            else:
-                # Plain TCP: read the socket directly (fewer layers per read, and fewer
-                # suspended frames per idle connection than a stream's receive_some). Wait
-                # for readability first unless the last read was large (a streaming client
-                # probably has more): a recv that fails with EAGAIN costs an exception, and
-                # one raised through this frame keeps a frame object alive while idle.
-                if not eager:
-                    await trio.lowlevel.wait_readable(raw)
-                try:
-                    data = raw.recv(RECEIVE_SIZE)
-                except (BlockingIOError, InterruptedError):
-                    data = None
-                except OSError as exc:
-                    raise trio.BrokenResourceError from exc
-                if data is None:
-                    eager = False
-                    continue
-                if eager:
-                    await trio.lowlevel.checkpoint()  # a flooding client must not starve others
-                eager = len(data) >= EAGER_READ_BYTES
+            data = await stream.receive_some(RECEIVE_SIZE)
             self.bytes_in += len(data)
             decoder.receive_data(data)
 

@@ -3,8 +3,8 @@
 Idle connections are what a broker holds most of, so this path is kept lean: one accept loop
 per listening socket admits connections synchronously (the gate, ``TCP_NODELAY``) and spawns
 the handler's coroutine directly -- no wrapper task per connection -- and the stream is a
-``TcpStream``, a thin trio stream over the stdlib socket that the connection also reads and
-writes directly (see ``mqttd.connection``).
+``TcpStream``, a thin trio stream over the stdlib socket, whose socket the connection also
+writes to directly (see ``mqttd.connection``).
 """
 
 from __future__ import annotations
@@ -54,28 +54,24 @@ class TcpStream(trio.abc.HalfCloseableStream):
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
         sock = self.raw_socket
-        size = max_bytes or RECEIVE_SIZE
         # Wait for readability first unless the last read was large: a recv failing with
-        # EAGAIN costs an exception, and one raised through this frame keeps a frame object
-        # alive for as long as the (idle) connection waits here.
-        if not self._eager:
-            if sock.fileno() == -1:
-                raise trio.ClosedResourceError("the stream was closed")
-            await trio.lowlevel.wait_readable(sock)
+        # EAGAIN costs an exception, and one raised through the reader's frames keeps frame
+        # objects alive for as long as the (idle) connection waits.
+        eager = self._eager
         while True:
             if sock.fileno() == -1:
                 raise trio.ClosedResourceError("the stream was closed")
+            if not eager:
+                await trio.lowlevel.wait_readable(sock)
             try:
-                data = sock.recv(size)
+                data = sock.recv(max_bytes or RECEIVE_SIZE)
+                break
             except (BlockingIOError, InterruptedError):
-                data = None
+                eager = False
             except OSError as exc:
                 raise trio.BrokenResourceError(exc) from exc
-            if data is not None:
-                break
-            await trio.lowlevel.wait_readable(sock)
         if self._eager:
-            await trio.lowlevel.checkpoint()
+            await trio.lowlevel.checkpoint()  # no wait happened: a flooding peer must yield
         self._eager = len(data) >= EAGER_READ_BYTES
         return data
 
