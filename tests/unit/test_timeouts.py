@@ -52,7 +52,7 @@ async def test_a_later_deadline_is_rechecked_not_expired(
     start = trio.current_time()
     item = Item(start + 10)
     watch.watch(item, start + 10)
-    await trio.sleep(9)
+    await trio.sleep(9)  # mock time (autojump clock)
     item.due = start + 25  # a packet arrived
     await item.expired.wait()
     assert item.expired_at == start + 25
@@ -68,13 +68,13 @@ async def test_watching_again_replaces_a_later_entry(
     start = trio.current_time()
     item = Item(start + 10)
     watch.watch(item, start + 10)
-    await trio.sleep(1)
+    await trio.sleep(1)  # mock time (autojump clock)
     item.due = start + 4
     watch.watch(item, start + 4)
     await item.expired.wait()
     assert item.expired_at == start + 4
     expired_once = item.expired_at
-    await trio.sleep(20)
+    await trio.sleep(20)  # mock time (autojump clock)
     assert item.expired_at == expired_once  # the stale entry did not fire again
 
 
@@ -86,9 +86,9 @@ async def test_no_deadline_stops_watching(
     start = trio.current_time()
     item = Item(start + 5)
     watch.watch(item, start + 5)
-    await trio.sleep(1)
+    await trio.sleep(1)  # mock time (autojump clock)
     item.due = None  # keepalive 0, or closed
-    await trio.sleep(10)
+    await trio.sleep(10)  # mock time (autojump clock)
     assert item.expired_at is None
     assert len(watch) == 0
     assert item.watch_entry == 0
