@@ -1,14 +1,16 @@
 """HTTP/1.1 on ws/wss listeners: reading requests with h11, and serving static files.
 
 Theory of operation: every connection to a ws/wss listener starts as HTTP. ``HttpConnection``
-reads one request head at a time with h11 (bounded by ``MAX_HEAD_BYTES`` and ``MAX_HEADERS``;
-bad requests get h11's status hint, e.g. 400 or 431, and the connection closes). The WebSocket
-code decides whether a request is an upgrade; everything else comes here. ``serve_static``
-answers GET/HEAD from ``web_root`` with a Content-Type by extension, ``index.html`` for
-directories, ETag/Last-Modified validators and 304s. A request path is percent-decoded once,
-``..`` and dot-file segments are refused, and the resolved file (symlinks followed) must still
-lie inside ``web_root``: nothing outside it is ever opened. Connections are kept alive between
-requests as h11 allows.
+reads one request head at a time with h11 (bounded by ``MAX_HEAD_BYTES``, however the head is
+split into reads, and ``MAX_HEADERS``; bad requests get h11's status hint, e.g. 400 or 431, and
+the connection closes). The WebSocket code decides whether a request is an upgrade; everything
+else comes here. ``serve_static`` answers GET/HEAD from ``web_root`` with a Content-Type by
+extension, ``index.html`` for directories, ETag/Last-Modified validators and 304s; a directory
+asked for without its slash is redirected to a path with exactly one leading slash, never to a
+protocol-relative ``//host/``. A request path is percent-decoded once, ``..`` and dot-file
+segments are refused, and the resolved file (symlinks followed) must still lie inside
+``web_root``: nothing outside it is ever opened. Connections are kept alive between requests as
+h11 allows.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import quote, unquote
 
 import h11
 import trio
@@ -31,6 +33,8 @@ MAX_DISCARDED_BODY_BYTES = 64 * 1024
 RECEIVE_SIZE = 64 * 1024
 FILE_CHUNK_SIZE = 64 * 1024
 SERVER_HEADER = b"mqttd"
+#: Characters left as they are when a path segment is written into a Location (RFC 3986 pchar).
+_PATH_SAFE = "!$&'()*+,;=:@~"
 
 CONTENT_TYPES: dict[str, str] = {
     ".html": "text/html; charset=utf-8",
@@ -80,11 +84,15 @@ def header_tokens(request: h11.Request, name: bytes) -> set[str]:
 
 
 def request_path(request: h11.Request) -> str | None:
-    """The request target's raw path (before percent-decoding), or None if not origin-form."""
+    """The request target's raw path (before percent-decoding), or None if not origin-form.
+
+    An origin-form target is ``absolute-path [ "?" query ]`` (RFC 9112 3.2.1): a leading
+    ``//`` belongs to the path, it does not start an authority as in a URL reference.
+    """
     target = request.target.decode("ascii", "replace")
     if not target.startswith("/"):
         return None
-    return urlsplit(target).path
+    return target.partition("?")[0]
 
 
 class HttpError(Exception):
@@ -138,7 +146,9 @@ def resolve_static(web_root: Path, raw_path: str) -> StaticFile | str:
         info = resolved.stat()
         if stat.S_ISDIR(info.st_mode):
             if not decoded.endswith("/"):
-                return raw_path + "/"
+                # Rebuilt from the segments: always one leading slash. ``raw_path + "/"`` would
+                # turn ``//evil.example`` into a protocol-relative redirect to another host.
+                return "".join(f"/{quote(s, safe=_PATH_SAFE)}" for s in segments) + "/"
             resolved = (resolved / "index.html").resolve(strict=True)
             resolved.relative_to(root)
             info = resolved.stat()
@@ -183,8 +193,11 @@ class HttpConnection:
     ) -> None:
         self.stream = stream
         self.conn = h11.Connection(h11.SERVER, max_incomplete_event_size=max_head_bytes)
+        self.max_head_bytes = max_head_bytes
         self.max_headers = max_headers
         self.last_error: str | None = None
+        #: bytes handed to h11 so far on this connection
+        self._received = 0
 
     async def _next_event(self) -> Any:
         while True:
@@ -192,6 +205,7 @@ class HttpConnection:
             if event is not h11.NEED_DATA:
                 return event
             data = await self.stream.receive_some(RECEIVE_SIZE)
+            self._received += len(data)
             self.conn.receive_data(data)
 
     async def next_request(self) -> h11.Request | None:
@@ -201,6 +215,10 @@ class HttpConnection:
             The request; None when the peer closed, or sent something invalid (which has
             then been answered with an error status; ``last_error`` says why).
         """
+        conn = self.conn
+        # Where this request's head starts in the byte stream: bytes left over from the last
+        # request (pipelined) were received but not yet parsed.
+        head_start = self._received - len(conn.trailing_data[0]) if self._received else 0
         try:
             event = await self._next_event()
         except h11.RemoteProtocolError as exc:
@@ -208,6 +226,16 @@ class HttpConnection:
             await self.send_error(exc.error_status_hint, "bad request")
             return None
         if not isinstance(event, h11.Request):
+            return None
+        # h11's max_incomplete_event_size only bounds a head that is still incomplete after a
+        # read: a whole head larger than the limit that completes within one read passes it.
+        # Measure the parsed head itself (what was received, less what h11 has not parsed).
+        if (
+            self._received - head_start > self.max_head_bytes
+            and self._received - head_start - len(conn.trailing_data[0]) > self.max_head_bytes
+        ):
+            self.last_error = "request_head_too_large"
+            await self.send_error(431, "request header fields too large")
             return None
         if len(event.headers) > self.max_headers:
             self.last_error = "too_many_headers"

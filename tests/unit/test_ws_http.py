@@ -8,12 +8,16 @@ from pathlib import Path
 
 import h11
 import pytest
+import trio
 
 from mqttd.transports.http import (
+    MAX_HEAD_BYTES,
+    HttpConnection,
     HttpError,
     StaticFile,
     content_type,
     not_modified,
+    request_path,
     resolve_static,
 )
 from mqttd.transports.peer import client_address, format_peer, parse_trusted_proxies
@@ -53,6 +57,30 @@ def test_resolve_directory_serves_index(web_root: Path) -> None:
 def test_directory_without_slash_redirects(web_root: Path) -> None:
     """A directory asked for without its slash gets a redirect location."""
     assert resolve_static(web_root, "/sub") == "/sub/"
+
+
+@pytest.mark.parametrize("path", ["//sub", "////sub", "/.//sub", "/%2F%2Fsub", "/./sub"])
+def test_directory_redirect_is_a_single_slash_path(web_root: Path, path: str) -> None:
+    """Issue 16 item 10: the redirect for a directory is ``/sub/``, never the protocol-relative
+    ``//sub/`` that a browser would read as another host."""
+    assert resolve_static(web_root, path) == "/sub/"
+
+
+def test_redirect_location_keeps_segments_percent_encoded(web_root: Path) -> None:
+    """A directory name that needs escaping is escaped again in the redirect location."""
+    (web_root / "a b%").mkdir()
+    assert resolve_static(web_root, "//a%20b%25") == "/a%20b%25/"
+
+
+@pytest.mark.parametrize(
+    ("target", "path"),
+    [("/", "/"), ("/a/b?x=1", "/a/b"), ("//vendor", "//vendor"), ("*", None), ("http://x/", None)],
+)
+def test_request_path_of_origin_form_targets(target: str, path: str | None) -> None:
+    """RFC 9112 3.2.1: an origin-form target is the path and query; a leading ``//`` is part of
+    the path, not an authority."""
+    request = h11.Request(method="GET", target=target, headers=[("Host", "x")])
+    assert request_path(request) == path
 
 
 @pytest.mark.parametrize(
@@ -168,3 +196,65 @@ def test_bad_trusted_proxy_entry_raises() -> None:
     """A trusted_proxies entry that is not an address or network is a ValueError."""
     with pytest.raises(ValueError, match="does not appear"):
         parse_trusted_proxies(["proxy.example"])
+
+
+class ScriptedStream(trio.abc.Stream):
+    """A fake transport: each receive_some returns the next scripted piece (then EOF), and
+    what is sent is kept."""
+
+    def __init__(self, pieces: list[bytes]) -> None:
+        self.pieces = list(pieces)
+        self.sent = bytearray()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        await trio.lowlevel.checkpoint()
+        return self.pieces.pop(0) if self.pieces else b""
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await trio.lowlevel.checkpoint()
+        self.sent += data
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await trio.lowlevel.checkpoint()
+
+    async def aclose(self) -> None:
+        await trio.lowlevel.checkpoint()
+
+
+async def _read_head(pieces: list[bytes]) -> tuple[h11.Request | None, str | None, bytes]:
+    """Feed ``pieces`` to an HttpConnection, one per read; return the request, its last_error
+    and the response sent."""
+    stream = ScriptedStream(pieces)
+    http = HttpConnection(stream)
+    with trio.fail_after(10):
+        request = await http.next_request()
+    return request, http.last_error, bytes(stream.sent)
+
+
+def _head(size: int) -> bytes:
+    """A complete GET head of exactly ``size`` bytes."""
+    start, end = b"GET / HTTP/1.1\r\nHost: x\r\nX-Pad: ", b"\r\n\r\n"
+    return start + b"a" * (size - len(start) - len(end)) + end
+
+
+@pytest.mark.parametrize(
+    "split", [None, MAX_HEAD_BYTES // 2], ids=["one_read", "two_reads_each_under_the_limit"]
+)
+async def test_request_head_over_the_limit_is_431_whatever_the_reads(split: int | None) -> None:
+    """Issue 16 item 12: a complete head one byte over MAX_HEAD_BYTES is refused with 431,
+    whether it arrives in one read or in reads each under the limit."""
+    head = _head(MAX_HEAD_BYTES + 1)
+    pieces = [head] if split is None else [head[:split], head[split:]]
+    request, error, response = await _read_head(pieces)
+    assert request is None
+    assert error == "request_head_too_large"
+    assert response.startswith(b"HTTP/1.1 431 ")
+    assert b"connection: close" in response.lower()
+
+
+async def test_request_head_at_the_limit_is_accepted() -> None:
+    """A head of exactly MAX_HEAD_BYTES is a request like any other."""
+    request, error, response = await _read_head([_head(MAX_HEAD_BYTES)])
+    assert isinstance(request, h11.Request)
+    assert error is None
+    assert response == b""
