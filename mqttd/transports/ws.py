@@ -20,6 +20,7 @@ transport, since the broker's writer task and the reader's pong may write at the
 
 from __future__ import annotations
 
+import base64
 import os
 from collections.abc import Awaitable
 from functools import partial
@@ -464,6 +465,24 @@ def _origin_allowed(request: h11.Request, allowed: tuple[str, ...]) -> bool:
     return all(o.strip().rstrip("/").lower() in wanted for o in origins)
 
 
+def _websocket_key_problem(request: h11.Request) -> str | None:
+    """Why the request's Sec-WebSocket-Key is unacceptable, or None if it is fine.
+
+    [RFC 6455 4.2.1] the key is "a base64-encoded value that, when decoded, is 16 bytes in
+    length"; [RFC 6455 11.3.1] the header must not appear more than once.
+    """
+    keys = header_values(request, b"sec-websocket-key")
+    if not keys:
+        return "missing_websocket_key"
+    if len(keys) > 1:
+        return "repeated_websocket_key"
+    try:
+        decoded = base64.b64decode(keys[0], validate=True)
+    except ValueError:  # binascii.Error, or a non-ASCII character
+        return "bad_websocket_key"
+    return None if len(decoded) == 16 else "bad_websocket_key"
+
+
 def _choose_subprotocol(offered: list[str]) -> str | None:
     """The first subprotocol the client offered that we speak (its preference wins)."""
     for name in offered:
@@ -499,6 +518,11 @@ async def _accept_websocket(
             origin=header_values(request, b"origin"),
         )
         await http.send_error(403, "origin not allowed")
+        return None
+    key_problem = _websocket_key_problem(request)
+    if key_problem is not None:
+        logger.warning("ws_handshake_rejected", status=400, reason=key_problem)
+        await http.send_error(400, "Sec-WebSocket-Key must be the base64 encoding of 16 bytes")
         return None
     ws = WSConnection(ConnectionType.SERVER)
     try:

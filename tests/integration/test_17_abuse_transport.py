@@ -1,11 +1,13 @@
 """Hostile clients against the transports, over real loopback sockets (issue 16).
 
-A directory redirect must never be protocol-relative; the HTTP head limit must hold whatever
-the read sizes. Every wait is bounded by ``trio.fail_after``.
+A directory redirect must never be protocol-relative; a WebSocket key must be 16 bytes of
+base64; the HTTP head limit must hold whatever the read sizes. Every wait is bounded by
+``trio.fail_after``.
 """
 
 from __future__ import annotations
 
+import base64
 from pathlib import Path
 
 import pytest
@@ -79,6 +81,51 @@ async def test_directory_redirect_is_never_protocol_relative(
         )
     assert response.startswith(b"HTTP/1.1 301 ")
     assert location(response) == "/vendor/"
+
+
+def upgrade_request(key: str) -> bytes:
+    return (
+        b"GET /mqtt HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+        b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: mqtt\r\n"
+        b"Sec-WebSocket-Key: " + key.encode("ascii") + b"\r\n\r\n"
+    )
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        "abc",
+        base64.b64encode(bytes(15)).decode(),
+        base64.b64encode(bytes(17)).decode(),
+        "!!!!not*base64*at*all!!!",
+    ],
+    ids=["short", "15_bytes", "17_bytes", "not_base64"],
+)
+async def test_websocket_key_not_16_bytes_of_base64_is_400(
+    nursery: trio.Nursery, tmp_path: Path, key: str
+) -> None:
+    """Issue 16 item 11, RFC 6455 4.2.1: a Sec-WebSocket-Key that is not the base64 encoding of
+    16 bytes gets a 400 and one ws_handshake_rejected warning, never a 101."""
+    handled: list[ConnectionInfo] = []
+    port = await start_ws(nursery, tmp_path, handled)
+    with trio.fail_after(TIMEOUT_S), capture_logs() as logs:
+        response = await exchange(port, upgrade_request(key))
+    assert response.startswith(b"HTTP/1.1 400 ")
+    assert handled == []
+    rejected = [e for e in logs if e["event"] == "ws_handshake_rejected"]
+    assert len(rejected) == 1
+    assert rejected[0]["log_level"] == "warning"
+    assert rejected[0]["reason"] == "bad_websocket_key"
+
+
+async def test_websocket_key_of_16_bytes_is_accepted(nursery: trio.Nursery, tmp_path: Path) -> None:
+    """RFC 6455 4.2.1: a key that is 16 bytes of base64 (the counterpart of the refusals) is
+    answered with 101."""
+    handled: list[ConnectionInfo] = []
+    port = await start_ws(nursery, tmp_path, handled)
+    with trio.fail_after(TIMEOUT_S):
+        response = await exchange(port, upgrade_request(base64.b64encode(bytes(16)).decode()))
+    assert response.startswith(b"HTTP/1.1 101 ")
 
 
 async def test_request_head_over_the_limit_in_one_write_is_431(
