@@ -10,11 +10,14 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import trio
 
 from mqttd.config import ListenerConfig
+
+if TYPE_CHECKING:
+    from mqttd.transports.tcp import BoundSocket
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,28 +48,6 @@ class Gate(Protocol):
         """A connection that ``enter`` let in has ended."""
 
 
-async def gated(
-    gate: Gate | None,
-    listener: ListenerConfig,
-    serve: Callable[[Any], Awaitable[None]],
-    stream: Any,
-) -> None:
-    """Run ``serve(stream)`` if ``gate`` lets the connection in; close it at once otherwise."""
-    if gate is None:
-        await serve(stream)
-        return
-    from mqttd.transports.peer import stream_peer
-
-    ip, _peer = stream_peer(stream)
-    if not gate.enter(listener, ip):
-        await trio.aclose_forcefully(stream)
-        return
-    try:
-        await serve(stream)
-    finally:
-        gate.leave(listener, ip)
-
-
 async def serve_listener(
     listener: ListenerConfig,
     handler: Handler,
@@ -74,12 +55,12 @@ async def serve_listener(
     data_dir: Path,
     handler_nursery: trio.Nursery,
     gate: Gate | None = None,
-    task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
+    task_status: trio.TaskStatus[list[BoundSocket]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run the listener ``listener`` describes until cancelled.
 
-    Calls ``task_status.started`` with the bound trio listeners (port 0 picks a free port) and
-    ``handler(stream, info)`` in ``handler_nursery`` for every accepted connection.
+    Calls ``task_status.started`` with the bound sockets (``BoundSocket``; port 0 picks a free
+    port) and ``handler(stream, info)`` in ``handler_nursery`` for every accepted connection.
 
     Raises:
         StartupError: the listener cannot start (address in use, unreadable certificate...).
@@ -112,16 +93,3 @@ async def serve_listener(
             gate=gate,
             task_status=task_status,
         )
-
-
-async def open_listeners(listener: ListenerConfig) -> list[trio.SocketListener]:
-    """Bind the listening sockets, turning OS errors into a one-line ``StartupError``."""
-    from mqttd.errors import StartupError
-
-    try:
-        return await trio.open_tcp_listeners(listener.port, host=listener.host)
-    except OSError as exc:
-        reason = exc.strerror or str(exc)
-        raise StartupError(
-            f"cannot listen on {listener.type} {listener.host}:{listener.port}: {reason}"
-        ) from None

@@ -12,8 +12,6 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterable, Sequence
 
-import trio
-
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
@@ -30,25 +28,6 @@ def format_peer(address: object) -> str:
         host, port = str(address[0]), address[1]
         return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     return "unknown"
-
-
-def stream_peer(stream: trio.abc.Stream) -> tuple[str, str]:
-    """Find the socket under ``stream`` (through any ``SSLStream`` layers).
-
-    Returns:
-        ``(ip, "host:port")``; ``("", "unknown")`` when the stream has no socket (memory
-        streams in tests).
-    """
-    inner: object = stream
-    while isinstance(inner, trio.SSLStream):
-        inner = inner.transport_stream
-    if isinstance(inner, trio.SocketStream):
-        try:
-            address = inner.socket.getpeername()
-        except OSError:
-            return "", "unknown"
-        return str(address[0]), format_peer(address)
-    return "", "unknown"
 
 
 def parse_trusted_proxies(entries: Iterable[str]) -> tuple[IPNetwork, ...]:

@@ -1,22 +1,30 @@
-"""Plain TCP listener (``type = "tcp"``): MQTT straight over the socket.
+"""Listening sockets for every listener type, and the plain TCP listener (``type = "tcp"``).
 
-Idle connections are what a broker holds most of, so this path is kept lean: one accept loop
-per listening socket admits connections synchronously (the gate, ``TCP_NODELAY``) and spawns
-the handler's coroutine directly -- no wrapper task per connection -- and the stream is a
-``TcpStream``, a thin trio stream over the stdlib socket, whose socket the connection also
-writes to directly (see ``mqttd.connection``).
+``open_listeners`` binds a listener's sockets with the standard library (one per address the
+host resolves to, as ``trio.open_tcp_listeners`` does) and reports them as ``BoundSocket``s.
+``accept_connections`` runs one accept loop per socket for every transport: tls, ws and wss
+wrap the ``TcpStream`` it hands them in their own layers.
+
+Idle connections are what a broker holds most of, so this path is kept lean: the accept loop
+admits connections synchronously (the gate, ``TCP_NODELAY``) and spawns the handler's coroutine
+directly -- no wrapper task per connection -- and the stream is a ``TcpStream``, a thin trio
+stream over the stdlib socket, whose socket the connection also writes to directly (see
+``mqttd.connection``).
 """
 
 from __future__ import annotations
 
 import errno
 import socket
+import sys
+from dataclasses import dataclass
 
 import structlog
 import trio
 
 from mqttd.config import ListenerConfig
-from mqttd.transports import ConnectionInfo, Gate, Handler, open_listeners
+from mqttd.errors import StartupError
+from mqttd.transports import ConnectionInfo, Gate, Handler
 from mqttd.transports.peer import format_peer
 
 log = structlog.get_logger("mqttd.transports.tcp")
@@ -36,6 +44,74 @@ NOTSENT_LOWAT = 2**14
 _TASK_NAMES = {kind: f"mqttd.{kind}_connection" for kind in ("tcp", "tls", "ws", "wss")}
 #: Connections accepted in one go before the accept loop lets other tasks run.
 ACCEPT_BATCH = 64
+#: listen() backlog: the kernel silently caps it at its own maximum (net.core.somaxconn on
+#: Linux), so ask for the most a 16-bit field holds, as trio.open_tcp_listeners does.
+LISTEN_BACKLOG = 0xFFFF
+
+
+@dataclass(frozen=True, slots=True)
+class BoundSocket:
+    """A listening socket as listeners report it: ``socket.getsockname()`` gives the address
+    actually bound (the real port when the configuration said 0)."""
+
+    socket: socket.socket
+
+
+async def open_listeners(listener: ListenerConfig) -> list[BoundSocket]:
+    """Bind and listen on every address ``listener.host`` resolves to.
+
+    A host name with both IPv4 and IPv6 addresses gets one socket per address (with port 0,
+    each its own port); IPv6 sockets are IPv6-only, so ``::`` and ``0.0.0.0`` do not collide.
+    The sockets are non-blocking and use ``SO_REUSEADDR`` (a restarted broker can bind while
+    old connections linger in TIME_WAIT).
+
+    Raises:
+        StartupError: the address cannot be bound (in use, no permission, bad host), with a
+            one-line message.
+    """
+    try:
+        return await _bind_all(listener.host, listener.port)
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise StartupError(
+            f"cannot listen on {listener.type} {listener.host}:{listener.port}: {reason}"
+        ) from None
+
+
+async def _bind_all(host: str, port: int) -> list[BoundSocket]:
+    addresses = await trio.socket.getaddrinfo(
+        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )
+    bound: list[BoundSocket] = []
+    unsupported: list[OSError] = []
+    try:
+        for family, type_, proto, _name, address in addresses:
+            try:
+                sock = socket.socket(family, type_, proto)
+            except OSError as exc:
+                if exc.errno != errno.EAFNOSUPPORT:
+                    raise
+                unsupported.append(exc)  # e.g. an IPv6 address on a host without IPv6
+                continue
+            try:
+                if sys.platform != "win32":
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                if family == socket.AF_INET6:
+                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                sock.setblocking(False)
+                sock.bind(address)
+                sock.listen(LISTEN_BACKLOG)
+            except BaseException:
+                sock.close()
+                raise
+            bound.append(BoundSocket(sock))
+    except BaseException:
+        for each in bound:
+            each.socket.close()
+        raise
+    if unsupported and not bound:
+        raise unsupported[0]
+    return bound
 
 
 class TcpStream(trio.abc.HalfCloseableStream):
@@ -119,10 +195,10 @@ async def serve_tcp_listener(
     *,
     handler_nursery: trio.Nursery,
     gate: Gate | None = None,
-    task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
+    task_status: trio.TaskStatus[list[BoundSocket]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Accept TCP connections and run ``handler(stream, info)`` for each in
-    ``handler_nursery``.
+    ``handler_nursery``; ``task_status`` receives the bound sockets.
 
     A connection the gate admits holds its place until the handler's connection calls
     ``info.admission.leave`` (``mqttd.connection`` does, when it closes).
@@ -139,14 +215,14 @@ async def serve_tcp_listener(
 
 async def accept_connections(
     listener: ListenerConfig,
-    listeners: list[trio.SocketListener],
+    sockets: list[BoundSocket],
     handler: Handler,
     *,
     handler_nursery: trio.Nursery,
     gate: Gate | None = None,
-    task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
+    task_status: trio.TaskStatus[list[BoundSocket]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Accept on bound ``listeners`` until cancelled (closing them at the end): each admitted
+    """Accept on bound ``sockets`` until cancelled (closing them at the end): each admitted
     connection becomes ``handler(TcpStream, ConnectionInfo)``, spawned in ``handler_nursery``.
 
     The info's ``transport`` is the listener's type and ``admission`` the gate: whoever
@@ -154,13 +230,14 @@ async def accept_connections(
     """
     try:
         async with trio.open_nursery() as nursery:
-            for socket_listener in listeners:
-                raw = socket_listener.socket._sock  # type: ignore[attr-defined]
-                nursery.start_soon(_accept_loop, raw, listener, handler, handler_nursery, gate)
-            task_status.started(listeners)
+            for bound in sockets:
+                nursery.start_soon(
+                    _accept_loop, bound.socket, listener, handler, handler_nursery, gate
+                )
+            task_status.started(sockets)
     finally:
-        for socket_listener in listeners:
-            socket_listener.socket.close()
+        for bound in sockets:
+            bound.socket.close()
 
 
 async def _accept_loop(

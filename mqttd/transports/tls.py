@@ -1,19 +1,23 @@
 """TLS listeners (``type = "tls"``, mqtts) and the TLS layer shared with ``wss``.
 
-Theory of operation: ``server_ssl_context`` builds one ``ssl.SSLContext`` per listener at start
+Theory of operation: ``server_ssl_context`` builds the ``ssl.SSLContext`` a listener describes
 (TLS 1.2 minimum, optional client certificates); a certificate problem is a ``StartupError``
-with a one-line message, never a traceback. Each accepted TCP connection is wrapped in a
-``trio.SSLStream`` whose handshake runs in the connection's own task under
-``tls_handshake_timeout_s``, so a client that stalls or fails the handshake costs only its own
-connection. A verified client certificate's common name becomes ``ConnectionInfo.tls_identity``.
+with a one-line message, never a traceback. A running tls/wss listener keeps its context in a
+``TlsContext``, which every accepted connection reads when it is wrapped in a
+``trio.SSLStream``: a reload (SIGHUP, ``reload_certificates``) builds a whole new context from
+the files and puts it there, so new handshakes trust exactly the new CA file and serve the new
+certificate, while open connections keep the context they started with. Loading CA files into
+the live context instead would only ever add CAs. The handshake runs in the connection's own
+task under ``tls_handshake_timeout_s``, so a client that stalls or fails the handshake costs
+only its own connection. A verified client certificate's common name becomes
+``ConnectionInfo.tls_identity``.
 """
 
 from __future__ import annotations
 
 import ssl
-from collections.abc import Iterable, Iterator
+from collections.abc import Awaitable, Iterable, Iterator
 from contextlib import contextmanager
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +26,9 @@ import trio
 
 from mqttd.config import ListenerConfig
 from mqttd.errors import StartupError
-from mqttd.transports import ConnectionInfo, Gate, Handler, gated
+from mqttd.transports import ConnectionInfo, Gate, Handler
 from mqttd.transports.devcerts import ensure_dev_certs
-from mqttd.transports.peer import stream_peer
+from mqttd.transports.tcp import BoundSocket, accept_connections, open_listeners
 
 log = structlog.get_logger()
 
@@ -41,50 +45,82 @@ def _certificate_files(listener: ListenerConfig, data_dir: Path) -> tuple[Path, 
     )
 
 
-#: The TLS contexts of running listeners (by listener identity), so SIGHUP can reload their
-#: certificate files in place: new handshakes use the new certificate, open connections stay.
-_live_contexts: dict[int, tuple[ListenerConfig, Path, ssl.SSLContext, list[str] | None]] = {}
+class TlsContext:
+    """The server TLS context of one running tls/wss listener, replaced whole on reload.
+
+    Args:
+        listener: the tls or wss listener.
+        data_dir: where development certificates live.
+        alpn: ALPN protocols to offer (``["http/1.1"]`` for wss).
+
+    Raises:
+        StartupError: the listener's certificate files are unusable.
+    """
+
+    __slots__ = ("alpn", "context", "data_dir", "listener")
+
+    def __init__(
+        self, listener: ListenerConfig, data_dir: Path, alpn: list[str] | None = None
+    ) -> None:
+        self.listener = listener
+        self.data_dir = data_dir
+        self.alpn = alpn
+        #: the context new connections use; ``reload`` replaces it, never changes it
+        self.context = server_ssl_context(listener, data_dir, alpn=alpn)
+
+    def wrap(
+        self, stream: trio.abc.Stream, *, https_compatible: bool
+    ) -> trio.SSLStream[trio.abc.Stream]:
+        """The server side of TLS over an accepted ``stream``, with the current context."""
+        return trio.SSLStream(
+            stream, self.context, server_side=True, https_compatible=https_compatible
+        )
+
+    def reload(self) -> None:
+        """Build a new context from the listener's files and use it for new connections.
+
+        Raises:
+            StartupError: a file is missing or invalid; the current context stays.
+        """
+        self.context = server_ssl_context(self.listener, self.data_dir, alpn=self.alpn)
+
+
+#: The TLS contexts of running listeners, so SIGHUP can reload them (``reload_certificates``).
+_running: list[TlsContext] = []
 
 
 @contextmanager
-def live_context(
-    listener: ListenerConfig, data_dir: Path, context: ssl.SSLContext, alpn: list[str] | None
-) -> Iterator[None]:
-    """Register ``context`` as the running context of ``listener`` while the block runs."""
-    _live_contexts[id(listener)] = (listener, data_dir, context, alpn)
+def running(tls: TlsContext) -> Iterator[None]:
+    """Make ``tls`` reloadable by ``reload_certificates`` while the block runs."""
+    _running.append(tls)
     try:
         yield
     finally:
-        _live_contexts.pop(id(listener), None)
+        _running.remove(tls)
 
 
 def reload_certificates(listeners: Iterable[ListenerConfig]) -> bool:
     """Re-read the certificate, key and CA files of these running tls/wss listeners (SIGHUP).
 
-    Files are checked in a fresh context first; a listener whose files are broken keeps its
-    current certificate and the error is logged.
+    Each listener gets a new TLS context built from its files, used by the connections
+    accepted from now on; open connections keep theirs. A listener whose files are broken keeps
+    its current context and the error is logged (``tls_reload_failed``).
 
     Returns:
         True if every listener took its files.
     """
     ok = True
     for listener in listeners:
-        entry = _live_contexts.get(id(listener))
-        if entry is None:
-            continue
-        _listener, data_dir, context, alpn = entry
         where = f"{listener.type} listener {listener.host}:{listener.port}"
-        try:
-            server_ssl_context(listener, data_dir, alpn=alpn)  # validate before touching
-        except StartupError as exc:
-            log.error("tls_reload_failed", listener=where, error=str(exc), kept="previous")
-            ok = False
-            continue
-        certfile, keyfile = _certificate_files(listener, data_dir)
-        context.load_cert_chain(certfile, keyfile)
-        if listener.cafile is not None:
-            context.load_verify_locations(cafile=listener.cafile)
-        log.info("tls_reloaded", listener=where, certfile=str(certfile))
+        for tls in [t for t in _running if t.listener is listener]:
+            try:
+                tls.reload()
+            except StartupError as exc:
+                log.error("tls_reload_failed", listener=where, error=str(exc), kept="previous")
+                ok = False
+                continue
+            certfile, _keyfile = _certificate_files(listener, tls.data_dir)
+            log.info("tls_reloaded", listener=where, certfile=str(certfile))
     return ok
 
 
@@ -158,39 +194,35 @@ async def tls_handshake(stream: trio.SSLStream[Any], timeout_s: float, logger: A
     return False
 
 
-async def open_listeners(listener: ListenerConfig) -> list[trio.SocketListener]:
-    """Bind the TCP sockets of a listener.
-
-    Raises:
-        StartupError: the address cannot be bound (in use, no permission, bad host).
-    """
-    try:
-        return await trio.open_tcp_listeners(listener.port, host=listener.host)
-    except OSError as exc:
-        reason = exc.strerror or str(exc)
-        raise StartupError(
-            f"cannot listen on {listener.host}:{listener.port} ({listener.type}): {reason}"
-        ) from exc
-
-
 async def _serve_tls_connection(
-    stream: trio.SSLStream[Any], listener: ListenerConfig, handler: Handler
+    stream: trio.abc.Stream, info: ConnectionInfo, tls: TlsContext, handler: Handler
 ) -> None:
-    _, peer = stream_peer(stream)
-    logger = log.bind(transport="tls", peer=peer)
+    """One accepted tls connection: TLS handshake, then ``handler``; leaves the gate at the end."""
+    logger = log.bind(transport="tls", peer=info.peer)
+    to_close: trio.abc.Stream = stream
     try:
-        if not await tls_handshake(stream, listener.tls_handshake_timeout_s, logger):
-            return
-        info = ConnectionInfo(
-            transport="tls", peer=peer, listener=listener, tls_identity=client_identity(stream)
-        )
-        await handler(stream, info)
-    except Exception:
-        # The handler catches its own errors; this only keeps one bad connection from
-        # taking the listener down with it.
-        logger.exception("connection_task_failed")
+        try:
+            ssl_stream = tls.wrap(stream, https_compatible=False)
+            to_close = ssl_stream
+            if not await tls_handshake(ssl_stream, info.listener.tls_handshake_timeout_s, logger):
+                return
+            tls_info = ConnectionInfo(
+                transport="tls",
+                peer=info.peer,
+                listener=info.listener,
+                tls_identity=client_identity(ssl_stream),
+                ip=info.ip,
+            )
+            await handler(ssl_stream, tls_info)
+        except Exception:
+            # The handler catches its own errors; this only keeps one bad connection from
+            # taking the listener down with it.
+            logger.exception("connection_task_failed")
+        finally:
+            await trio.aclose_forcefully(to_close)
     finally:
-        await trio.aclose_forcefully(stream)
+        if info.admission is not None:
+            info.admission.leave(info.listener, info.ip)
 
 
 async def serve_tls_listener(
@@ -200,9 +232,7 @@ async def serve_tls_listener(
     data_dir: Path,
     handler_nursery: trio.Nursery,
     gate: Gate | None = None,
-    task_status: trio.TaskStatus[list[trio.SSLListener[trio.SocketStream]]] = (
-        trio.TASK_STATUS_IGNORED
-    ),
+    task_status: trio.TaskStatus[list[BoundSocket]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve MQTT over TLS until cancelled.
 
@@ -211,25 +241,24 @@ async def serve_tls_listener(
         handler: called with the decrypted byte stream and its ``ConnectionInfo``.
         data_dir: where development certificates live.
         handler_nursery: where connection tasks run.
-        task_status: receives the list of bound ``trio.SSLListener`` objects.
+        gate: admission control, applied before the TLS handshake.
+        task_status: receives the list of bound sockets (``BoundSocket``).
 
     Raises:
         StartupError: certificates unusable or the port cannot be bound.
     """
-    context = server_ssl_context(listener, data_dir)
-    tcp_listeners = await open_listeners(listener)
-    ssl_listeners = [
-        trio.SSLListener(tcp, context, https_compatible=False) for tcp in tcp_listeners
-    ]
-    with live_context(listener, data_dir, context, None):
-        await trio.serve_listeners(
-            partial(
-                gated,
-                gate,
-                listener,
-                partial(_serve_tls_connection, listener=listener, handler=handler),
-            ),
-            ssl_listeners,
+    tls = TlsContext(listener, data_dir)
+
+    def handle(stream: trio.abc.Stream, info: ConnectionInfo) -> Awaitable[None]:
+        return _serve_tls_connection(stream, info, tls, handler)
+
+    sockets = await open_listeners(listener)
+    with running(tls):
+        await accept_connections(
+            listener,
+            sockets,
+            handle,
             handler_nursery=handler_nursery,
+            gate=gate,
             task_status=task_status,
         )

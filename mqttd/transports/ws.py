@@ -23,7 +23,7 @@ from __future__ import annotations
 import base64
 import os
 from collections.abc import Awaitable
-from functools import partial
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +36,7 @@ from wsproto.utilities import RemoteProtocolError
 
 from mqttd.config import ListenerConfig
 from mqttd.errors import StartupError
-from mqttd.transports import ConnectionInfo, Gate, Handler, gated
+from mqttd.transports import ConnectionInfo, Gate, Handler
 from mqttd.transports.http import (
     HttpConnection,
     header_tokens,
@@ -44,15 +44,9 @@ from mqttd.transports.http import (
     request_path,
     serve_static,
 )
-from mqttd.transports.peer import IPNetwork, client_address, parse_trusted_proxies, stream_peer
-from mqttd.transports.tcp import accept_connections
-from mqttd.transports.tls import (
-    client_identity,
-    live_context,
-    open_listeners,
-    server_ssl_context,
-    tls_handshake,
-)
+from mqttd.transports.peer import IPNetwork, client_address, parse_trusted_proxies
+from mqttd.transports.tcp import BoundSocket, accept_connections, open_listeners
+from mqttd.transports.tls import TlsContext, client_identity, running, tls_handshake
 from mqttd.transports.wsframes import (
     NEED_DATA,
     Close,
@@ -494,12 +488,18 @@ def _choose_subprotocol(offered: list[str]) -> str | None:
 class _WsListenerContext:
     """Per-listener settings shared by its connection tasks."""
 
-    def __init__(self, listener: ListenerConfig, handler: Handler, secure: bool) -> None:
+    def __init__(
+        self,
+        listener: ListenerConfig,
+        handler: Handler,
+        tls: TlsContext | None,
+        proxies: tuple[IPNetwork, ...],
+    ) -> None:
         self.listener = listener
         self.handler = handler
-        self.secure = secure
-        self.transport = "wss" if secure else "ws"
-        self.proxies: tuple[IPNetwork, ...] = parse_trusted_proxies(listener.trusted_proxies)
+        self.tls = tls  # wss: the listener's TLS context, read by each new connection
+        self.transport = "wss" if tls is not None else "ws"
+        self.proxies = proxies
 
 
 async def _accept_websocket(
@@ -565,14 +565,18 @@ async def _accept_websocket(
 async def _serve_ws_connection(
     stream: trio.abc.Stream,
     ctx: _WsListenerContext,
-    peer_ip: str | None = None,
-    peer: str | None = None,
-    admission: Gate | None = None,
+    peer_ip: str,
+    peer: str,
+    admission: Gate | None,
 ) -> None:
-    """HTTP until a WebSocket upgrade, then MQTT over it; ``admission`` is left at the end."""
-    if peer_ip is None or peer is None:
-        peer_ip, peer = stream_peer(stream)
+    """HTTP until a WebSocket upgrade, then MQTT over it; ``admission`` is left at the end.
+
+    For wss, ``stream`` is wrapped in TLS here, with the listener's current context.
+    """
     try:
+        if ctx.tls is not None:
+            # https_compatible: browsers routinely drop TLS without close_notify.
+            stream = ctx.tls.wrap(stream, https_compatible=True)
         # The handshake runs in its own frame: its HTTP state (h11 connection, request,
         # bound logger) is freed before the MQTT connection starts its long life.
         accepted = await _upgrade(stream, ctx, peer_ip, peer)
@@ -684,7 +688,7 @@ async def serve_ws_listener(
     data_dir: Path,
     handler_nursery: trio.Nursery,
     gate: Gate | None = None,
-    task_status: trio.TaskStatus[list[Any]] = trio.TASK_STATUS_IGNORED,
+    task_status: trio.TaskStatus[list[BoundSocket]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve MQTT over WebSocket (``ws``) or secure WebSocket (``wss``) until cancelled.
 
@@ -696,14 +700,15 @@ async def serve_ws_listener(
         handler: called with a ``WebSocketStream`` and its ``ConnectionInfo``.
         data_dir: where development certificates live (wss with ``tls_dev_certs``).
         handler_nursery: where connection tasks run.
-        task_status: receives the list of bound listeners.
+        gate: admission control, applied before any TLS or HTTP work.
+        task_status: receives the list of bound sockets (``BoundSocket``).
 
     Raises:
         StartupError: certificates unusable or the port cannot be bound.
     """
     secure = listener.type == "wss"
     try:
-        ctx = _WsListenerContext(listener, handler, secure)
+        proxies = parse_trusted_proxies(listener.trusted_proxies)
     except ValueError as exc:
         raise StartupError(
             f"{listener.type} listener {listener.host}:{listener.port}: bad trusted_proxies: {exc}"
@@ -713,10 +718,11 @@ async def serve_ws_listener(
             f"{listener.type} listener {listener.host}:{listener.port}: "
             f"web_root {listener.web_root} is not a directory"
         )
-    context = server_ssl_context(listener, data_dir, alpn=["http/1.1"]) if secure else None
-    tcp_listeners = await open_listeners(listener)
+    tls = TlsContext(listener, data_dir, alpn=["http/1.1"]) if secure else None
+    ctx = _WsListenerContext(listener, handler, tls, proxies)
+    sockets = await open_listeners(listener)
     if listener.web_root is not None:
-        port = tcp_listeners[0].socket.getsockname()[1]
+        port = sockets[0].socket.getsockname()[1]
         host = listener.host
         if host in ("127.0.0.1", "::1", "0.0.0.0", "::", ""):
             host = "localhost"  # the name the development certificate is valid for
@@ -727,30 +733,17 @@ async def serve_ws_listener(
             url=f"{'https' if secure else 'http'}://{host}:{port}/",
             web_root=str(listener.web_root),
         )
-    listeners: list[Any]
-    if context is not None:
-        # https_compatible: browsers routinely drop TLS without close_notify.
-        listeners = [trio.SSLListener(t, context, https_compatible=True) for t in tcp_listeners]
-    else:
-        listeners = list(tcp_listeners)
-    if context is None:
-        # Plain ws: the lean accept loop of the TCP listener, and its TcpStream.
-        def handle(stream: trio.abc.Stream, info: ConnectionInfo) -> Awaitable[None]:
-            return _serve_ws_connection(stream, ctx, info.ip, info.peer, info.admission)
 
+    def handle(stream: trio.abc.Stream, info: ConnectionInfo) -> Awaitable[None]:
+        return _serve_ws_connection(stream, ctx, info.ip, info.peer, info.admission)
+
+    # The accept loop of the TCP listener, and its TcpStream; wss adds TLS per connection.
+    with running(tls) if tls is not None else nullcontext():
         await accept_connections(
             listener,
-            tcp_listeners,
+            sockets,
             handle,
             handler_nursery=handler_nursery,
             gate=gate,
-            task_status=task_status,
-        )
-        return
-    with live_context(listener, data_dir, context, ["http/1.1"]):
-        await trio.serve_listeners(
-            partial(gated, gate, listener, partial(_serve_ws_connection, ctx=ctx)),
-            listeners,
-            handler_nursery=handler_nursery,
             task_status=task_status,
         )

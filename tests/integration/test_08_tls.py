@@ -66,7 +66,7 @@ async def start(nursery: trio.Nursery, data_dir: Path, listener: ListenerConfig)
             listener, echo, data_dir=data_dir, handler_nursery=nursery, task_status=task_status
         )
     )
-    server.port = listeners[0].transport_listener.socket.getsockname()[1]
+    server.port = listeners[0].socket.getsockname()[1]
     return server
 
 
@@ -126,6 +126,7 @@ async def test_tls_echo_round_trip(
     assert server.infos[0].transport == "tls"
     assert server.infos[0].tls_identity is None
     assert server.infos[0].peer.startswith("127.0.0.1:")
+    assert server.infos[0].ip == "127.0.0.1"
 
 
 async def test_tls_1_1_is_refused(
@@ -352,4 +353,47 @@ async def test_sighup_reload_swaps_certificate_for_new_handshakes(
             await server.reload()
         assert "tls_reload_failed" in [e["event"] for e in logs]
         await handshake(new_ca)
+        server.shutdown()
+
+
+@pytest.mark.parametrize("transport", ["tls", "wss"])
+async def test_max_connections_counts_tls_and_wss_until_they_close(
+    nursery: trio.Nursery, tmp_path: Path, certs: Certs, transport: str
+) -> None:
+    """A listener's max_connections admits tls/wss connections before the TLS handshake and
+    frees the place when the connection ends."""
+    from mqttd.config import Config, StoreConfig
+    from mqttd.server import serve
+    from tests.helpers import wire
+    from tests.helpers.client import WireClient
+
+    listener = ListenerConfig(
+        type=transport,  # type: ignore[arg-type]
+        host="127.0.0.1",
+        port=0,
+        certfile=certs.certfile,
+        keyfile=certs.keyfile,
+        max_connections=1,
+    )
+    config = Config(listeners=(listener,), store=StoreConfig(durability="memory"))
+
+    async def open_client(client_id: str) -> WireClient:
+        stream: trio.abc.Stream = await tls_connect(server.port(transport), client_context(certs))
+        if transport == "wss":
+            stream = await open_websocket_stream(stream, host="localhost")
+            OPEN.append(stream)
+        client = WireClient(stream)
+        await client.send(wire.connect(client_id))
+        await client.expect(wire.connack(0, 0))
+        return client
+
+    with trio.fail_after(TIMEOUT_S):
+        server = await nursery.start(serve, config)
+        first = await open_client("first")
+        with pytest.raises((trio.BrokenResourceError, EOFError)):
+            await open_client("refused")
+        await first.send(wire.disconnect())
+        await first.expect_closed()
+        await trio.testing.wait_all_tasks_blocked()  # the server has finished with it
+        await open_client("after")
         server.shutdown()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import errno
 import socket
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,9 +17,10 @@ from structlog.testing import capture_logs
 
 from mqttd.config import Config, ListenerConfig
 from mqttd.connection import Connection
+from mqttd.errors import StartupError
 from mqttd.server import serve
 from mqttd.transports import ConnectionInfo
-from mqttd.transports.tcp import TcpStream, _accept_loop
+from mqttd.transports.tcp import BoundSocket, TcpStream, _accept_loop, open_listeners
 from tests.helpers import wire
 from tests.helpers.client import connect_client
 
@@ -202,3 +204,82 @@ async def test_shutdown_does_not_wait_for_background_tasks(
         start = trio.current_time()
         server.shutdown()
     assert trio.current_time() - start < config.limits.graceful_timeout_s
+
+
+async def test_listening_sockets_are_plain_nonblocking_stdlib_sockets() -> None:
+    """open_listeners binds standard-library sockets (no trio internals to unwrap): listening,
+    non-blocking, SO_REUSEADDR, and the real port reported for port 0."""
+    bound = await open_listeners(ListenerConfig(host="127.0.0.1", port=0))
+    try:
+        assert len(bound) == 1
+        sock = bound[0].socket
+        assert isinstance(bound[0], BoundSocket)
+        assert type(sock) is socket.socket
+        assert not sock.getblocking()
+        assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)
+        assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR)
+        host, port = sock.getsockname()
+        assert host == "127.0.0.1"
+        assert port != 0
+    finally:
+        for each in bound:
+            each.socket.close()
+
+
+async def test_ipv6_listening_socket_is_ipv6_only() -> None:
+    """An IPv6 listener does not also take IPv4 (so ``::`` and ``0.0.0.0`` can coexist)."""
+    try:
+        bound = await open_listeners(ListenerConfig(host="::1", port=0))
+    except StartupError as exc:
+        pytest.skip(f"no IPv6 loopback here: {exc}")
+    try:
+        sock = bound[0].socket
+        assert sock.family == socket.AF_INET6
+        assert sock.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY)
+    finally:
+        for each in bound:
+            each.socket.close()
+
+
+async def test_port_in_use_is_a_one_line_startup_error() -> None:
+    """Binding a port that is already listened on raises StartupError naming the address."""
+    taken = await open_listeners(ListenerConfig(host="127.0.0.1", port=0))
+    port = taken[0].socket.getsockname()[1]
+    try:
+        with pytest.raises(StartupError, match=f"cannot listen on tcp 127.0.0.1:{port}: ") as info:
+            await open_listeners(ListenerConfig(host="127.0.0.1", port=port))
+        assert "\n" not in str(info.value)
+    finally:
+        taken[0].socket.close()
+
+
+async def test_tcp_listener_reports_bound_sockets_and_serves() -> None:
+    """serve_listener reports BoundSockets (``.socket.getsockname()``, as server.py reads
+    them) and a client connecting to that address reaches the handler."""
+    from mqttd.transports import serve_listener
+
+    reached = trio.Event()
+
+    async def handler(stream: trio.abc.Stream, info: ConnectionInfo) -> None:
+        assert isinstance(stream, TcpStream)
+        assert info.transport == "tcp"
+        reached.set()
+        await stream.aclose()
+
+    with trio.fail_after(TIMEOUT_S):
+        async with trio.open_nursery() as nursery:
+            bound = await nursery.start(
+                lambda task_status: serve_listener(
+                    ListenerConfig(host="127.0.0.1", port=0),
+                    handler,
+                    data_dir=Path("."),
+                    handler_nursery=nursery,
+                    task_status=task_status,
+                )
+            )
+            assert [type(b) for b in bound] == [BoundSocket]
+            client = await trio.open_tcp_stream(*bound[0].socket.getsockname()[:2])
+            await reached.wait()
+            await client.aclose()
+            nursery.cancel_scope.cancel()
+        assert bound[0].socket.fileno() == -1  # closed when the listener stopped

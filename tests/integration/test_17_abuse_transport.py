@@ -1,25 +1,132 @@
-"""Hostile clients against the transports, over real loopback sockets (issue 16).
+"""Hostile clients against the transports, over real loopback sockets (issue 16, items 8-12).
 
-A directory redirect must never be protocol-relative; a WebSocket key must be 16 bytes of
-base64; the HTTP head limit must hold whatever the read sizes. Every wait is bounded by
-``trio.fail_after``.
+CA rotation by SIGHUP must drop the removed CA; a directory redirect must never be
+protocol-relative; a WebSocket key must be 16 bytes of base64; the HTTP head limit must hold
+whatever the read sizes. Every wait is bounded by ``trio.fail_after``.
 """
 
 from __future__ import annotations
 
 import base64
+import ssl
 from pathlib import Path
 
 import pytest
 import trio
+import trustme
 from structlog.testing import capture_logs
 
-from mqttd.config import ListenerConfig
+from mqttd.config import Config, ListenerConfig, StoreConfig
+from mqttd.server import Server, serve
 from mqttd.transports import ConnectionInfo
 from mqttd.transports.http import MAX_HEAD_BYTES
-from mqttd.transports.ws import serve_ws_listener
+from mqttd.transports.ws import open_websocket_stream, serve_ws_listener
+from tests.helpers import wire
+from tests.helpers.client import WireClient
 
 TIMEOUT_S = 20
+
+
+# --- item 8: CA rotation ------------------------------------------------------------------------
+
+
+class Pki:
+    """A server certificate from its own CA, and two client CAs to rotate between."""
+
+    def __init__(self, base: Path) -> None:
+        self.server_ca = trustme.CA()
+        self.ca1 = trustme.CA()
+        self.ca2 = trustme.CA()
+        server = self.server_ca.issue_cert("localhost", "127.0.0.1")
+        self.certfile = base / "server.pem"
+        self.keyfile = base / "server.key"
+        self.cafile = base / "clients-ca.pem"
+        server.private_key_pem.write_to_path(str(self.keyfile))
+        server.cert_chain_pems[0].write_to_path(str(self.certfile))
+        self.ca1.cert_pem.write_to_path(str(self.cafile))
+
+
+async def open_session(
+    server: Server, transport: str, pki: Pki, client_ca: trustme.CA, client_id: str
+) -> WireClient | None:
+    """Connect with a client certificate from ``client_ca``; the client after CONNACK, or None
+    when the server refused the certificate (TLS 1.3 may show it only on first use)."""
+    context = ssl.create_default_context()
+    pki.server_ca.configure_trust(context)
+    client_ca.issue_cert(f"{client_id}@example", common_name=client_id).configure_cert(context)
+    tcp = await trio.open_tcp_stream("127.0.0.1", server.port(transport))
+    stream: trio.abc.Stream = trio.SSLStream(tcp, context, server_hostname="localhost")
+    try:
+        if transport == "wss":
+            stream = await open_websocket_stream(stream, host="localhost")
+        client = WireClient(stream)
+        await client.send(wire.connect(client_id))
+        await client.expect(wire.connack(0, 0))
+    except (trio.BrokenResourceError, EOFError):
+        await trio.aclose_forcefully(stream)
+        return None
+    return client
+
+
+@pytest.mark.parametrize("transport", ["tls", "wss"])
+async def test_ca_rotation_refuses_certificates_of_the_removed_ca(
+    nursery: trio.Nursery, tmp_path: Path, transport: str
+) -> None:
+    """Issue 16 item 8: after the cafile is replaced and reloaded, a client certificate from the
+    removed CA is refused and one from the new CA accepted; open connections stay."""
+    pki = Pki(tmp_path)
+    listener = ListenerConfig(
+        type=transport,  # type: ignore[arg-type]
+        host="127.0.0.1",
+        port=0,
+        certfile=pki.certfile,
+        keyfile=pki.keyfile,
+        cafile=pki.cafile,
+        require_certificate=True,
+    )
+    config = Config(listeners=(listener,), store=StoreConfig(durability="memory"))
+    with trio.fail_after(TIMEOUT_S):
+        server: Server = await nursery.start(serve, config)
+        before = await open_session(server, transport, pki, pki.ca1, "before")
+        assert before is not None, "a CA1 client certificate is accepted before the rotation"
+        pki.ca2.cert_pem.write_to_path(str(pki.cafile))
+        with capture_logs() as logs:
+            await server.reload()
+        assert "tls_reloaded" in [e["event"] for e in logs]
+        assert await open_session(server, transport, pki, pki.ca1, "old-ca") is None
+        assert await open_session(server, transport, pki, pki.ca2, "new-ca") is not None
+        await before.send(wire.pingreq())  # the connection made before the reload lives on
+        await before.expect(wire.pingresp())
+        server.shutdown()
+
+
+async def test_broken_cafile_on_reload_keeps_the_previous_context(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    """Issue 16 item 8: a cafile that cannot be loaded on reload keeps the previous context
+    (same CAs accepted and refused) and logs tls_reload_failed."""
+    pki = Pki(tmp_path)
+    listener = ListenerConfig(
+        type="tls",
+        host="127.0.0.1",
+        port=0,
+        certfile=pki.certfile,
+        keyfile=pki.keyfile,
+        cafile=pki.cafile,
+        require_certificate=True,
+    )
+    config = Config(listeners=(listener,), store=StoreConfig(durability="memory"))
+    with trio.fail_after(TIMEOUT_S):
+        server: Server = await nursery.start(serve, config)
+        pki.ca2.cert_pem.write_to_path(str(pki.cafile))
+        await server.reload()
+        pki.cafile.write_text("not a certificate\n")
+        with capture_logs() as logs:
+            await server.reload()
+        assert [e["event"] for e in logs if e["event"].startswith("tls_")] == ["tls_reload_failed"]
+        assert await open_session(server, "tls", pki, pki.ca2, "kept") is not None
+        assert await open_session(server, "tls", pki, pki.ca1, "still-gone") is None
+        server.shutdown()
 
 
 # --- items 10-12: HTTP and the WebSocket upgrade -------------------------------------------------
