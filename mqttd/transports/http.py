@@ -198,13 +198,19 @@ class HttpConnection:
         self.last_error: str | None = None
         #: bytes handed to h11 so far on this connection
         self._received = 0
+        #: the current request's EndOfMessage has been read
+        self._request_done = False
 
     async def _next_event(self) -> Any:
         while True:
             event = self.conn.next_event()
             if event is not h11.NEED_DATA:
+                if type(event) is h11.EndOfMessage:
+                    self._request_done = True
+                elif type(event) is h11.Request:
+                    self._request_done = False
                 return event
-            data = await self.stream.receive_some(RECEIVE_SIZE)
+            data = bytes(await self.stream.receive_some(RECEIVE_SIZE))
             self._received += len(data)
             self.conn.receive_data(data)
 
@@ -253,7 +259,7 @@ class HttpConnection:
         received = 0
         try:
             while True:
-                if self.conn.their_state in (h11.DONE, h11.MIGHT_SWITCH_PROTOCOL):
+                if self._request_done:
                     return True
                 event = await self._next_event()
                 if isinstance(event, h11.Data):

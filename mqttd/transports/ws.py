@@ -5,7 +5,12 @@ under ``ws_handshake_timeout_s``. A WebSocket upgrade to the listener's ``path``
 origin and subprotocol checks is accepted by wsproto, and from then on the connection is a
 ``WebSocketStream`` -- a ``trio.abc.Stream`` of MQTT bytes -- handed to the broker's handler,
 so the same MQTT framer serves TCP, TLS, WS and WSS. Any other request is a static-file request
-(``mqttd.transports.http``) and never reaches the handler.
+(``mqttd.transports.http``) and never reaches the handler. ws and wss share the TCP listener's
+accept loop; wss wraps each accepted stream in TLS with the listener's current ``TlsContext``.
+Frame bytes that arrive in the same read as the end of a handshake (behind the request on the
+server, behind the 101 response in the client twin) are split off with public APIs only (h11's
+``trailing_data``; the client reads the response head up to its blank line itself) and handed
+to the frame decoder as ``early``.
 
 After the handshake, ``WebSocketStream`` (either role; the client role exists for tests and
 benchmarks) frames with the sans-IO codec in ``mqttd.transports.wsframes``, which is several
@@ -22,6 +27,7 @@ from __future__ import annotations
 
 import base64
 import os
+import socket
 from collections.abc import Awaitable
 from contextlib import nullcontext
 from pathlib import Path
@@ -67,20 +73,24 @@ log = structlog.get_logger()
 MQTT_SUBPROTOCOLS = ("mqtt", "mqttv3.1")
 RECEIVE_SIZE = 64 * 1024
 CLOSE_TIMEOUT_S = 2.0
+#: The client twin refuses a handshake response whose head grows past this.
+MAX_RESPONSE_HEAD_BYTES = 16 * 1024
 
 
 class WebSocketStream(trio.abc.Stream):
     """A byte stream carried in binary WebSocket messages.
 
     Frames are decoded and encoded by ``mqttd.transports.wsframes``; the wsproto connection
-    only tells the role (server or client) and hands over any bytes it received past the
-    handshake (its frame events must not have been read).
+    only tells the role (server or client). It must have been given no bytes past the
+    handshake: those are passed as ``early`` instead.
 
     Args:
         transport: the underlying stream (TCP or TLS), already past the HTTP handshake.
         ws: the wsproto connection that ran the handshake, in the OPEN state.
         max_message_size: a received message larger than this closes the connection (1009).
         subprotocol: the negotiated subprotocol, for the record.
+        early: bytes received after the handshake, in the same read as its end: the first
+            frame bytes, read before anything from ``transport``.
     """
 
     __slots__ = (
@@ -110,6 +120,7 @@ class WebSocketStream(trio.abc.Stream):
         *,
         max_message_size: int = 16 * 1024 * 1024,
         subprotocol: str | None = None,
+        early: bytes = b"",
     ) -> None:
         self.transport = transport
         self.subprotocol = subprotocol
@@ -129,12 +140,9 @@ class WebSocketStream(trio.abc.Stream):
         self._write_lock: trio.Lock | None = None
         #: frame bytes a non-blocking ``send_now`` could not write; sent before anything else
         self._unsent = b""
-        # Plain ws only: the socket ``send_now`` writes to (a TLS stream needs its own task).
-        raw = getattr(transport, "raw_socket", None)
-        if raw is None and isinstance(transport, trio.SocketStream):
-            raw = getattr(transport.socket, "_sock", None)
-        self._raw_socket = raw
-        early = _unparsed_frame_bytes(ws)
+        # Plain ws only: the socket ``send_now`` writes to, which a ``TcpStream`` transport
+        # exposes (a TLS stream has none: its writes need a task of their own).
+        self._raw_socket: socket.socket | None = getattr(transport, "raw_socket", None)
         self._decoder.receive_data(early)
         self._early = bool(early)  # frame bytes from the handshake wait for receive_some
 
@@ -269,11 +277,6 @@ class WebSocketStream(trio.abc.Stream):
                 log.warning("ws_protocol_error", code=exc.close_code, reason=exc.reason)
             await self._close_with(exc.close_code, exc.reason)
 
-    async def _receive_early(self, data: bytes) -> None:
-        """Take frame bytes that arrived together with the handshake."""
-        self._decoder.receive_data(data)
-        await self._handle_events()
-
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
         """Return the next received piece of binary message data; ``b""`` after a close.
 
@@ -373,28 +376,6 @@ class WebSocketStream(trio.abc.Stream):
             await self.transport.aclose()
 
 
-def _unparsed_frame_bytes(ws: WSConnection) -> bytes:
-    """Bytes a wsproto connection received after the handshake and has not parsed yet.
-
-    A peer may send frames in the same segment as the end of the handshake; wsproto keeps them
-    in its (private) frame buffer until its events are read, which ``WebSocketStream`` never
-    does (only the client twin, ``open_websocket_stream``, meets this).
-
-    Raises:
-        RuntimeError: wsproto no longer keeps the buffer where this looks (a wsproto upgrade
-            changed its internals): better to fail than to drop frames silently.
-    """
-    connection = getattr(ws, "connection", None)
-    proto = getattr(connection, "_proto", None)
-    frame_decoder = getattr(proto, "_frame_decoder", None)
-    buffer = getattr(frame_decoder, "buffer", None)
-    raw = getattr(buffer, "buffer", None)
-    used = getattr(buffer, "bytes_used", None)
-    if not isinstance(raw, (bytes, bytearray)) or not isinstance(used, int):
-        raise RuntimeError("cannot find wsproto's frame buffer: check the wsproto version")
-    return bytes(raw[used:])
-
-
 async def open_websocket_stream(
     transport: trio.abc.Stream,
     *,
@@ -406,10 +387,13 @@ async def open_websocket_stream(
 ) -> WebSocketStream:
     """Client side: run the opening handshake over ``transport`` and return the stream.
 
-    Used by tests and benchmarks as the twin of the server side.
+    Used by tests and benchmarks as the twin of the server side. The response head is read up
+    to its blank line and only the head goes to wsproto; whatever followed it in the same read
+    (the server may send frames right after its 101) goes to the stream's frame decoder.
 
     Raises:
-        trio.BrokenResourceError: the server refused the handshake or closed the connection.
+        trio.BrokenResourceError: the server refused the handshake, answered something that is
+            not a valid handshake response, or closed the connection.
     """
     ws = WSConnection(ConnectionType.CLIENT)
     await transport.send_all(
@@ -422,24 +406,32 @@ async def open_websocket_stream(
             )
         )
     )
-    while True:
+    received = bytearray()
+    while (end := received.find(b"\r\n\r\n")) < 0:
+        if len(received) > MAX_RESPONSE_HEAD_BYTES:
+            raise trio.BrokenResourceError("WebSocket handshake response head too large")
         data = await transport.receive_some(RECEIVE_SIZE)
         if not data:
             raise trio.BrokenResourceError("connection closed during the WebSocket handshake")
-        ws.receive_data(data)
-        for event in ws.events():
-            if isinstance(event, AcceptConnection):
-                stream = WebSocketStream(
-                    transport,
-                    ws,
-                    max_message_size=max_message_size,
-                    subprotocol=event.subprotocol,
-                )
-                return stream
-            if isinstance(event, RejectConnection):
-                raise trio.BrokenResourceError(
-                    f"WebSocket handshake refused with {event.status_code}"
-                )
+        received += data
+    head_end = end + 4
+    try:
+        ws.receive_data(bytes(received[:head_end]))
+        events = list(ws.events())
+    except RemoteProtocolError as exc:
+        raise trio.BrokenResourceError(f"bad WebSocket handshake response: {exc}") from exc
+    for event in events:
+        if isinstance(event, AcceptConnection):
+            return WebSocketStream(
+                transport,
+                ws,
+                max_message_size=max_message_size,
+                subprotocol=event.subprotocol,
+                early=bytes(received[head_end:]),
+            )
+        if isinstance(event, RejectConnection):
+            raise trio.BrokenResourceError(f"WebSocket handshake refused with {event.status_code}")
+    raise trio.BrokenResourceError("no WebSocket handshake response")
 
 
 def _is_websocket_upgrade(request: h11.Request) -> bool:
@@ -526,7 +518,7 @@ async def _accept_websocket(
         return None
     ws = WSConnection(ConnectionType.SERVER)
     try:
-        ws.initiate_upgrade_connection(request.headers, request.target)
+        ws.initiate_upgrade_connection(list(request.headers), request.target)
         events = list(ws.events())
     except RemoteProtocolError as exc:
         hint = exc.event_hint
@@ -553,13 +545,15 @@ async def _accept_websocket(
     offered = next(s for s in ws_request.subprotocols if s.strip().lower() == subprotocol)
     # No extensions: permessage-deflate would buy little for MQTT and costs memory per socket.
     await http.stream.send_all(ws.send(AcceptConnection(subprotocol=offered, extensions=[])))
-    stream = WebSocketStream(
-        http.stream, ws, max_message_size=listener.ws_max_message_size, subprotocol=offered
-    )
+    # Frames the client sent right behind its request (h11 kept them, unparsed).
     trailing, _ = http.conn.trailing_data
-    if trailing:
-        await stream._receive_early(bytes(trailing))
-    return stream
+    return WebSocketStream(
+        http.stream,
+        ws,
+        max_message_size=listener.ws_max_message_size,
+        subprotocol=offered,
+        early=bytes(trailing),
+    )
 
 
 async def _serve_ws_connection(
@@ -619,9 +613,11 @@ async def _upgrade(
         identity = client_identity(stream)
     http = HttpConnection(stream)
     served = 0
+    forwarded_for: list[str] = []
     while True:
         ws_stream: WebSocketStream | None = None
         upgrade = False
+        reason: str | None
         with trio.move_on_after(listener.ws_handshake_timeout_s) as scope:
             request = await http.next_request()
             if request is None:
@@ -634,6 +630,7 @@ async def _upgrade(
                 ws_stream = await _accept_websocket(ctx, http, request, logger)
                 if ws_stream is None:
                     return None
+                forwarded_for = header_values(request, b"x-forwarded-for")
             elif upgrade:
                 logger.warning("ws_handshake_rejected", status=404, reason="wrong_path")
                 await http.send_error(404, "no WebSocket endpoint here")
@@ -663,9 +660,7 @@ async def _upgrade(
                 )
             return None
         if ws_stream is not None:
-            forwarded = client_address(
-                peer_ip, header_values(request, b"x-forwarded-for"), ctx.proxies
-            )
+            forwarded = client_address(peer_ip, forwarded_for, ctx.proxies)
             info = ConnectionInfo(
                 transport=ctx.transport,
                 peer=forwarded if forwarded is not None else peer,

@@ -438,3 +438,25 @@ async def test_broker_over_ws_delivers_large_and_fanned_out_messages(nursery: tr
             await client.expect(wire.publish("big/2", b"x"))
             await client.stream.aclose()
         server.shutdown()
+
+
+async def test_frames_sent_with_the_upgrade_request_are_read(
+    close_client_streams: None, echo_server: EchoServer
+) -> None:
+    """Frames written in the same segment as the upgrade request (which h11 reads past the
+    head) reach the handler first, in order, followed by later frames."""
+    with trio.fail_after(TIMEOUT_S):
+        client = await connect(echo_server)
+        request = client.ws.send(Request(host="localhost", target="/mqtt", subprotocols=["mqtt"]))
+        # wsproto frames nothing before the 101: two masked binary frames built by hand (an
+        # all-zero masking key leaves the payload as it is).
+        early = b"\x82\x82\x00\x00\x00\x00\xc0\x00" + b"\x82\x82\x00\x00\x00\x00\xe0\x00"
+        await client.stream.send_all(request + early)
+        assert isinstance(await client.next_event(), AcceptConnection)
+        await client.send(BytesMessage(data=b"\x10\x00"))
+        echoed = bytearray()
+        while len(echoed) < 6:
+            event = await client.next_event()
+            assert isinstance(event, BytesMessage)
+            echoed += event.data
+        assert echoed == b"\xc0\x00\xe0\x00\x10\x00"

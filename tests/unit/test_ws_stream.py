@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import struct
+from collections.abc import Awaitable, Callable
+from functools import partial
 
 import pytest
 import trio
@@ -21,7 +24,7 @@ from wsproto.events import (
 )
 
 from mqttd.transports.tcp import TcpStream
-from mqttd.transports.ws import WebSocketStream
+from mqttd.transports.ws import WebSocketStream, open_websocket_stream
 
 TIMEOUT_S = 10
 
@@ -242,21 +245,109 @@ async def test_generic_stream_contract() -> None:
 # --- added with the wsframes codec -------------------------------------------------------------
 
 
-async def test_frames_left_in_wsproto_after_handshake_are_read() -> None:
-    """Frames that arrived with the 101 response (still in wsproto's buffer) are not lost."""
+async def fake_server(
+    stream: trio.abc.Stream, *, pieces: list[bytes], accept: bool = True
+) -> WSConnection:
+    """Read a client's upgrade request and answer it, in the given pieces after the head:
+    ``pieces[0]`` is sent together with the last byte of the response head."""
+    server = WSConnection(ConnectionType.SERVER)
+    while True:
+        server.receive_data(bytes(await stream.receive_some(65536)))
+        events = list(server.events())
+        if events:
+            break
+    assert isinstance(events[0], Request)
+    if accept:
+        head = server.send(AcceptConnection(subprotocol="mqtt"))
+    else:
+        head = b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n"
+    await stream.send_all(head[:10])  # the head itself arrives in more than one read
+    await trio.testing.wait_all_tasks_blocked()
+    await stream.send_all(head[10:] + (pieces[0] if pieces else b""))
+    for piece in pieces[1:]:
+        await stream.send_all(piece)
+    return server
+
+
+async def test_client_twin_reads_frames_sent_with_the_101() -> None:
+    """Frames that arrive in the same read as the end of the 101 response reach the stream
+    (they are split off the head before wsproto sees it), followed by later ones."""
     with trio.fail_after(TIMEOUT_S):
-        client = WSConnection(ConnectionType.CLIENT)
-        server = WSConnection(ConnectionType.SERVER)
-        server.receive_data(
-            client.send(Request(host="localhost", target="/mqtt", subprotocols=["mqtt"]))
-        )
-        assert isinstance(next(server.events()), Request)
-        accept = server.send(AcceptConnection(subprotocol="mqtt"))
-        client.receive_data(accept + server.send(BytesMessage(data=b"\x20\x02\x00\x00")))
-        assert isinstance(next(client.events()), AcceptConnection)
-        a, _b = trio.testing.memory_stream_pair()
-        stream = WebSocketStream(a, client)
-        assert await stream.receive_some() == b"\x20\x02\x00\x00"
+        a, b = trio.testing.memory_stream_pair()
+        first = b"\x82\x04\x20\x02\x00\x00"  # CONNACK in an unmasked binary frame
+        second = b"\x82\x02\xd0\x00"  # PINGRESP
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(partial(fake_server, b, pieces=[first, second]))
+            stream = await open_websocket_stream(a, host="localhost")
+        assert stream.subprotocol == "mqtt"
+        got = bytearray()
+        while len(got) < 6:
+            got += await stream.receive_some()
+        assert got == b"\x20\x02\x00\x00\xd0\x00"
+
+
+async def handshake_error(
+    serve: Callable[[trio.abc.Stream], Awaitable[object]],
+) -> trio.BrokenResourceError:
+    """Run the client twin against ``serve`` (the other end of a memory stream) and return the
+    error its handshake raised."""
+    a, b = trio.testing.memory_stream_pair()
+    error: trio.BrokenResourceError | None = None
+    with trio.fail_after(TIMEOUT_S):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(serve, b)
+            try:
+                await open_websocket_stream(a, host="localhost")
+            except trio.BrokenResourceError as exc:
+                error = exc
+            finally:
+                await a.aclose()
+    assert error is not None, "the handshake must fail"
+    return error
+
+
+async def test_client_twin_refused_handshake_is_broken() -> None:
+    """A refusal (here 403) is a BrokenResourceError naming the status."""
+    error = await handshake_error(partial(fake_server, pieces=[], accept=False))
+    assert "403" in str(error)
+
+
+async def test_client_twin_connection_closed_during_handshake_is_broken() -> None:
+    """A server that closes before answering gives BrokenResourceError."""
+
+    async def close_after_request(stream: trio.abc.Stream) -> None:
+        await stream.receive_some()
+        await stream.aclose()
+
+    error = await handshake_error(close_after_request)
+    assert "closed" in str(error)
+
+
+async def test_client_twin_endless_response_head_is_broken() -> None:
+    """A response head that never ends is given up past MAX_RESPONSE_HEAD_BYTES."""
+
+    async def endless_head(stream: trio.abc.Stream) -> None:
+        await stream.receive_some()
+        await stream.send_all(b"HTTP/1.1 101 Switching Protocols\r\n")
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+            while True:
+                await stream.send_all(b"X-Pad: " + b"a" * 1000 + b"\r\n")
+
+    error = await handshake_error(endless_head)
+    assert "too large" in str(error)
+
+
+async def test_server_role_reads_early_bytes_first() -> None:
+    """Frame bytes handed over as ``early`` (what h11 read past the upgrade request) are read
+    before anything from the transport."""
+    with trio.fail_after(TIMEOUT_S):
+        client, server = handshaken_pair()
+        a, b = trio.testing.memory_stream_pair()
+        early = client.send(BytesMessage(data=b"\xc0\x00"))
+        stream = WebSocketStream(a, server, early=early)
+        await b.send_all(client.send(BytesMessage(data=b"\xe0\x00")))
+        assert await stream.receive_some() == b"\xc0\x00"
+        assert await stream.receive_some() == b"\xe0\x00"
 
 
 async def test_client_role_masks_what_it_sends() -> None:
@@ -274,25 +365,38 @@ async def test_client_role_masks_what_it_sends() -> None:
         assert event.data == b"\xc0\x00"
 
 
-async def test_send_now_over_socket_stream_and_raw_socket() -> None:
-    """send_now works over a trio.SocketStream and over a stream with a raw_socket."""
+async def test_send_now_writes_to_the_raw_socket_of_a_tcp_stream() -> None:
+    """send_now writes a whole frame straight to a TcpStream's socket."""
     with trio.fail_after(TIMEOUT_S):
-        for wrap in ("socket_stream", "raw_socket"):
-            ours, theirs = socket.socketpair()
-            ours.setblocking(False)
-            if wrap == "socket_stream":
-                transport: trio.abc.Stream = trio.SocketStream(trio.socket.from_stdlib_socket(ours))
-            else:
-                transport = TcpStream(ours)
-            _client, server = handshaken_pair()
-            stream = WebSocketStream(transport, server)
-            assert stream.can_send_now
-            assert stream.send_now(b"\x30\x03\x00\x01t")
-            assert not stream.has_unsent
-            await trio.lowlevel.wait_readable(theirs)
-            assert theirs.recv(100) == b"\x82\x05\x30\x03\x00\x01t"
-            await stream.aclose()
-            theirs.close()
+        ours, theirs = socket.socketpair()
+        ours.setblocking(False)
+        _client, server = handshaken_pair()
+        stream = WebSocketStream(TcpStream(ours), server)
+        assert stream.can_send_now
+        assert stream.send_now(b"\x30\x03\x00\x01t")
+        assert not stream.has_unsent
+        await trio.lowlevel.wait_readable(theirs)
+        assert theirs.recv(100) == b"\x82\x05\x30\x03\x00\x01t"
+        await stream.aclose()
+        theirs.close()
+
+
+async def test_send_now_is_unavailable_over_a_trio_socket_stream() -> None:
+    """Over a trio.SocketStream (the client twin's usual transport) send_now refuses, without
+    reaching into trio's private socket, and send_all still works."""
+    with trio.fail_after(TIMEOUT_S):
+        ours, theirs = socket.socketpair()
+        ours.setblocking(False)
+        transport = trio.SocketStream(trio.socket.from_stdlib_socket(ours))
+        _client, server = handshaken_pair()
+        stream = WebSocketStream(transport, server)
+        assert not stream.can_send_now
+        assert not stream.send_now(b"x")
+        await stream.send_all(b"\xc0\x00")
+        await trio.lowlevel.wait_readable(theirs)
+        assert theirs.recv(100) == b"\x82\x02\xc0\x00"
+        await stream.aclose()
+        theirs.close()
 
 
 async def test_send_now_is_unavailable_without_a_plain_socket() -> None:
