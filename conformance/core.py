@@ -24,6 +24,10 @@ class Skip(Exception):
     """The case cannot run against this broker/configuration."""
 
 
+#: The Keep Alive of the CONNECTs ``Client.connect`` sends unless a case asks for another.
+KEEPALIVE_S = 60
+
+
 def rand(n: int = 8) -> str:
     return "".join(secrets.choice(ALNUM) for _ in range(n))
 
@@ -215,19 +219,25 @@ class Client:
         client_id: str | None = None,
         *,
         expect_code: int | None = 0,
-        **kwargs: object,
+        clean: bool = True,
+        keepalive: int = KEEPALIVE_S,
+        will: tuple[wire.Text, bytes] | tuple[wire.Text, bytes, int, bool] | None = None,
+        username: str | None = None,
+        password: bytes | None = None,
+        proto: tuple[str, int] = ("MQTT", 4),
     ) -> wire.Packet:
-        """Send CONNECT (with the configured credentials) and read the CONNACK."""
+        """Send CONNECT (with the configured credentials unless ``username`` is given) and read
+        the CONNACK; ``will`` and ``proto`` are as in ``wire.connect``."""
         if client_id is None:
             client_id = self.ctx.cid(self.name)
         self.client_id = client_id
-        if self.ctx.target.username is not None and "username" not in kwargs:
-            kwargs["username"] = self.ctx.target.username
+        if self.ctx.target.username is not None and username is None:
+            username = self.ctx.target.username
             if self.ctx.target.password is not None:
-                kwargs["password"] = self.ctx.target.password.encode()
-        if kwargs.get("clean") is False:
-            self.ctx.persistent_ids.add((client_id, kwargs.get("protocol_name", "MQTT") == "MQTT"))
-        await self.send(wire.connect(client_id, **kwargs))  # type: ignore[arg-type]
+                password = self.ctx.target.password.encode()
+        if not clean:
+            self.ctx.persistent_ids.add((client_id, proto[0] == "MQTT"))
+        await self.send(wire.connect(client_id, clean, keepalive, will, username, password, proto))
         pkt = await self.recv(what="CONNACK")
         if pkt.type != wire.CONNACK or len(pkt.raw) != 4:
             raise Fail(f"{self.name}: expected CONNACK, got {pkt.describe()}")
@@ -398,8 +408,8 @@ class Context:
     async def _clear_state(self) -> None:
         for client_id, v311 in sorted(self.persistent_ids):
             c = await self.client("cleanup")
-            kwargs: dict[str, object] = {} if v311 else {"protocol_name": "MQIsdp", "level": 3}
-            await c.connect(client_id, clean=True, expect_code=None, **kwargs)
+            proto = ("MQTT", 4) if v311 else ("MQIsdp", 3)
+            await c.connect(client_id, clean=True, expect_code=None, proto=proto)
             await c.disconnect()
         if self.retained_topics:
             c = await self.client("cleanup")

@@ -94,7 +94,7 @@ BYTE_CASES: list[dict[str, Any]] = [
         "steps": [
             ("send", _pub(b"t", qos=2, pid=5)),
             ("expect", wire.pubrec(5)),
-            ("send", wire.pubrel(5, flags=0x00)),
+            ("send", wire.ack(wire.PUBREL, 5, flags=0x00)),
             CLOSED,
         ],
     },
@@ -106,7 +106,7 @@ BYTE_CASES: list[dict[str, Any]] = [
         "steps": [
             ("send", _pub(b"t", qos=2, pid=5)),
             ("expect", wire.pubrec(5)),
-            ("send", wire.pubrel(5, flags=0x03)),
+            ("send", wire.ack(wire.PUBREL, 5, flags=0x03)),
             CLOSED,
         ],
     },
@@ -260,7 +260,11 @@ BYTE_CASES: list[dict[str, Any]] = [
         "statements": ["MQTT-3.1.2-2", "MQTT-3.2.2-4", "MQTT-3.2.2-5"],
         "title": "Protocol level 42 is refused with exactly 20 02 00 01, then closed",
         "connect": False,
-        "steps": [("send", _connect(level=42)), ("expect", wire.connack(False, 1)), CLOSED],
+        "steps": [
+            ("send", _connect(proto=("MQTT", 42))),
+            ("expect", wire.connack(False, 1)),
+            CLOSED,
+        ],
     },
     {
         "id": "connect-reserved-flag",
@@ -291,9 +295,7 @@ BYTE_CASES: list[dict[str, Any]] = [
         "steps": [
             (
                 "send",
-                lambda ctx, c: wire.connect(
-                    ctx.cid(), will_topic=ctx.topic("w"), will_payload=b"w", flags=0x1E
-                ),
+                lambda ctx, c: wire.connect(ctx.cid(), will=(ctx.topic("w"), b"w"), flags=0x1E),
             ),
             CLOSED,
         ],
@@ -359,7 +361,7 @@ BYTE_CASES: list[dict[str, Any]] = [
         "statements": ["MQTT-3.1.2-1", "MQTT-3.2.2-6"],
         "title": "Protocol name 'MQTX': disconnected (processing as 3.1.1 is not allowed)",
         "connect": False,
-        "steps": [("send", _connect(protocol_name="MQTX")), CLOSED],
+        "steps": [("send", _connect(proto=("MQTX", 4))), CLOSED],
     },
     {
         "id": "connect-empty-id-persistent",
@@ -400,8 +402,7 @@ BYTE_CASES: list[dict[str, Any]] = [
                 "send",
                 lambda ctx, c: wire.connect(
                     ctx.cid(),
-                    will_topic=ctx.topic("").encode() + b"\xed\xa0\x80",
-                    will_payload=b"w",
+                    will=(ctx.topic("").encode() + b"\xed\xa0\x80", b"w"),
                 ),
             ),
             CLOSED,

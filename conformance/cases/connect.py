@@ -150,7 +150,7 @@ async def rejected_ignores(ctx: Context) -> None:
     ctx.retained_topics.add(topic)
     c = await ctx.client()
     await c.send(
-        wire.connect(ctx.cid(), level=42)
+        wire.connect(ctx.cid(), proto=("MQTT", 42))
         + wire.publish(topic, b"must-not-exist", qos=1, retain=True, pid=1)
     )
     await c.expect_bytes(wire.connack(False, 1), "CONNACK 0x01")

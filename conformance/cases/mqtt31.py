@@ -5,7 +5,7 @@ from __future__ import annotations
 from conformance import wire
 from conformance.core import Context, Fail, case
 
-V31 = {"protocol_name": "MQIsdp", "level": 3}
+V31 = ("MQIsdp", 3)
 
 
 @case(
@@ -15,7 +15,7 @@ V31 = {"protocol_name": "MQIsdp", "level": 3}
 )
 async def accepted(ctx: Context) -> None:
     c = await ctx.client()
-    await c.send(wire.connect(ctx.cid(), **V31))  # type: ignore[arg-type]
+    await c.send(wire.connect(ctx.cid(), proto=V31))
     await c.expect_bytes(wire.connack(False, 0), "CONNACK")
     await c.ping()
 
@@ -27,7 +27,7 @@ async def accepted(ctx: Context) -> None:
 )
 async def empty_id(ctx: Context) -> None:
     c = await ctx.client()
-    await c.send(wire.connect("", **V31))  # type: ignore[arg-type]
+    await c.send(wire.connect("", proto=V31))
     await c.expect_bytes(wire.connack(False, 2), "CONNACK 0x02")
     await c.expect_closed()
 
@@ -41,13 +41,13 @@ async def no_sp(ctx: Context) -> None:
     cid = ctx.cid("v31")
     topic = ctx.topic("v31")
     a = await ctx.client("a")
-    await a.connect(cid, clean=False, **V31)  # type: ignore[arg-type]
+    await a.connect(cid, clean=False, proto=V31)
     await a.subscribe([(topic, 1)])
     await a.disconnect()
     p = await ctx.connected("pub")
     await p.publish(topic, b"queued", qos=1)
     b = await ctx.client("b")
-    await b.send(wire.connect(cid, clean=False, **V31))  # type: ignore[arg-type]
+    await b.send(wire.connect(cid, clean=False, proto=V31))
     await b.expect_bytes(wire.connack(False, 0), "CONNACK 20 02 00 00")
     got = (await b.publishes(1, "queued message"))[0]
     if got.payload != b"queued":
@@ -61,7 +61,7 @@ async def no_sp(ctx: Context) -> None:
 )
 async def wrong_level(ctx: Context) -> None:
     c = await ctx.client()
-    await c.send(wire.connect(ctx.cid(), protocol_name="MQIsdp", level=4))
+    await c.send(wire.connect(ctx.cid(), proto=("MQIsdp", 4)))
     seen = await c.expect_closed(allow_packets=True)
     if not seen:
         ctx.choice("closed without CONNACK")
@@ -79,12 +79,12 @@ async def wrong_level(ctx: Context) -> None:
 async def pubsub(ctx: Context) -> None:
     topic = ctx.topic("v31")
     s = await ctx.client("sub")
-    await s.connect(**V31)  # type: ignore[arg-type]
+    await s.connect(proto=V31)
     suback = await s.subscribe([(topic, 2)], check=False)
     if list(suback.codes) not in ([0], [1], [2]):
         raise Fail(f"SUBACK to a 3.1 client: {list(suback.codes)}")
     p = await ctx.client("pub")
-    await p.connect(**V31)  # type: ignore[arg-type]
+    await p.connect(proto=V31)
     for q in (0, 1, 2):
         await p.publish(topic, f"q{q}".encode(), qos=q)
     got = await s.publishes(3)
@@ -99,7 +99,7 @@ async def pubsub(ctx: Context) -> None:
 )
 async def long_id(ctx: Context) -> None:
     c = await ctx.client()
-    pkt = await c.connect((ctx.run_id * 4)[:30], expect_code=None, **V31)  # type: ignore[arg-type]
+    pkt = await c.connect((ctx.run_id * 4)[:30], expect_code=None, proto=V31)
     if pkt.raw == wire.connack(False, 0):
         ctx.choice("3.1 ClientIds over 23 characters are accepted")
     elif pkt.raw == wire.connack(False, 2):
@@ -119,7 +119,7 @@ async def will31(ctx: Context) -> None:
     s = await ctx.connected("watch")
     await s.subscribe([(wt, 1)])
     c = await ctx.client("dying")
-    await c.connect(will_topic=wt, will_payload=b"bye31", **V31)  # type: ignore[arg-type]
+    await c.connect(will=(wt, b"bye31"), proto=V31)
     await c.aclose()
     got = (await s.publishes(1, "Will"))[0]
     if got.payload != b"bye31":

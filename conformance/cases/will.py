@@ -23,7 +23,7 @@ async def will_on_close(ctx: Context) -> None:
     wt = ctx.topic("will")
     s = await _watch(ctx, wt)
     c = await ctx.client("dying")
-    await c.connect(will_topic=wt, will_payload=b"gone", will_qos=1)
+    await c.connect(will=(wt, b"gone", 1))
     await c.aclose()
     got = (await s.publishes(1, "Will message"))[0]
     if (got.topic, got.payload, got.qos, got.retain) != (wt.encode(), b"gone", 1, False):
@@ -44,7 +44,7 @@ async def will_retained(ctx: Context) -> None:
     wt = ctx.topic("will")
     ctx.retained_topics.add(wt)
     c = await ctx.client("dying")
-    await c.connect(will_topic=wt, will_payload=b"retained-will", will_retain=True)
+    await c.connect(will=(wt, b"retained-will", 0, True))
     s = await _watch(ctx, wt)
     await c.aclose()
     await s.publishes(1, "Will message")
@@ -65,7 +65,7 @@ async def will_disconnect(ctx: Context) -> None:
     wt = ctx.topic("will")
     s = await _watch(ctx, wt)
     c = await ctx.client("polite")
-    await c.connect(will_topic=wt, will_payload=b"must-not")
+    await c.connect(will=(wt, b"must-not"))
     await c.disconnect()
     # A second connection with the same id ends abruptly: the discarded Will stays gone.
     again = await ctx.client("again")
@@ -109,7 +109,7 @@ async def will_once(ctx: Context) -> None:
     s = await _watch(ctx, wt)
     cid = ctx.cid("w")
     c = await ctx.client("dying")
-    await c.connect(cid, clean=False, will_topic=wt, will_payload=b"once", will_qos=1)
+    await c.connect(cid, clean=False, will=(wt, b"once", 1))
     await c.aclose()
     await s.publishes(1, "Will message")
     c2 = await ctx.client("back")
@@ -131,7 +131,7 @@ async def will_keepalive(ctx: Context) -> None:
     wt = ctx.topic("will")
     s = await _watch(ctx, wt)
     c = await ctx.client("silent")
-    await c.connect(keepalive=1, will_topic=wt, will_payload=b"timeout")
+    await c.connect(keepalive=1, will=(wt, b"timeout"))
     await c.expect_closed(grace=1.5)
     got = (await s.publishes(1, "Will message"))[0]
     if got.payload != b"timeout":
@@ -148,7 +148,7 @@ async def will_violation(ctx: Context) -> None:
     wt = ctx.topic("will")
     s = await _watch(ctx, wt)
     c = await ctx.client("bad")
-    await c.connect(will_topic=wt, will_payload=b"violation")
+    await c.connect(will=(wt, b"violation"))
     await c.send(wire.connect(ctx.cid()))
     await c.expect_closed()
     got = (await s.publishes(1, "Will message"))[0]

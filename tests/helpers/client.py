@@ -1,12 +1,16 @@
-"""A byte-level MQTT test client over a real socket, independent of ``mqttd.codec``.
+"""A byte-level MQTT test client over any trio stream, independent of ``mqttd.codec``.
 
-It frames incoming packets by their fixed header only, so tests compare exact bytes built with
-``tests.helpers.wire``.
+It frames incoming packets by their fixed header only (``wire.Framer``), so tests compare exact
+bytes built with ``tests.helpers.wire``.
 """
 
 from __future__ import annotations
 
+from collections import deque
+
 import trio
+
+from tests.helpers import wire
 
 #: Every network wait in a test is bounded by this many seconds of trio time.
 TIMEOUT_S = 10.0
@@ -20,7 +24,8 @@ class WireClient:
 
     def __init__(self, stream: trio.abc.Stream) -> None:
         self.stream = stream
-        self._buffer = bytearray()
+        self._framer = wire.Framer()
+        self._packets: deque[bytes] = deque()  # whole packets read but not yet returned
         OPEN_CLIENTS.append(self)
 
     @classmethod
@@ -36,37 +41,16 @@ class WireClient:
         data = await self.stream.receive_some(65536)
         if not data:
             return False
-        self._buffer += data
+        self._packets.extend(self._framer.feed_raw(data))
         return True
-
-    def _complete_packet_length(self) -> int | None:
-        buf = self._buffer
-        if len(buf) < 2:
-            return None
-        length = 0
-        multiplier = 1
-        index = 1
-        while True:
-            if index >= len(buf):
-                return None
-            byte = buf[index]
-            length += (byte & 0x7F) * multiplier
-            multiplier *= 128
-            index += 1
-            if not byte & 0x80:
-                break
-        total = index + length
-        return total if len(buf) >= total else None
 
     async def read_packet(self, timeout: float = TIMEOUT_S) -> bytes:
         """The next whole packet; fails if the connection closes first."""
         with trio.fail_after(timeout):
-            while (total := self._complete_packet_length()) is None:
+            while not self._packets:
                 if not await self._fill():
                     raise EOFError("connection closed before a whole packet arrived")
-        packet = bytes(self._buffer[:total])
-        del self._buffer[:total]
-        return packet
+        return self._packets.popleft()
 
     async def expect(self, expected: bytes) -> None:
         """Read one packet and assert it is exactly ``expected``."""
@@ -82,7 +66,8 @@ class WireClient:
                         break
                 except (trio.BrokenResourceError, ConnectionResetError):
                     break
-        assert not self._buffer, f"unexpected bytes before close: {bytes(self._buffer).hex(' ')}"
+        unread = b"".join(self._packets) + self._framer.unparsed()
+        assert not unread, f"unexpected bytes before close: {unread.hex(' ')}"
 
     async def aclose(self) -> None:
         with trio.move_on_after(1):
@@ -93,8 +78,6 @@ async def connect_client(
     port: int, client_id: str, *, session_present: bool = False, **connect_args: object
 ) -> WireClient:
     """Open a socket, CONNECT, and assert the CONNACK accepts with ``session_present``."""
-    from tests.helpers import wire
-
     client = await WireClient.open(port)
     await client.send(wire.connect(client_id, **connect_args))  # type: ignore[arg-type]
     await client.expect(wire.connack(session_present, 0))
@@ -103,15 +86,11 @@ async def connect_client(
 
 async def subscribe(client: WireClient, pid: int, *subscriptions: tuple[str, int]) -> None:
     """SUBSCRIBE and assert the SUBACK grants exactly the requested QoS values."""
-    from tests.helpers import wire
-
     await client.send(wire.subscribe(pid, subscriptions))
     await client.expect(wire.suback(pid, [qos for _, qos in subscriptions]))
 
 
 async def sync(client: WireClient) -> None:
     """Round-trip a PINGREQ: everything the broker sent before PINGRESP has been read first."""
-    from tests.helpers import wire
-
     await client.send(wire.pingreq())
     await client.expect(wire.pingresp())
