@@ -72,8 +72,7 @@ async def open_session(
 async def test_ca_rotation_refuses_certificates_of_the_removed_ca(
     nursery: trio.Nursery, tmp_path: Path, transport: str
 ) -> None:
-    """Issue 16 item 8: after the cafile is replaced and reloaded, a client certificate from the
-    removed CA is refused and one from the new CA accepted; open connections stay."""
+    """Issue 16 item 8: after a CA swap and reload only the new CA's client certs are accepted."""
     pki = Pki(tmp_path)
     listener = ListenerConfig(
         type=transport,  # type: ignore[arg-type]
@@ -103,8 +102,7 @@ async def test_ca_rotation_refuses_certificates_of_the_removed_ca(
 async def test_broken_cafile_on_reload_keeps_the_previous_context(
     nursery: trio.Nursery, tmp_path: Path
 ) -> None:
-    """Issue 16 item 8: a cafile that cannot be loaded on reload keeps the previous context
-    (same CAs accepted and refused) and logs tls_reload_failed."""
+    """Issue 16 item 8: a broken cafile on reload keeps the previous context, tls_reload_failed."""
     pki = Pki(tmp_path)
     listener = ListenerConfig(
         type="tls",
@@ -175,8 +173,7 @@ def location(response: bytes) -> str | None:
 async def test_directory_redirect_is_never_protocol_relative(
     nursery: trio.Nursery, tmp_path: Path, target: str
 ) -> None:
-    """Issue 16 item 10: a directory asked for with extra slashes redirects to ``/vendor/``,
-    never to ``//vendor/`` (which a browser reads as another host)."""
+    """Issue 16 item 10: extra slashes before a directory redirect to /vendor/, never //vendor/."""
     web_root = tmp_path / "web"
     (web_root / "vendor").mkdir(parents=True)
     (web_root / "vendor" / "index.html").write_text("vendor")
@@ -211,8 +208,7 @@ def upgrade_request(key: str) -> bytes:
 async def test_websocket_key_not_16_bytes_of_base64_is_400(
     nursery: trio.Nursery, tmp_path: Path, key: str
 ) -> None:
-    """Issue 16 item 11, RFC 6455 4.2.1: a Sec-WebSocket-Key that is not the base64 encoding of
-    16 bytes gets a 400 and one ws_handshake_rejected warning, never a 101."""
+    """RFC 6455 4.2.1 (issue 16 item 11): a key not 16 bytes of base64 gets 400 and one warning."""
     handled: list[ConnectionInfo] = []
     port = await start_ws(nursery, tmp_path, handled)
     with trio.fail_after(TIMEOUT_S), capture_logs() as logs:
@@ -226,8 +222,7 @@ async def test_websocket_key_not_16_bytes_of_base64_is_400(
 
 
 async def test_websocket_key_of_16_bytes_is_accepted(nursery: trio.Nursery, tmp_path: Path) -> None:
-    """RFC 6455 4.2.1: a key that is 16 bytes of base64 (the counterpart of the refusals) is
-    answered with 101."""
+    """RFC 6455 4.2.1: a key that is the base64 encoding of 16 bytes is answered with 101."""
     handled: list[ConnectionInfo] = []
     port = await start_ws(nursery, tmp_path, handled)
     with trio.fail_after(TIMEOUT_S):
@@ -238,8 +233,7 @@ async def test_websocket_key_of_16_bytes_is_accepted(nursery: trio.Nursery, tmp_
 async def test_request_head_over_the_limit_in_one_write_is_431(
     nursery: trio.Nursery, tmp_path: Path
 ) -> None:
-    """Issue 16 item 12: a complete 20 KB request head sent in one write is refused with 431
-    and the connection closed, as one that arrives in pieces is."""
+    """Issue 16 item 12: a whole 20 KB request head in one write gets 431 and the close."""
     handled: list[ConnectionInfo] = []
     port = await start_ws(nursery, tmp_path, handled)
     request = b"GET /mqtt HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 20_000 + b"\r\n\r\n"

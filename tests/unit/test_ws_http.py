@@ -61,8 +61,7 @@ def test_directory_without_slash_redirects(web_root: Path) -> None:
 
 @pytest.mark.parametrize("path", ["//sub", "////sub", "/.//sub", "/%2F%2Fsub", "/./sub"])
 def test_directory_redirect_is_a_single_slash_path(web_root: Path, path: str) -> None:
-    """Issue 16 item 10: the redirect for a directory is ``/sub/``, never the protocol-relative
-    ``//sub/`` that a browser would read as another host."""
+    """Issue 16 item 10: a directory redirects to /sub/, never to the protocol-relative //sub/."""
     assert resolve_static(web_root, path) == "/sub/"
 
 
@@ -77,8 +76,7 @@ def test_redirect_location_keeps_segments_percent_encoded(web_root: Path) -> Non
     [("/", "/"), ("/a/b?x=1", "/a/b"), ("//vendor", "//vendor"), ("*", None), ("http://x/", None)],
 )
 def test_request_path_of_origin_form_targets(target: str, path: str | None) -> None:
-    """RFC 9112 3.2.1: an origin-form target is the path and query; a leading ``//`` is part of
-    the path, not an authority."""
+    """RFC 9112 3.2.1: in an origin-form target a leading // is part of the path, not a host."""
     request = h11.Request(method="GET", target=target, headers=[("Host", "x")])
     assert request_path(request) == path
 
@@ -241,8 +239,7 @@ def _head(size: int) -> bytes:
     "split", [None, MAX_HEAD_BYTES // 2], ids=["one_read", "two_reads_each_under_the_limit"]
 )
 async def test_request_head_over_the_limit_is_431_whatever_the_reads(split: int | None) -> None:
-    """Issue 16 item 12: a complete head one byte over MAX_HEAD_BYTES is refused with 431,
-    whether it arrives in one read or in reads each under the limit."""
+    """Issue 16 item 12: a head 1 byte over MAX_HEAD_BYTES gets 431, however it is read."""
     head = _head(MAX_HEAD_BYTES + 1)
     pieces = [head] if split is None else [head[:split], head[split:]]
     request, error, response = await _read_head(pieces)
