@@ -221,7 +221,7 @@ class Client:
         expect_code: int | None = 0,
         clean: bool = True,
         keepalive: int = KEEPALIVE_S,
-        will: tuple[wire.Text, bytes] | tuple[wire.Text, bytes, int, bool] | None = None,
+        will: wire.Will | None = None,
         username: str | None = None,
         password: bytes | None = None,
         proto: tuple[str, int] = ("MQTT", 4),

@@ -63,6 +63,8 @@ NAMES = {
 MAX_REMAINING_LENGTH = 268_435_455
 
 Text = str | bytes
+#: A Will as ``connect`` takes it: ``(topic, message[, qos[, retain]])``.
+Will = tuple[Text, bytes] | tuple[Text, bytes, int] | tuple[Text, bytes, int, bool]
 
 
 class WireError(Exception):
@@ -112,10 +114,7 @@ def connect(
     client_id: Text,
     clean: bool = True,
     keepalive: int = 0,
-    will: tuple[Text, bytes]
-    | tuple[Text, bytes, int]
-    | tuple[Text, bytes, int, bool]
-    | None = None,
+    will: Will | None = None,
     username: Text | None = None,
     password: bytes | None = None,
     proto: tuple[Text, int] = ("MQTT", 4),
@@ -252,7 +251,7 @@ class Framer:
         self._buf = bytearray()
         self._max = max_packet_size
 
-    def feed(self, data: bytes) -> list[tuple[int, bytes]]:
+    def feed(self, data: bytes | bytearray) -> list[tuple[int, bytes]]:
         """Buffer ``data``; return every packet now complete as ``(first byte, body)``, in order.
 
         Raises:
@@ -285,7 +284,7 @@ class Framer:
             del buf[:pos]
         return out
 
-    def feed_raw(self, data: bytes) -> list[bytes]:
+    def feed_raw(self, data: bytes | bytearray) -> list[bytes]:
         """Buffer ``data``; return the exact bytes of every packet now complete, in order.
 
         Raises:
@@ -473,7 +472,7 @@ class Decoder:
         self._unframed = bytearray()
         self._ready: deque[bytes] = deque()
 
-    def feed(self, data: bytes) -> None:
+    def feed(self, data: bytes | bytearray) -> None:
         """Buffer ``data`` (nothing is parsed yet)."""
         self._unframed += data
 

@@ -11,12 +11,9 @@ subscriber's ``on_message`` (min / median / max, in milliseconds).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import queue
 import statistics
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -24,6 +21,8 @@ from pathlib import Path
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
+
+from conformance.broker_process import start_mqttd
 
 CONFIG = """
 [broker]
@@ -42,29 +41,6 @@ port = 0
 tls_dev_certs = true
 """
 WAIT_S = 60.0
-
-
-def start_broker(workdir: Path) -> tuple[subprocess.Popen[bytes], dict[str, int]]:
-    """Run mqttd and read the bound ports from its ``listener_started`` log lines."""
-    config = workdir / "mqttd.toml"
-    config.write_text(CONFIG)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "mqttd", "--config", str(config), "--log-format", "json"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    assert proc.stderr is not None
-    ports: dict[str, int] = {}
-    while len(ports) < 3:
-        line = proc.stderr.readline()
-        if not line:
-            raise SystemExit("mqttd exited during startup")
-        event = json.loads(line)
-        if event.get("event") == "listener_started":
-            ports[event["transport"]] = int(event["port"])
-    # Keep draining the log so the broker never blocks on a full pipe.
-    threading.Thread(target=lambda: [None for _ in proc.stderr], daemon=True).start()  # type: ignore[union-attr]
-    return proc, ports
 
 
 def client(
@@ -96,8 +72,10 @@ def main() -> None:
     args = parser.parse_args()
     payload = os.urandom(args.size)
     with tempfile.TemporaryDirectory() as tmp:
-        proc, ports = start_broker(Path(tmp))
-        try:
+        config = Path(tmp) / "mqttd.toml"
+        config.write_text(CONFIG)
+        with start_mqttd(config) as broker:
+            ports = broker.ports
             ca_file = Path(tmp) / "data" / "tls" / "ca.pem"
             publisher, _ = client("pub", "tcp", ports["tcp"], ca_file)
             print(f"{args.size} bytes, {args.rounds} rounds, TCP publisher, QoS 1")
@@ -121,9 +99,6 @@ def main() -> None:
                 )
             publisher.disconnect()
             publisher.loop_stop()
-        finally:
-            proc.terminate()
-            proc.wait(timeout=10)
 
 
 if __name__ == "__main__":

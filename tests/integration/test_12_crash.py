@@ -4,17 +4,12 @@ intact, and every acknowledged retained message is there."""
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from functools import partial
 from pathlib import Path
 
 import pytest
 import trio
 
+from conformance.broker_process import run_mqttd
 from tests.helpers import wire
 from tests.helpers.client import WireClient
 
@@ -28,58 +23,9 @@ TIMEOUT_S = 60
 
 def parse_publish(packet: bytes) -> tuple[str, int, int | None, bytes]:
     """(topic, qos, packet id, payload) of a PUBLISH packet."""
-    qos = (packet[0] >> 1) & 3
-    index = 1
-    while packet[index] & 0x80:
-        index += 1
-    index += 1
-    topic_length = int.from_bytes(packet[index : index + 2], "big")
-    topic = packet[index + 2 : index + 2 + topic_length].decode()
-    index += 2 + topic_length
-    packet_id = None
-    if qos:
-        packet_id = int.from_bytes(packet[index : index + 2], "big")
-        index += 2
-    return topic, qos, packet_id, packet[index:]
-
-
-@asynccontextmanager
-async def broker_process(config: Path) -> AsyncIterator[tuple[trio.Process, int]]:
-    """Run ``python -m mqttd`` and yield it with its TCP port (from the JSON start-up log)."""
-    async with trio.open_nursery() as nursery:
-        process: trio.Process = await nursery.start(
-            partial(
-                trio.run_process,
-                [sys.executable, "-m", "mqttd", "--config", str(config), "--log-format", "json"],
-                stderr=subprocess.PIPE,
-                check=False,
-            )
-        )
-        assert process.stderr is not None
-        buffer = b""
-        port = None
-        with trio.fail_after(TIMEOUT_S):
-            while port is None:
-                chunk = await process.stderr.receive_some(65536)
-                assert chunk, "mqttd exited before listening"
-                buffer += chunk
-                *lines, buffer = buffer.split(b"\n")
-                for line in lines:
-                    event = json.loads(line)
-                    if event.get("event") == "listener_started":
-                        port = event["port"]
-
-        async def drain_stderr() -> None:  # keep the pipe from filling up
-            assert process.stderr is not None
-            while await process.stderr.receive_some(65536):
-                pass
-
-        nursery.start_soon(drain_stderr)
-        try:
-            yield process, port
-        finally:
-            if process.returncode is None:
-                process.kill()
+    publish = wire.parse(packet)
+    assert publish.topic is not None  # a PUBLISH always has one
+    return publish.topic.decode(), publish.qos, publish.pid, publish.payload
 
 
 async def connect(port: int, client_id: str, *, clean: bool, present: bool | None) -> WireClient:
@@ -189,7 +135,8 @@ async def test_kill_9_loses_no_acknowledged_message(tmp_path: Path, qos: int) ->
         "[limits]\nmax_queued_messages = 100000\n"
         '[store]\ndurability = "fsync"\npath = "state/mqttd.db"\n'
     )
-    async with broker_process(config) as (process, port):
+    async with run_mqttd(config) as broker:
+        process, port = broker.proc, broker.ports["tcp"]
         sub = await connect(port, "crash-sub", clean=False, present=False)
         await sub.send(wire.subscribe(1, [("crash/stream", qos)]))
         assert await sub.read_packet() == wire.suback(1, [qos])
@@ -200,7 +147,8 @@ async def test_kill_9_loses_no_acknowledged_message(tmp_path: Path, qos: int) ->
             await process.wait()
         assert process.returncode == -9
 
-    async with broker_process(config) as (process, port):
+    async with run_mqttd(config) as broker:
+        port = broker.ports["tcp"]
         received = await receive_all(port, acked, qos)
         if qos == 2:
             assert len(received) == len(set(received)), "QoS 2 delivered a message twice"

@@ -20,6 +20,13 @@ import pytest
 import trio
 
 import mqttd
+from conformance.broker_process import (
+    BrokerStartError,
+    TrioBrokerProcess,
+    mqttd_argv,
+    spawn_mqttd,
+    start_mqttd,
+)
 from tests.helpers import wire
 
 #: Upper bound for any single wait in these tests, in seconds (generous: the machine is shared).
@@ -30,7 +37,7 @@ async def run_mqttd(*args: str | Path) -> subprocess.CompletedProcess[bytes]:
     """Run ``python -m mqttd ARGS`` to completion and capture its output."""
     with trio.fail_after(TIMEOUT_S):
         return await trio.run_process(
-            [sys.executable, "-m", "mqttd", *map(str, args)],
+            mqttd_argv(*args),
             capture_stdout=True,
             capture_stderr=True,
             check=False,
@@ -51,75 +58,19 @@ def assert_one_line_error(result: subprocess.CompletedProcess[bytes], *fragments
     return lines[0]
 
 
-class BrokerProcess:
-    """A running ``python -m mqttd`` child whose stderr is read line by line."""
-
-    def __init__(self, proc: trio.Process) -> None:
-        self.proc = proc
-        self.lines: list[str] = []
-        self._buffer = b""
-        self._eof = False
-
-    async def next_line(self) -> str | None:
-        """The next stderr line, or None at EOF (the caller bounds the wait)."""
-        assert self.proc.stderr is not None
-        while b"\n" not in self._buffer:
-            chunk = b"" if self._eof else await self.proc.stderr.receive_some(65536)
-            if not chunk:
-                self._eof = True
-                if not self._buffer:
-                    return None
-                self._buffer += b"\n"
-                break
-            self._buffer += chunk
-        raw, _, self._buffer = self._buffer.partition(b"\n")
-        line = raw.decode()
-        self.lines.append(line)
-        return line
-
-    async def wait_for_event(self, event: str) -> dict[str, Any]:
-        """Read JSON log lines until one has ``event``; return it."""
-        with trio.fail_after(TIMEOUT_S):
-            while True:
-                line = await self.next_line()
-                if line is None:
-                    raise AssertionError(f"mqttd exited before logging {event}: {self.lines}")
-                record = json.loads(line)
-                if record.get("event") == event:
-                    return record
-
-    async def wait_exit(self, timeout: float) -> int:
-        """Wait for the process to exit and for its stderr to be read to the end."""
-        with trio.fail_after(timeout):
-            while await self.next_line() is not None:
-                pass
-            return await self.proc.wait()
-
-
 @pytest.fixture
 async def start_broker() -> AsyncIterator[Any]:
-    """Start ``python -m mqttd ARGS``; kill it at the end of the test if it still runs."""
-    procs: list[trio.Process] = []
+    """Start ``python -m mqttd ARGS``; stop it at the end of the test if it still runs."""
+    brokers: list[TrioBrokerProcess] = []
 
-    async def start(*args: str | Path) -> BrokerProcess:
-        proc = await trio.lowlevel.open_process(
-            [sys.executable, "-m", "mqttd", *map(str, args)],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            start_new_session=True,  # a Ctrl-C at the terminal must not reach it
-        )
-        procs.append(proc)
-        return BrokerProcess(proc)
+    async def start(*args: str | Path) -> TrioBrokerProcess:
+        # In its own session: a Ctrl-C at the terminal must not reach it.
+        brokers.append(await spawn_mqttd(*args, new_session=True))
+        return brokers[-1]
 
     yield start
-    for proc in procs:
-        if proc.returncode is None:
-            proc.kill()
-        with trio.move_on_after(TIMEOUT_S):
-            await proc.wait()
-        if proc.stderr is not None:
-            await proc.stderr.aclose()
+    for broker in brokers:
+        await broker.aclose(timeout_s=5)
 
 
 async def read_exactly(stream: trio.abc.ReceiveStream, n: int) -> bytes:
@@ -346,7 +297,7 @@ async def test_broker_serves_then_exits_0_on_signal(
 ) -> None:
     """Start on port 0, CONNECT/CONNACK over TCP, then a signal gives exit 0 within 10 s."""
     path = write_config(f'[[listeners]]\ntype = "tcp"\nhost = "127.0.0.1"\nport = 0\n{log_section}')
-    broker: BrokerProcess = await start_broker("--config", path, *flags)
+    broker: TrioBrokerProcess = await start_broker("--config", path, *flags)
     started = await broker.wait_for_event("listener_started")
     assert started["transport"] == "tcp"
     assert started["host"] == "127.0.0.1"
@@ -362,7 +313,7 @@ async def test_broker_serves_then_exits_0_on_signal(
         assert await read_exactly(client, 4) == bytes.fromhex("20 02 00 00")
 
         os.kill(broker.proc.pid, signum)
-        assert await broker.wait_exit(timeout=10) == 0
+        assert await broker.wait_exit(timeout_s=10) == 0
         # The broker closed our connection on its way out.
         assert await read_exactly(client, 1) == b""
 
@@ -411,3 +362,25 @@ async def test_corrupt_store_exits_2_with_what_to_do(write_config: Any, tmp_path
     assert last.startswith("mqttd: store ")
     assert str(database) in last
     assert "backup" in last
+
+
+async def test_start_helper_reports_every_listener_and_an_early_exit(write_config: Any) -> None:
+    """conformance.broker_process (used by the tests and the benchmarks) returns the bound port
+    of each listener, and turns an exit during start-up into an error with the broker's line."""
+    path = write_config(
+        '[[listeners]]\ntype = "tcp"\nhost = "127.0.0.1"\nport = 0\n'
+        '[[listeners]]\ntype = "ws"\nhost = "127.0.0.1"\nport = 0\n'
+    )
+    broker = await trio.to_thread.run_sync(start_mqttd, path)
+    try:
+        assert sorted(broker.ports) == ["tcp", "ws"]
+        assert [r["port"] for r in broker.listeners] == [broker.ports["tcp"], broker.ports["ws"]]
+    finally:
+        assert await trio.to_thread.run_sync(broker.stop) == 0
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        taken = sock.getsockname()[1]
+        busy = write_config(f'[[listeners]]\nhost = "127.0.0.1"\nport = {taken}\n')
+        with pytest.raises(BrokerStartError, match="in use"):
+            await trio.to_thread.run_sync(start_mqttd, busy)

@@ -9,22 +9,18 @@ in the page's DOM. A screenshot is saved under the test's tmp dir.
 
 from __future__ import annotations
 
-import functools
 import json
 import os
-import queue
 import shutil
 import subprocess
-import sys
-import threading
-import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
-import trio
+
+from conformance.broker_process import BrokerProcess, LogLines, Record, start_mqttd
+from tests.helpers.threads import in_thread
 
 pytestmark = [pytest.mark.interop, pytest.mark.slow]
 
@@ -32,16 +28,6 @@ REPO_ROOT = Path(__file__).resolve().parent.parent.parent
 JS_DIR = REPO_ROOT / "tests" / "js"
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 WAIT_S = 90.0
-
-
-def in_thread(test: Callable[..., None]) -> Callable[..., Awaitable[None]]:
-    """Run a blocking test body in a worker thread, as a Trio test (the suite runs in trio mode)."""
-
-    @functools.wraps(test)
-    async def run(*args: object, **kwargs: object) -> None:
-        await trio.to_thread.run_sync(functools.partial(test, *args, **kwargs))
-
-    return run
 
 
 def _require_tools() -> str:
@@ -65,43 +51,13 @@ def _require_tools() -> str:
     return node
 
 
-class JsonLines:
-    """JSON objects read line by line from a pipe by a thread; wait for one with a deadline."""
-
-    def __init__(self, pipe: Any) -> None:
-        self.queue: queue.Queue[dict[str, Any]] = queue.Queue()
-        self.seen: list[dict[str, Any]] = []
-        self.thread = threading.Thread(target=self._read, args=(pipe,), daemon=True)
-        self.thread.start()
-
-    def _read(self, pipe: Any) -> None:
-        for raw in pipe:
-            try:
-                self.queue.put(json.loads(raw))
-            except ValueError:
-                self.queue.put({"event": "output", "line": raw.decode(errors="replace")})
-
-    def wait_for(self, predicate: Callable[[dict[str, Any]], bool], what: str) -> dict[str, Any]:
-        for line in self.seen:
-            if predicate(line):
-                return line
-        deadline = time.monotonic() + WAIT_S
-        while (left := deadline - time.monotonic()) > 0:
-            try:
-                line = self.queue.get(timeout=left)
-            except queue.Empty:
-                break
-            self.seen.append(line)
-            if predicate(line):
-                return line
-            if line.get("event") == "error":
-                break
-        raise AssertionError(f"no {what}; saw: {self.seen[-20:]}")
+def _is_error(line: Record) -> bool:
+    return line.get("event") == "error"
 
 
 @pytest.fixture(scope="module")
-def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[dict[str, int], JsonLines]]:
-    """mqttd serving web/ on ws and wss (dev certs), plus tcp; yields ports and its log lines."""
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BrokerProcess]:
+    """mqttd serving web/ on ws and wss (dev certs), plus tcp; its ports and its log lines."""
     tmp_path = tmp_path_factory.mktemp("browser-broker")
     config = tmp_path / "mqttd.toml"
     web_root = json.dumps(str(REPO_ROOT / "web"))
@@ -129,31 +85,8 @@ tls_dev_certs = true
 web_root = {web_root}
 """
     )
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "mqttd", "--config", str(config), "--log-format", "json"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    assert proc.stderr is not None
-    log = JsonLines(proc.stderr)
-    try:
-        ports: dict[str, int] = {}
-        for _ in range(3):
-            event = log.wait_for(
-                lambda e: e.get("event") == "listener_started" and e.get("transport") not in ports,
-                "listener_started",
-            )
-            ports[event["transport"]] = int(event["port"])
-        yield ports, log
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
-        log.thread.join(timeout=10)
-        proc.stderr.close()
+    with start_mqttd(config, timeout_s=WAIT_S) as running:
+        yield running
 
 
 @pytest.mark.parametrize(
@@ -163,7 +96,7 @@ web_root = {web_root}
 )
 @in_thread
 def test_page_receives_mosquitto_pub_message(
-    broker: tuple[dict[str, int], JsonLines],
+    broker: BrokerProcess,
     tmp_path: Path,
     scheme: str,
     query: str,
@@ -171,7 +104,7 @@ def test_page_receives_mosquitto_pub_message(
 ) -> None:
     """The page, loaded over https (or http), shows a message mosquitto_pub sends over TCP."""
     node = _require_tools()
-    ports, log = broker
+    ports = broker.ports
     port = ports["wss" if scheme == "https" else "ws"]
     payload = f"goal {uuid.uuid4().hex[:8]}"
     screenshot = tmp_path / "page.png"
@@ -190,9 +123,11 @@ def test_page_receives_mosquitto_pub_message(
         env={**os.environ, "CHROMIUM": CHROMIUM},
     )
     assert browser.stdout is not None
-    output = JsonLines(browser.stdout)
+    output = LogLines(browser.stdout)
     try:
-        ready = output.wait_for(lambda e: e.get("event") == "ready", "page ready")
+        ready = output.wait_for(
+            lambda e: e.get("event") == "ready", "page ready", WAIT_S, give_up=_is_error
+        )
         assert "granted QoS 1" in ready["subscription"]
         publish = ["mosquitto_pub", "-p", str(ports["tcp"]), "-q", "1"]
         subprocess.run(
@@ -200,7 +135,9 @@ def test_page_receives_mosquitto_pub_message(
             check=True,
             timeout=WAIT_S,
         )
-        shown = output.wait_for(lambda e: e.get("event") == "message", "message in the DOM")
+        shown = output.wait_for(
+            lambda e: e.get("event") == "message", "message in the DOM", WAIT_S, give_up=_is_error
+        )
         assert browser.wait(timeout=WAIT_S) == 0
     finally:
         if browser.poll() is None:
@@ -215,9 +152,10 @@ def test_page_receives_mosquitto_pub_message(
     expected_scheme = "wss://" if scheme == "https" else "ws://"
     assert shown["endpoint"].startswith(expected_scheme)
     client_id = shown["endpoint"].split("client id ")[1].split(" ")[0]
-    connected = log.wait_for(
+    connected = broker.wait_for(
         lambda e: e.get("event") == "client_connected" and e.get("client_id") == client_id,
         f"client_connected for {client_id}",
+        WAIT_S,
     )
     assert connected["protocol_level"] == protocol_level
     assert screenshot.read_bytes().startswith(b"\x89PNG")

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
 import trio
 
 from conformance import load_cases
+from conformance.broker_process import MOSQUITTO, free_port, start_mosquitto, start_mqttd
 from conformance.runner import FAIL, Result, run_all
 from conformance.transport import Target
-from tests.interop.brokers import mosquitto_available, start_mosquitto, start_mqttd
 
 pytestmark = [pytest.mark.interop, pytest.mark.timeout(240)]
 
@@ -49,13 +50,18 @@ def _known() -> dict[str, list[str]]:
     return {"tcp": sorted(data["failing_cases"]), "ws": sorted(data["failing_cases_ws"])}
 
 
-@pytest.mark.skipif(not mosquitto_available(), reason="mosquitto is not installed")
+@pytest.mark.skipif(not os.path.exists(MOSQUITTO), reason="mosquitto is not installed")
 async def test_mosquitto_fails_exactly_the_known_deviations(tmp_path: Path) -> None:
     """Against Mosquitto 2.0.11 (TCP and WebSocket) exactly the documented cases fail."""
     known = _known()
-    with start_mosquitto(tmp_path, ws=True) as (host, port, proc):
-        tcp = await _run(Target(host=host, port=port, timeout=MOSQUITTO_TIMEOUT_S))
-        ws_url = f"ws://{host}:{proc.ws_port}/mqtt"  # type: ignore[attr-defined]
+    ports = {"tcp": free_port(), "ws": free_port()}
+    conf = (
+        f"listener {ports['tcp']} 127.0.0.1\nallow_anonymous true\npersistence false\n"
+        f"listener {ports['ws']} 127.0.0.1\nprotocol websockets\n"
+    )
+    with start_mosquitto(conf, tmp_path, ports) as broker:
+        tcp = await _run(Target(port=broker.ports["tcp"], timeout=MOSQUITTO_TIMEOUT_S))
+        ws_url = f"ws://127.0.0.1:{broker.ports['ws']}/mqtt"
         ws = await _run(Target(ws_url=ws_url, timeout=MOSQUITTO_TIMEOUT_S))
     assert sorted(_failed(tcp)) == known["tcp"], _failed(tcp)
     assert sorted(_failed(ws)) == known["ws"], _failed(ws)
@@ -63,9 +69,12 @@ async def test_mosquitto_fails_exactly_the_known_deviations(tmp_path: Path) -> N
 
 async def test_mqttd_passes_every_case(tmp_path: Path) -> None:
     """Against mqttd (TCP and WebSocket) no case fails."""
-    with start_mqttd(tmp_path, MQTTD_CONFIG, listeners=2) as (host, port, proc):
-        tcp = await _run(Target(host=host, port=port, timeout=MQTTD_TIMEOUT_S))
-        ws_url = f"ws://{host}:{proc.ports['ws']}/mqtt"  # type: ignore[attr-defined]
+    config = tmp_path / "mqttd.toml"
+    config.write_text(MQTTD_CONFIG)
+    with start_mqttd(config) as broker:
+        host = broker.host
+        tcp = await _run(Target(host=host, port=broker.ports["tcp"], timeout=MQTTD_TIMEOUT_S))
+        ws_url = f"ws://{host}:{broker.ports['ws']}/mqtt"
         ws = await _run(Target(ws_url=ws_url, timeout=MQTTD_TIMEOUT_S))
     assert _failed(tcp) == {}
     assert _failed(ws) == {}

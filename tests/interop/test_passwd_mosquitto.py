@@ -3,8 +3,9 @@
 * a file written by Debian's ``mosquitto_passwd`` verifies with ``mqttd.auth.PasswordFile``;
 * a file written by ``mqttd passwd`` authenticates clients in a real ``mosquitto`` broker.
 
-The tests are trio tests (this directory's fixtures are async); external tools run as
-subprocesses through trio, and every wait has a deadline.
+The tests are trio tests (this directory's fixtures are async); the tools run as subprocesses
+(``mosquitto_passwd`` through trio, the broker through ``conformance.broker_process``, which waits
+for its "running" line), and every wait has a deadline.
 """
 
 from __future__ import annotations
@@ -14,22 +15,20 @@ import io
 import os
 import pwd
 import shutil
-import socket
-import struct
-import subprocess
-from collections.abc import AsyncIterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import trio
 
+from conformance.broker_process import MOSQUITTO, free_port, start_mosquitto
 from mqttd import passwd
 from mqttd.auth import PasswordFile
+from tests.helpers import wire
 
 pytestmark = [pytest.mark.interop, pytest.mark.timeout(120)]
 
 MOSQUITTO_PASSWD = shutil.which("mosquitto_passwd") or "/usr/bin/mosquitto_passwd"
-MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 MOSQUITTO_PUB = shutil.which("mosquitto_pub") or "/usr/bin/mosquitto_pub"
 
 needs_mosquitto_passwd = pytest.mark.skipif(
@@ -76,32 +75,17 @@ async def test_mosquitto_passwd_file_verifies_in_mqttd(tmp_path: Path) -> None:
     assert not pwfile.verify("nobody", b"correct horse")
 
 
-def free_port() -> int:
-    """A currently free port on 127.0.0.1 (mosquitto cannot report a port-0 listener)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def encode_string(value: bytes) -> bytes:
-    return struct.pack("!H", len(value)) + value
-
-
 async def connack_code(port: int, username: str | None, password: str | None) -> int:
     """Send an MQTT 3.1.1 CONNECT built from raw bytes; return the CONNACK return code."""
-    flags = 0x02
-    payload = encode_string(b"interop-client")
-    if username is not None:
-        flags |= 0x80
-        payload += encode_string(username.encode("utf-8"))
-    if password is not None:
-        flags |= 0x40
-        payload += encode_string(password.encode("utf-8"))
-    body = encode_string(b"MQTT") + bytes([4, flags]) + struct.pack("!H", 30) + payload
-    assert len(body) < 128
+    connect = wire.connect(
+        "interop-client",
+        keepalive=30,
+        username=username,
+        password=None if password is None else password.encode("utf-8"),
+    )
     stream = await trio.open_tcp_stream("127.0.0.1", port)
     async with stream:
-        await stream.send_all(bytes([0x10, len(body)]) + body)
+        await stream.send_all(connect)
         reply = b""
         while len(reply) < 4:
             chunk = await stream.receive_some(4 - len(reply))
@@ -112,13 +96,11 @@ async def connack_code(port: int, username: str | None, password: str | None) ->
     return reply[3]
 
 
-@contextlib.asynccontextmanager
-async def running_mosquitto(tmp_path: Path, password_file: Path) -> AsyncIterator[int]:
+@contextlib.contextmanager
+def running_mosquitto(tmp_path: Path, password_file: Path) -> Iterator[int]:
     """Start mosquitto with password_file and allow_anonymous false; yield its port."""
     port = free_port()
-    conf = tmp_path / "mosquitto.conf"
-    log = tmp_path / "mosquitto.log"
-    conf.write_text(
+    conf = (
         f"listener {port} 127.0.0.1\n"
         "allow_anonymous false\n"
         f"password_file {password_file}\n"
@@ -126,31 +108,8 @@ async def running_mosquitto(tmp_path: Path, password_file: Path) -> AsyncIterato
         # mosquitto drops root privileges to this user; stay ourselves to read the 0600 file.
         f"user {pwd.getpwuid(os.geteuid()).pw_name}\n"
     )
-    with log.open("wb") as log_file:
-        proc = await trio.lowlevel.open_process(
-            [MOSQUITTO, "-c", str(conf)], stdout=log_file, stderr=subprocess.STDOUT
-        )
-    try:
-        with trio.fail_after(20):
-            while True:
-                try:
-                    await (await trio.open_tcp_stream("127.0.0.1", port)).aclose()
-                    break
-                except OSError:
-                    # Not listening yet: pace the retries by waiting on the process itself,
-                    # which also reports at once if mosquitto gave up.
-                    with trio.move_on_after(0.05):
-                        await proc.wait()
-                    if proc.returncode is not None:
-                        pytest.fail(f"mosquitto exited {proc.returncode}: {log.read_text()}")
+    with start_mosquitto(conf, tmp_path, {"tcp": port}):
         yield port
-    finally:
-        proc.terminate()
-        with trio.move_on_after(10) as waiting:
-            await proc.wait()
-        if waiting.cancelled_caught:
-            proc.kill()
-            await proc.wait()
 
 
 def mqttd_passwd(*args: str) -> None:
@@ -177,7 +136,7 @@ async def test_mqttd_passwd_file_authenticates_in_mosquitto(tmp_path: Path) -> N
     accounts = [*USERS.items(), ("legacy", "old-style"), ("upgraded", "plain-pw")]
 
     with trio.fail_after(60):
-        async with running_mosquitto(tmp_path, path) as port:
+        with running_mosquitto(tmp_path, path) as port:
             for user, password in accounts:
                 assert await connack_code(port, user, password) == 0, user
                 assert await connack_code(port, user, password + "x") in (4, 5), user

@@ -6,8 +6,6 @@ ports; wss uses the development CA that mqttd creates in its data directory.
 
 from __future__ import annotations
 
-import functools
-import json
 import os
 import queue
 import shutil
@@ -15,28 +13,18 @@ import subprocess
 import threading
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import paho.mqtt.client as paho
 import pytest
-import trio
 from paho.mqtt.enums import CallbackAPIVersion
 
-from tests.interop.brokers import start_mqttd
+from conformance.broker_process import LogLines, Record, start_mqttd
+from tests.helpers.threads import in_thread
 
 pytestmark = pytest.mark.interop
-
-
-def in_thread(test: Callable[..., None]) -> Callable[..., Awaitable[None]]:
-    """Run a blocking test body in a worker thread, as a Trio test (the suite runs in trio mode)."""
-
-    @functools.wraps(test)
-    async def run(*args: object, **kwargs: object) -> None:
-        await trio.to_thread.run_sync(functools.partial(test, *args, **kwargs))
-
-    return run
 
 
 JS_DIR = Path(__file__).resolve().parent.parent / "js"
@@ -75,8 +63,10 @@ class Gateway:
 @pytest.fixture(scope="module")
 def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     tmp_path = tmp_path_factory.mktemp("gateway")
-    with start_mqttd(tmp_path, CONFIG, listeners=3) as (_, _, proc):
-        yield Gateway(proc.ports, tmp_path / "data" / "tls" / "ca.pem")  # type: ignore[attr-defined]
+    config = tmp_path / "mqttd.toml"
+    config.write_text(CONFIG)
+    with start_mqttd(config) as broker:
+        yield Gateway(broker.ports, tmp_path / "data" / "tls" / "ca.pem")
 
 
 class PahoClient:
@@ -208,31 +198,16 @@ class NodeProcess:
         self.proc = subprocess.Popen(
             args, cwd=JS_DIR, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
         )
-        self.lines: queue.Queue[dict[str, object]] = queue.Queue()
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
         assert self.proc.stdout is not None
-        for raw in self.proc.stdout:
-            try:
-                self.lines.put(json.loads(raw))
-            except ValueError:
-                self.lines.put({"event": "output", "line": raw.decode(errors="replace")})
+        self.output = LogLines(self.proc.stdout)
 
-    def expect(self, event: str) -> dict[str, object]:
-        deadline = time.monotonic() + WAIT_S
-        seen = []
-        while (left := deadline - time.monotonic()) > 0:
-            try:
-                line = self.lines.get(timeout=left)
-            except queue.Empty:
-                break
-            if line.get("event") == event:
-                return line
-            seen.append(line)
-            if line.get("event") == "error":
-                break
-        raise AssertionError(f"expected {event!r} from node, got {seen}")
+    def expect(self, event: str) -> Record:
+        return self.output.wait_for(
+            lambda line: line.get("event") == event,
+            f"{event!r} from node",
+            WAIT_S,
+            give_up=lambda line: line.get("event") == "error",
+        )
 
     def close(self) -> None:
         if self.proc.poll() is None:
