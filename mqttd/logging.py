@@ -23,7 +23,16 @@ from typing import Any
 
 import structlog
 
-__all__ = ["LEVELS", "bind_connection", "configure_logging", "get_logger", "merge_connection"]
+__all__ = [
+    "LEVELS",
+    "LOG_TEXT_LIMIT",
+    "LogBudget",
+    "bind_connection",
+    "clip_client_text",
+    "configure_logging",
+    "get_logger",
+    "merge_connection",
+]
 
 #: Level names accepted by ``configure_logging`` (and by ``[log] level``).
 LEVELS: dict[str, int] = {
@@ -59,6 +68,69 @@ def merge_connection(logger: Any, method_name: str, event_dict: dict[str, Any]) 
     return event_dict
 
 
+#: Most characters of one string value a log line carries. Client ids, user names, topics and
+#: filters come from the network: a 60 KB filter must not become 60 KB of log per line.
+LOG_TEXT_LIMIT = 256
+#: Most items of one list or tuple value a log line carries.
+LOG_ITEMS_LIMIT = 16
+#: Keys whose values the broker writes itself (tracebacks of its own bugs): never clipped.
+_UNCLIPPED = frozenset({"event", "exception", "timestamp", "level", "logger"})
+
+
+def _clip(value: Any) -> Any:
+    if isinstance(value, str):
+        if len(value) > LOG_TEXT_LIMIT:
+            return f"{value[:LOG_TEXT_LIMIT]}...[{len(value)} chars]"
+        return value
+    if isinstance(value, list | tuple):
+        items = [_clip(item) for item in value[:LOG_ITEMS_LIMIT]]
+        if len(value) > LOG_ITEMS_LIMIT:
+            items.append(f"...[{len(value)} items]")
+        return items
+    return value
+
+
+def clip_client_text(
+    logger: Any, method_name: str, event_dict: dict[str, Any]
+) -> dict[str, Any]:
+    """Processor: cut every string value to ``LOG_TEXT_LIMIT`` characters (and lists to
+    ``LOG_ITEMS_LIMIT`` items), saying how long it was, so no line carries more than a bounded
+    slice of client-supplied text."""
+    for key, value in event_dict.items():
+        if key not in _UNCLIPPED and isinstance(value, str | list | tuple):
+            event_dict[key] = _clip(value)
+    return event_dict
+
+
+class LogBudget:
+    """Per-connection log lines a client can trigger again and again: the first of each event is
+    logged, the rest are counted and reported once, in the connection's closing line.
+
+    A client looping on something refused (a SUBSCRIBE the ACL denies, a publish to a forbidden
+    topic) must not turn each packet into a log line.
+    """
+
+    __slots__ = ("_counts",)
+
+    def __init__(self) -> None:
+        self._counts: dict[str, int] | None = None
+
+    def first(self, event: str) -> bool:
+        """Count one occurrence of ``event``; True only for the first one (log it then)."""
+        counts = self._counts
+        if counts is None:
+            counts = self._counts = {}
+        seen = counts.get(event, 0)
+        counts[event] = seen + 1
+        return not seen
+
+    def suppressed(self) -> dict[str, int]:
+        """Occurrences not logged, by event (for the closing line)."""
+        if not self._counts:
+            return {}
+        return {event: n - 1 for event, n in self._counts.items() if n > 1}
+
+
 def configure_logging(*, json: bool, level: str, cache_logger_on_first_use: bool = True) -> None:
     """Configure structlog and the stdlib root logger to write to stderr.
 
@@ -88,6 +160,7 @@ def configure_logging(*, json: bool, level: str, cache_logger_on_first_use: bool
     structlog.configure(
         processors=[
             merge_connection,
+            clip_client_text,
             structlog.processors.add_log_level,
             timestamper,
             structlog.processors.StackInfoRenderer(),
@@ -104,6 +177,7 @@ def configure_logging(*, json: bool, level: str, cache_logger_on_first_use: bool
     formatter = structlog.stdlib.ProcessorFormatter(
         foreign_pre_chain=[
             merge_connection,
+            clip_client_text,
             structlog.stdlib.add_log_level,
             structlog.stdlib.add_logger_name,
             timestamper,

@@ -33,6 +33,7 @@ from mqttd.codec.packets import (
     Unsubscribe,
 )
 from mqttd.errors import ProtocolViolation
+from mqttd.logging import LogBudget
 from mqttd.session import Session
 
 log = structlog.get_logger("mqttd.protocol")
@@ -59,6 +60,7 @@ class ClientProtocol:
         "acl",
         "broker",
         "disconnected",
+        "logs",
         "max_topic_levels",
         "protocol_level",
         "publishes_denied",
@@ -75,6 +77,8 @@ class ClientProtocol:
         self.disconnected = False  # a DISCONNECT was received: discard the Will
         self.publishes_denied = 0
         self.max_topic_levels = broker.limits.max_topic_levels
+        #: warnings this client can trigger again and again: logged once, then counted
+        self.logs = LogBudget()
 
     def handle(self, packet: Packet) -> bool:
         """Apply one packet. Returns False once the client has sent DISCONNECT.
@@ -98,7 +102,7 @@ class ClientProtocol:
             self._publish_denied(packet.topic)
         if qos == 0:
             if allowed:
-                self.broker.publish(packet.topic, packet.payload, 0, packet.retain)
+                self._route(packet.topic, packet.payload, 0, packet.retain)
         elif qos == 1:
             # PUBACK and routing happen in the same synchronous step, so ownership passes to
             # the broker as the ack is queued ([MQTT-4.3.2-2]); the ack goes first on the wire,
@@ -106,17 +110,29 @@ class ClientProtocol:
             # is acknowledged too, so the client is not confused ([MQTT-3.3.5-2]).
             self.session.acknowledge_qos1(packet.packet_id)  # type: ignore[arg-type]
             if allowed:
-                self.broker.publish(packet.topic, packet.payload, 1, packet.retain)
+                self._route(packet.topic, packet.payload, 1, packet.retain)
         elif self.session.receive_qos2(packet.packet_id) and allowed:  # type: ignore[arg-type]
             # Method A of [MQTT-4.3.3-2]: deliver on first receipt, then refuse to deliver a
             # re-sent packet id again until its PUBREL -- exactly once, with no limit on how many
             # QoS 2 messages a publisher may leave unreleased.
-            self.broker.publish(packet.topic, packet.payload, 2, packet.retain)
+            self._route(packet.topic, packet.payload, 2, packet.retain)
+
+    def _route(self, topic: str, payload: bytes, qos: int, retain: bool) -> None:
+        if not self.broker.publish(topic, payload, qos, retain) and self.logs.first(
+            "retained_refused"
+        ):
+            # [limits] max_retained_messages / max_retained_bytes: delivered, not retained.
+            log.warning(
+                "retained_refused",
+                topic=topic,
+                retained=len(self.broker.retained),
+                retained_bytes=self.broker.retained_bytes,
+            )
 
     def _publish_denied(self, topic: str) -> None:
         # Logged once per connection (the count is in the disconnect line): a client looping
         # on a forbidden topic must not flood the log.
-        if not self.publishes_denied:
+        if self.logs.first("publish_denied"):
             log.warning("publish_denied", topic=topic, reason="acl")
         self.publishes_denied += 1
 
@@ -159,7 +175,7 @@ class ClientProtocol:
                 codes.append(qos)
             else:
                 codes.append(SUBACK_FAILURE)  # [MQTT-3.9.3-2]
-        if len(allowed) < len(packet.subscriptions):
+        if len(allowed) < len(packet.subscriptions) and self.logs.first("subscribe_refused"):
             refused = [f for f, _ in packet.subscriptions if f not in granted]
             log.warning("subscribe_refused", count=len(refused), first=refused[0])
         # SUBACK with the same packet id, one code per filter in order ([MQTT-3.8.4-1],

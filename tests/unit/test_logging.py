@@ -55,3 +55,37 @@ async def test_tasks_log_as_their_own_connection() -> None:
     assert by_event["own"]["client_id"] == "c2"
     assert by_event["parent"]["client_id"] == "c1"
     assert outside == {"event": "outside"}
+
+
+def test_client_text_is_clipped_with_its_length() -> None:
+    """String values over LOG_TEXT_LIMIT are cut and say how long they were; lists are cut
+    too; the event name and tracebacks are left alone."""
+    from mqttd.logging import LOG_ITEMS_LIMIT, LOG_TEXT_LIMIT, clip_client_text
+
+    line = clip_client_text(
+        None,
+        "warning",
+        {
+            "event": "subscribe_refused",
+            "first": "x" * 60_000,
+            "offered": ["y" * 1000] * 100,
+            "exception": "z" * 5000,
+            "count": 3,
+        },
+    )
+    assert line["first"] == "x" * LOG_TEXT_LIMIT + "...[60000 chars]"
+    assert len(line["offered"]) == LOG_ITEMS_LIMIT + 1
+    assert line["offered"][-1] == "...[100 items]"
+    assert line["exception"] == "z" * 5000
+    assert line["count"] == 3
+
+
+def test_log_budget_logs_the_first_and_counts_the_rest() -> None:
+    """LogBudget: True once per event, the rest counted for the closing line."""
+    from mqttd.logging import LogBudget
+
+    budget = LogBudget()
+    assert budget.suppressed() == {}
+    assert [budget.first("a") for _ in range(3)] == [True, False, False]
+    assert budget.first("b")
+    assert budget.suppressed() == {"a": 2}
