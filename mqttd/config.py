@@ -114,11 +114,16 @@ class AuthConfig:
             written by mosquitto_passwd or mqttd passwd); unset accepts any user name.
         acl_file: Mosquitto-format ACL file (topic/user/pattern lines); unset allows every
             topic except publishing to $-topics.
+        session_owner_check: a persistent session belongs to the user name that created it:
+            another user connecting with its client id starts a clean session (the old one is
+            discarded and logged); false resumes it, as Mosquitto does, delivering only what
+            the new user may read.
     """
 
     allow_anonymous: bool | None = None
     password_file: Path | None = None
     acl_file: Path | None = None
+    session_owner_check: bool = True
 
     def anonymous_allowed(self, listener_host: str) -> bool:
         """``allow_anonymous``, or its default for a listener on ``listener_host``."""
@@ -150,6 +155,9 @@ class LimitsConfig:
         max_queued_bytes: payload bytes queued per client; more are dropped and counted.
         max_packet_size: largest Remaining Length accepted, in bytes; a larger packet closes
             the connection.
+        max_connect_packet_size: largest Remaining Length of a client's first packet
+            (CONNECT, Will included), in bytes; nothing is known of the client yet, so it is
+            small; a larger one closes the connection at its fixed header.
         max_connections: most simultaneous client connections, over all listeners.
         connect_timeout_s: seconds a new connection has to send CONNECT.
         write_timeout_s: seconds a write to a client may block before the connection closes.
@@ -169,12 +177,21 @@ class LimitsConfig:
             by reading its socket more slowly, never dropped; 0 turns the limit off.
         slow_consumer: what happens when a client's queue or unsent output is full: "drop"
             its further messages (counted, logged once) or "disconnect" it.
+        max_retained_messages: most topics with a retained message; a retained message for a
+            new topic beyond it is delivered but not retained (counted, logged once per
+            client).
+        max_retained_bytes: most bytes the retained messages may cost, counted as topic +
+            payload + 256 per topic level (the store's own cost); a retained message beyond
+            it is delivered but not retained.
+        store_backlog_limit: store operations recorded but not yet committed above which
+            clients are read more slowly until the disk catches up.
     """
 
     max_inflight_messages: int = 20
     max_queued_messages: int = 1000
     max_queued_bytes: int = 16 * 1024 * 1024
     max_packet_size: int = 268_435_455
+    max_connect_packet_size: int = 64 * 1024
     max_connections: int = 100_000
     connect_timeout_s: float = 10.0
     write_timeout_s: float = 30.0
@@ -187,6 +204,9 @@ class LimitsConfig:
     max_connect_rate_per_ip: float = 0.0
     max_publish_rate: float = 0.0
     slow_consumer: Literal["drop", "disconnect"] = "drop"
+    max_retained_messages: int = 1_000_000
+    max_retained_bytes: int = 256 * 1024 * 1024
+    store_backlog_limit: int = 200_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -293,6 +313,7 @@ _BOUNDS: dict[tuple[type, str], tuple[float | None, float | None]] = {
     (LimitsConfig, "max_inflight_messages"): (1, 65535),
     # The largest Remaining Length four varint bytes can encode [MQTT-2.2.3].
     (LimitsConfig, "max_packet_size"): (1, 268_435_455),
+    (LimitsConfig, "max_connect_packet_size"): (1, 268_435_455),
     (BrokerConfig, "sys_interval_s"): (0, None),
     (LimitsConfig, "max_keepalive"): (0, 65535),
     (LimitsConfig, "max_connect_rate_per_ip"): (0, None),

@@ -318,6 +318,8 @@ class Decoder:
             CONNECT-first rule (tests and clients).
         max_packet_size: the largest Remaining Length accepted; larger packets raise
             ``ProtocolViolation("packet_too_large")`` as soon as their fixed header is read.
+        max_connect_packet_size: the same for the first packet of a server-side decoder (the
+            CONNECT): nothing is known of the client yet, so it may be held to less.
 
     Attributes:
         protocol_level: ``None`` until a CONNECT was decoded, then 4 (MQTT 3.1.1) or 3 (MQTT 3.1).
@@ -328,6 +330,7 @@ class Decoder:
         "_buf",
         "_eof",
         "_error",
+        "_limit",
         "_max_packet_size",
         "_pos",
         "_rules",
@@ -335,12 +338,24 @@ class Decoder:
         "protocol_level",
     )
 
-    def __init__(self, *, server: bool = True, max_packet_size: int = MAX_REMAINING_LENGTH) -> None:
+    def __init__(
+        self,
+        *,
+        server: bool = True,
+        max_packet_size: int = MAX_REMAINING_LENGTH,
+        max_connect_packet_size: int | None = None,
+    ) -> None:
         if not 0 <= max_packet_size <= MAX_REMAINING_LENGTH:
             raise LocalProtocolError("max_packet_size_out_of_range")
+        if max_connect_packet_size is None:
+            max_connect_packet_size = max_packet_size
+        if not 0 <= max_connect_packet_size <= MAX_REMAINING_LENGTH:
+            raise LocalProtocolError("max_connect_packet_size_out_of_range")
         self.protocol_level: int | None = None
         self._server = server
         self._max_packet_size = max_packet_size
+        #: the Remaining Length limit in force: the CONNECT's until one has been decoded
+        self._limit = min(max_connect_packet_size, max_packet_size) if server else max_packet_size
         self._buf = bytearray()
         self._pos = 0
         self._eof = False
@@ -410,7 +425,7 @@ class Decoder:
                 length |= (byte & 0x7F) << shift
                 shift += 7
             i += 1
-            if length > self._max_packet_size:
+            if length > self._limit:
                 raise ProtocolViolation("packet_too_large")
             if rule >= 0 and length != rule:  # type: ignore[operator]
                 raise MalformedPacket("invalid_remaining_length")
@@ -509,6 +524,7 @@ class Decoder:
                     connack_code=ConnackCode.IDENTIFIER_REJECTED,
                 )
         self.protocol_level = level
+        self._limit = self._max_packet_size
         if self._server:
             self._rules = _SERVER_31 if mqtt31 else _SERVER_311
         else:

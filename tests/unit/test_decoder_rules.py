@@ -733,3 +733,19 @@ def test_need_data_and_closed_reprs() -> None:
     """The sentinels print as their names."""
     assert repr(NEED_DATA) == "NEED_DATA"
     assert repr(CLOSED) == "CLOSED"
+
+
+def test_first_packet_has_its_own_smaller_limit() -> None:
+    """max_connect_packet_size holds the CONNECT to less than max_packet_size, checked at the
+    fixed header; after CONNECT the general limit applies."""
+    reject(
+        Decoder(max_packet_size=1000, max_connect_packet_size=50),
+        b"\x10" + wire.varint(51),
+        ProtocolViolation,
+        "packet_too_large",
+    )
+    decoder = Decoder(max_packet_size=1000, max_connect_packet_size=50)
+    decoder.receive_data(wire.connect("c"))
+    assert decoder.next_packet() is not NEED_DATA
+    decoder.receive_data(wire.publish("t", b"x" * 900))
+    assert decoder.next_packet() == Publish("t", b"x" * 900)
