@@ -38,7 +38,7 @@ from mqttd.message import Message
 log = structlog.get_logger("mqttd.store")
 
 #: Schema version kept in ``PRAGMA user_version``; ``_MIGRATIONS[n]`` upgrades n -> n + 1.
-SCHEMA_VERSION: Final = 1
+SCHEMA_VERSION: Final = 2
 
 _SCHEMA_V1 = """
 CREATE TABLE sessions (
@@ -79,11 +79,20 @@ CREATE TABLE retained (
 ) WITHOUT ROWID;
 """
 
+#: Version 2: a persistent session belongs to the user name that created it (NULL owner =
+#: anonymous); sessions from version 1 have ``owned = 0`` and are claimed by their next user.
+_SCHEMA_V2 = """
+ALTER TABLE sessions ADD COLUMN owner TEXT;
+ALTER TABLE sessions ADD COLUMN owned INTEGER NOT NULL DEFAULT 0;
+"""
+
 #: Upgrade scripts: index n holds the SQL taking a version-n database to version n + 1.
-_MIGRATIONS: Final[dict[int, str]] = {0: _SCHEMA_V1}
+_MIGRATIONS: Final[dict[int, str]] = {0: _SCHEMA_V1, 1: _SCHEMA_V2}
 
 _SQL: Final = {
-    "session_put": "INSERT OR REPLACE INTO sessions (client_id, last_seen) VALUES (?, ?)",
+    "session_put": (
+        "INSERT OR REPLACE INTO sessions (client_id, last_seen, owner, owned) VALUES (?, ?, ?, 1)"
+    ),
     "session_del": "DELETE FROM sessions WHERE client_id = ?",
     "subs_del_all": "DELETE FROM subscriptions WHERE client_id = ?",
     "deliveries_del_all": "DELETE FROM deliveries WHERE client_id = ?",
@@ -135,6 +144,8 @@ class StoredSession:
 
     client_id: str
     last_seen: float
+    owner: str | None = None
+    owned: bool = True
     subscriptions: dict[str, int] = field(default_factory=dict)
     deliveries: list[StoredDelivery] = field(default_factory=list)
     incoming: set[int] = field(default_factory=set)
@@ -224,8 +235,10 @@ class Store:
             messages[message_id] = message
         self._next_message_id = max(messages, default=0) + 1
         sessions: dict[str, StoredSession] = {
-            client_id: StoredSession(client_id, last_seen)
-            for client_id, last_seen in db.execute("SELECT client_id, last_seen FROM sessions")
+            client_id: StoredSession(client_id, last_seen, owner, bool(owned))
+            for client_id, last_seen, owner, owned in db.execute(
+                "SELECT client_id, last_seen, owner, owned FROM sessions"
+            )
         }
         for client_id, topic_filter, qos in db.execute(
             "SELECT client_id, topic_filter, qos FROM subscriptions"
@@ -290,9 +303,9 @@ class Store:
         message.store_id = None
         self._record("msg_del", (message_id,))
 
-    def session_saved(self, client_id: str) -> None:
-        """A persistent session exists (or was seen now)."""
-        self._record("session_put", (client_id, time.time()))
+    def session_saved(self, client_id: str, owner: str | None) -> None:
+        """A persistent session of user ``owner`` (None = anonymous) exists, or was seen now."""
+        self._record("session_put", (client_id, time.time(), owner))
 
     def session_deleted(self, client_id: str, messages: Iterable[Message]) -> None:
         """A persistent session is gone, with every delivery still referencing ``messages``."""
@@ -411,7 +424,10 @@ class Store:
                         db.execute(_SQL[kind], params)
                     db.execute("COMMIT")
                 except BaseException:
-                    db.execute("ROLLBACK")
+                    # SQLite may already have rolled back by itself (SQLITE_FULL does): then
+                    # ROLLBACK would fail with "no transaction is active" and hide the cause.
+                    if db.in_transaction:
+                        db.execute("ROLLBACK")
                     raise
                 self.commits += 1
             except sqlite3.Error as exc:

@@ -189,6 +189,10 @@ class FailingConnection:
             raise sqlite3.OperationalError("database or disk is full")
         return self.inner.execute(sql, params)
 
+    @property
+    def in_transaction(self) -> bool:
+        return self.inner.in_transaction
+
     def close(self) -> None:
         self.inner.close()
 
