@@ -14,6 +14,14 @@ from mqttd.errors import MalformedPacket
 
 #: Topics whose subscribers ``TopicTree.matches`` remembers (cleared whole when full).
 MATCH_CACHE_SIZE = 10_000
+#: ... and the most bytes it may hold, counted as topic length + ``_CACHE_ENTRY_BYTES`` per
+#: entry + ``_CACHE_MATCH_BYTES`` per matching client: 5,000 distinct 65 KB topics must not
+#: pin 320 MB after their publisher has gone.
+MATCH_CACHE_BYTES = 4 * 1024 * 1024
+_CACHE_ENTRY_BYTES = 160  # the key's str header, the dict slot, the result mapping
+_CACHE_MATCH_BYTES = 64  # one (client id, QoS) entry of a result
+#: The shared result for a topic nobody matches (an empty dict per cached topic is 64 bytes).
+_NO_MATCH: Mapping[str, int] = MappingProxyType({})
 
 #: Longest topic in UTF-8 bytes: the 2-byte length prefix allows no more ([MQTT-4.7.3-3]).
 MAX_TOPIC_BYTES = 65_535
@@ -107,13 +115,14 @@ class TopicTree:
     are compared code point by code point with no normalisation ([MQTT-4.7.3-4]).
     """
 
-    __slots__ = ("_cache", "_count", "_root")
+    __slots__ = ("_cache", "_cache_bytes", "_count", "_root")
 
     def __init__(self) -> None:
         self._root = _Node()
         self._count = 0
         #: topic -> match result, valid until the next subscription change (``matches``)
-        self._cache: dict[str, dict[str, int]] = {}
+        self._cache: dict[str, Mapping[str, int]] = {}
+        self._cache_bytes = 0
 
     def __len__(self) -> int:
         """The number of (topic filter, client id) subscriptions."""
@@ -160,7 +169,7 @@ class TopicTree:
                 subs = node.subs = {}
         is_new = client_id not in subs
         subs[client_id] = qos  # [MQTT-3.8.4-3] replace, keep one
-        self._cache.clear()
+        self._clear_cache()
         if is_new:
             self._count += 1
         return is_new
@@ -190,7 +199,7 @@ class TopicTree:
         if subs is None or client_id not in subs:
             return False
         del subs[client_id]
-        self._cache.clear()
+        self._clear_cache()
         if not subs:
             if multi:
                 node.hash_subs = None
@@ -216,10 +225,21 @@ class TopicTree:
         """
         result = self._cache.get(topic)
         if result is None:
-            if len(self._cache) >= MATCH_CACHE_SIZE:
-                self._cache.clear()
-            result = self._cache[topic] = self.match(topic)
+            result = self.match(topic) or _NO_MATCH
+            cost = len(topic) + _CACHE_ENTRY_BYTES + _CACHE_MATCH_BYTES * len(result)
+            if (
+                len(self._cache) >= MATCH_CACHE_SIZE
+                or self._cache_bytes + cost > MATCH_CACHE_BYTES
+            ):
+                self._clear_cache()
+            if cost <= MATCH_CACHE_BYTES:
+                self._cache[topic] = result
+                self._cache_bytes += cost
         return result
+
+    def _clear_cache(self) -> None:
+        self._cache.clear()
+        self._cache_bytes = 0
 
     def match(self, topic: str) -> dict[str, int]:
         """Every client with a filter matching the topic name ``topic``, with its QoS.
