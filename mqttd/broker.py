@@ -18,7 +18,7 @@ import structlog
 from mqttd.config import LimitsConfig
 from mqttd.message import Message
 from mqttd.retain import RetainStore
-from mqttd.session import OfferResult, Session
+from mqttd.session import OfferResult, RetainedBatch, Session
 from mqttd.topics import TopicTree
 
 if TYPE_CHECKING:
@@ -35,6 +35,22 @@ class BrokerStats:
     messages_routed: int = 0
     deliveries: int = 0
     messages_dropped: int = 0
+    #: retained messages not kept for max_retained_messages / max_retained_bytes
+    retained_refused: int = 0
+    #: persistent sessions discarded because another user took their client id over
+    sessions_reowned: int = 0
+
+
+#: What one topic level costs the retained store (a trie node and its dict entry), counted
+#: against ``max_retained_bytes`` (measured: 250 bytes per level of a topic sharing no prefix).
+RETAINED_LEVEL_BYTES = 256
+
+
+def retained_cost(message: Message) -> int:
+    """Bytes ``message`` is counted for while it is retained: topic + payload + levels."""
+    return len(message.topic) + len(message.payload) + RETAINED_LEVEL_BYTES * (
+        message.topic.count("/") + 1
+    )
 
 
 class Broker:
@@ -45,6 +61,10 @@ class Broker:
         self.sessions: dict[str, Session] = {}
         self.tree = TopicTree()
         self.retained: RetainStore[Message] = RetainStore()
+        #: how many retained messages came from clients, and what they cost (``retained_cost``);
+        #: the broker's own ``$SYS`` values are not counted against the limits
+        self.retained_count = 0
+        self.retained_bytes = 0
         self.stats = BrokerStats()
         #: durable store for persistent sessions and retained messages (None = memory only)
         self.store = store
@@ -55,6 +75,8 @@ class Broker:
             session = Session(stored.client_id, clean_session=False, limits=self.limits)
             session.store = self.store
             session.last_seen = stored.last_seen
+            session.owner = stored.owner
+            session.owned = stored.owned
             for topic_filter, qos in stored.subscriptions.items():
                 session.subscriptions[topic_filter] = qos
                 self.tree.subscribe(topic_filter, stored.client_id, qos)
@@ -68,6 +90,8 @@ class Broker:
             self.sessions[stored.client_id] = session
         for message in state.retained:
             self.retained.set(message.topic, message)
+            self.retained_count += 1
+            self.retained_bytes += retained_cost(message)
 
     def expire_sessions(self, max_age_s: float, now: float | None = None) -> int:
         """Remove persistent sessions offline for longer than ``max_age_s``; returns how many
@@ -84,20 +108,44 @@ class Broker:
 
     # -- sessions ---------------------------------------------------------------------------
 
-    def open_session(self, client_id: str, clean_session: bool) -> tuple[Session, bool]:
+    def open_session(
+        self,
+        client_id: str,
+        clean_session: bool,
+        owner: str | None = None,
+        *,
+        check_owner: bool = True,
+    ) -> tuple[Session, bool]:
         """The session a newly accepted connection attaches to, and the Session Present flag.
 
         CleanSession=1 discards any previous session ([MQTT-3.1.2-6]) and answers Session
         Present 0 ([MQTT-3.2.2-1]); CleanSession=0 resumes a stored persistent session
         ([MQTT-3.1.2-4], Session Present 1, [MQTT-3.2.2-2]) or starts one (0, [MQTT-3.2.2-3]).
+
+        A persistent session belongs to ``owner``, the user name that created it: with
+        ``check_owner``, another user (or anonymous) connecting with its client id gets a new
+        session and the old one is discarded -- its messages were meant for someone else.
+        A session stored before owners were recorded is claimed by its next user.
         """
         existing = self.sessions.get(client_id)
         if existing is not None:
             if not clean_session and not existing.clean_session:
-                self._seen(existing)
-                return existing, True
+                if not check_owner or not existing.owned or existing.owner == owner:
+                    if not existing.owned:  # stored before owners were recorded: claimed
+                        existing.owner, existing.owned = owner, True
+                    self._seen(existing)
+                    return existing, True
+                self.stats.sessions_reowned += 1
+                log.warning(
+                    "session_owner_changed",
+                    client_id=client_id,
+                    owner=existing.owner,
+                    username=owner,
+                    discarded_messages=len(existing.inflight) + len(existing.queue),
+                )
             self._discard(existing)
         session = Session(client_id, clean_session=clean_session, limits=self.limits)
+        session.owner = owner
         self.sessions[client_id] = session
         if not clean_session:
             session.store = self.store
@@ -107,7 +155,7 @@ class Broker:
     def _seen(self, session: Session) -> None:
         session.last_seen = time.time()
         if session.store is not None:
-            session.store.session_saved(session.client_id)
+            session.store.session_saved(session.client_id, session.owner)
 
     def end_session(self, session: Session) -> None:
         """The session's network connection ended: detach it, and forget a clean session."""
@@ -131,7 +179,7 @@ class Broker:
 
     def publish(
         self, topic: str, payload: bytes, qos: int, retain: bool, *, durable: bool = True
-    ) -> Message:
+    ) -> bool:
         """Accept an application message from a client (or a Will) and route it.
 
         RETAIN=1 stores the message as the topic's retained message, replacing the previous one
@@ -140,18 +188,41 @@ class Broker:
         store alone ([MQTT-3.3.1-12]). Retained messages outlive sessions ([MQTT-3.1.2-7]).
         ``durable=False`` keeps a retained message out of the durable store (``$SYS`` values,
         which are regenerated at start-up).
+
+        Returns:
+            False when a retained message was not kept because of ``max_retained_messages`` or
+            ``max_retained_bytes`` (it is routed all the same; the old one, if any, stays).
         """
         message = Message(topic, payload, qos, retain)
         self.stats.messages_received += 1
+        kept = True
         if retain:
-            new = message if payload else None
-            if self.store is not None and durable:
-                old = self.retained.get(topic)
-                if old is not None or new is not None:
-                    self.store.retained_set(topic, old, new)
-            self.retained.set(topic, new)
+            kept = self._retain(message, durable)
         self.route(message)
-        return message
+        return kept
+
+    def _retain(self, message: Message, durable: bool) -> bool:
+        topic = message.topic
+        old = self.retained.get(topic)
+        new = message if message.payload else None
+        if not durable:  # the broker's own $SYS values: few, and not the clients' to limit
+            self.retained.set(topic, new)
+            return True
+        cost = retained_cost(new) if new is not None else 0
+        freed = retained_cost(old) if old is not None else 0
+        limits = self.limits
+        if new is not None and (
+            (old is None and self.retained_count >= limits.max_retained_messages)
+            or self.retained_bytes - freed + cost > limits.max_retained_bytes
+        ):
+            self.stats.retained_refused += 1
+            return False
+        if self.store is not None and (old is not None or new is not None):
+            self.store.retained_set(topic, old, new)
+        self.retained.set(topic, new)
+        self.retained_count += (new is not None) - (old is not None)
+        self.retained_bytes += cost - freed
+        return True
 
     def route(self, message: Message) -> None:
         """Offer ``message`` to every matching session, RETAIN=0 on the wire ([MQTT-3.3.1-9])."""
@@ -208,14 +279,15 @@ class Broker:
         return codes
 
     def deliver_retained(self, session: Session, topic_filter: str, granted_qos: int) -> None:
-        """Send the retained messages matching a new subscription, RETAIN=1 ([MQTT-3.3.1-6])."""
-        may_receive = session.may_receive
-        for topic, message in self.retained.matching(topic_filter):
-            if may_receive is not None and not may_receive(topic):
-                continue
-            qos = message.qos if message.qos < granted_qos else granted_qos
-            if session.offer(message, qos, retain=True) is OfferResult.DROPPED:
-                self._dropped(session)
+        """Send the retained messages matching a new subscription, RETAIN=1 ([MQTT-3.3.1-6]).
+
+        They go lazily, paced by the client (``Session.add_retained``): a filter matching
+        200,000 retained messages is neither cut at the outbox limit nor walked in one go.
+        Messages retained after this call reach the subscriber as live messages instead.
+        """
+        session.add_retained(
+            RetainedBatch(topic_filter, granted_qos, self.retained.iter_matching(topic_filter))
+        )
 
     def unsubscribe(self, session: Session, topic_filters: Iterable[str]) -> None:
         """Remove subscriptions by exact filter string ([MQTT-3.10.4-1]); unknown ones are fine.
@@ -226,5 +298,6 @@ class Broker:
         for topic_filter in topic_filters:
             if session.subscriptions.pop(topic_filter, None) is not None:
                 self.tree.unsubscribe(topic_filter, session.client_id)
+                session.cancel_retained(topic_filter)  # not yet sent: no longer wanted
                 if session.store is not None:
                     session.store.subscription_removed(session.client_id, topic_filter)

@@ -29,23 +29,26 @@ _NO_CHILDREN = cast("dict[str, Any]", MappingProxyType({}))
 class _Node(Generic[T]):
     """One topic level; holds the retained message of the topic ending here, if any."""
 
-    __slots__ = ("children", "message", "topic")
+    __slots__ = ("children", "message", "topic", "version")
 
     def __init__(self) -> None:
         self.children: dict[str, _Node[T]] = _NO_CHILDREN
         self.topic = ""  # the full topic name, set while ``message`` is not None
         self.message: T | None = None
+        self.version = 0  # ``RetainStore.version`` when ``message`` was set
 
 
 class RetainStore(Generic[T]):
     """The last retained message per topic name, matchable by topic filter."""
 
-    __slots__ = ("_count", "_root")
+    __slots__ = ("_count", "_root", "version")
 
     def __init__(self) -> None:
         # The root stands for "no level yet": every topic, even "", has at least one level.
         self._root: _Node[T] = _Node()
         self._count = 0
+        #: counts the messages ever set: ``iter_matching(upto=...)`` skips newer ones
+        self.version = 0
 
     def __len__(self) -> int:
         """The number of topics with a retained message."""
@@ -72,6 +75,8 @@ class RetainStore(Generic[T]):
             self._count += 1
             node.topic = topic
         node.message = message
+        self.version += 1
+        node.version = self.version
 
     def _delete(self, topic: str) -> None:
         node = self._root
@@ -113,50 +118,61 @@ class RetainStore(Generic[T]):
         Raises:
             MalformedPacket: ``topic_filter`` is not a valid filter.
         """
-        validate_topic_filter(topic_filter)
-        found: list[tuple[str, T]] = []
-        nodes = [self._root]
-        for depth, level in enumerate(topic_filter.split("/")):
-            # [MQTT-4.7.2-1] a wildcard first level never matches a topic starting with '$'.
-            skip_dollar = depth == 0
-            if level == "#":  # always the last level ([MQTT-4.7.1-2])
-                for node in nodes:
-                    if node.message is not None:  # 'a/#' matches the parent level 'a' too
-                        found.append((node.topic, node.message))
-                    self._collect_below(node, skip_dollar, found)
-                return found
-            following: list[_Node[T]] = []
-            if level == "+":
-                for node in nodes:
-                    for key, child in node.children.items():
-                        if not (skip_dollar and key.startswith("$")):
-                            following.append(child)
-            else:
-                for node in nodes:
-                    child = node.children.get(level)
-                    if child is not None:
-                        following.append(child)
-            if not following:
-                return found
-            nodes = following
-        for node in nodes:
-            if node.message is not None:
-                found.append((node.topic, node.message))
-        return found
+        return list(self.iter_matching(topic_filter))
 
-    @staticmethod
-    def _collect_below(node: _Node[T], skip_dollar: bool, found: list[tuple[str, T]]) -> None:
-        """Append every message strictly below ``node`` (iteratively: topics may be deep)."""
-        stack = [
-            child
-            for key, child in node.children.items()
-            if not (skip_dollar and key.startswith("$"))
-        ]
+    def iter_matching(
+        self, topic_filter: str, upto: int | None = None
+    ) -> Iterator[tuple[str, T]]:
+        """Like ``matching``, but lazily, and safe to resume after the store has changed.
+
+        Each node's children are copied when the walk reaches it, so ``set`` and deletes
+        between two ``next()`` calls never break the walk: a topic deleted meanwhile is
+        skipped, one added meanwhile may or may not be seen. ``upto`` (a ``version``) skips
+        messages set after it.
+
+        Raises:
+            MalformedPacket: ``topic_filter`` is not a valid filter (at once, not lazily).
+        """
+        validate_topic_filter(topic_filter)
+        return self._walk(topic_filter.split("/"), self.version if upto is None else upto)
+
+    def _walk(self, levels: list[str], upto: int) -> Iterator[tuple[str, T]]:
+        last = len(levels)
+        # A stack of (depth, nodes at that depth); depth -1 = whole subtrees below a '#'.
+        stack: list[tuple[int, Iterator[_Node[T]]]] = [(0, iter((self._root,)))]
         while stack:
-            current = stack.pop()
-            if current.message is not None:
-                found.append((current.topic, current.message))
-            stack.extend(current.children.values())
+            depth, nodes = stack[-1]
+            node = next(nodes, None)
+            if node is None:
+                stack.pop()
+                continue
+            if depth < 0 or depth == last:
+                message = node.message
+                if message is not None and node.version <= upto:
+                    yield node.topic, message
+                if depth < 0 and node.children:
+                    stack.append((-1, iter(list(node.children.values()))))
+                continue
+            level = levels[depth]
+            if level == "#" or level == "+":
+                # [MQTT-4.7.2-1] a wildcard first level never matches a topic starting with '$'.
+                children = [
+                    child
+                    for key, child in node.children.items()
+                    if depth or not key.startswith("$")
+                ]
+                if level == "#":  # always the last level ([MQTT-4.7.1-2])
+                    message = node.message  # 'a/#' matches the parent level 'a' too
+                    if depth and message is not None and node.version <= upto:
+                        yield node.topic, message
+                    if children:
+                        stack.append((-1, iter(children)))
+                elif children:
+                    stack.append((depth + 1, iter(children)))
+            else:
+                child = node.children.get(level)
+                if child is not None:
+                    stack.append((depth + 1, iter((child,))))
 
     def items(self) -> Iterator[tuple[str, T]]:
         """Every (topic, message) pair, for persistence and snapshots.

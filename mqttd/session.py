@@ -9,6 +9,22 @@ chunks the connection's writer drains) when the client is online and the in-flig
 room, queued when it does not, and dropped -- counted, and reported once per episode -- when the
 queue is full. Publishers never wait for subscribers. The connection installs a ``wake`` callback
 that is called whenever the outbox gains bytes.
+
+The outbox counts what it really holds: small packets (acknowledgements, PINGRESP, headers) are
+copied into one growing ``bytearray`` at its tail instead of each being a Python object of its
+own, so a client that floods PINGREQ and never reads costs ``max_outbox_bytes``, not ten times
+that; only large payloads are kept by reference (shared with the other subscribers).
+
+Retained messages for a new subscription are a ``RetainedBatch`` in the queue: a lazy walk of
+the retained store, drained in steps of at most ``RETAINED_STEP`` messages while the window and
+half the outbox have room. A subscription matching 200,000 retained messages is delivered
+whole, paced by what the client reads, and no single step holds the event loop for long. When a
+step ends for lack of budget or outbox room, ``resume_wanted`` is set and the connection calls
+``resume()`` once it has written what is there.
+
+Every queued or in-flight message is checked against ``may_receive`` -- the read ACL of the
+connection attached now -- when it is sent, not only when it was queued: an ACL reload, or
+another user resuming the session, can only take messages away.
 """
 
 from __future__ import annotations
@@ -33,6 +49,48 @@ _PUBCOMP = b"\x70\x02"
 _NO_QUEUE: tuple[()] = ()
 #: the shared empty ``awaiting_release`` until a QoS 2 message arrives (an empty set is 216 B)
 _NONE_AWAITING: frozenset[int] = frozenset()
+
+#: Writes shorter than this are copied into the outbox's tail ``bytearray``; longer ones (large
+#: payloads, shared by every subscriber) are kept by reference.
+COALESCE_BYTES = 512
+#: Most retained messages one ``_pump`` step sends: bounds how long a subscription matching a
+#: huge retained set holds the event loop.
+RETAINED_STEP = 256
+
+
+class RetainedBatch:
+    """The retained messages matching a new subscription, not yet sent ([MQTT-3.3.1-6]).
+
+    Args:
+        topic_filter: the subscription's filter.
+        qos: the QoS granted; each message goes at min(its QoS, this) ([MQTT-3.8.4-6]).
+        source: yields (topic, message) pairs lazily (``RetainStore.iter_matching``), skipping
+            messages retained after the subscription: those reach the client as live messages.
+    """
+
+    __slots__ = ("_next", "qos", "source", "topic_filter")
+
+    def __init__(
+        self, topic_filter: str, qos: int, source: Iterator[tuple[str, Message]]
+    ) -> None:
+        self.topic_filter = topic_filter
+        self.qos = qos
+        self.source = source
+        self._next: tuple[str, Message] | None = None
+
+    def peek(self) -> tuple[str, Message] | None:
+        """The next message to send, or None when the batch is done."""
+        if self._next is None:
+            self._next = next(self.source, None)
+        return self._next
+
+    def advance(self) -> None:
+        """The peeked message was handled."""
+        self._next = None
+
+
+#: A queue entry: a message waiting for the window, or a batch of retained messages.
+QueueEntry = tuple[Message, int, bool, int] | RetainedBatch
 
 
 class OfferResult(IntEnum):
@@ -76,8 +134,11 @@ class Session:
         "on_overflow",
         "outbox",
         "outbox_bytes",
+        "owned",
+        "owner",
         "queue",
         "queued_bytes",
+        "resume_wanted",
         "store",
         "subscriptions",
         "wake",
@@ -92,15 +153,24 @@ class Session:
         #: packet id -> in-flight outgoing message, in send order ([MQTT-4.6.0-1])
         self.inflight: dict[int, Outgoing] = {}
         #: messages waiting for a window slot (or for the client to come back)
-        #: (msg, qos, retain, seq) waiting for the window; the shared empty tuple until the first
-        #: message is queued, because an idle session should not pay for an empty deque (~600 B)
-        self.queue: deque[tuple[Message, int, bool, int]] = _NO_QUEUE  # type: ignore[assignment]
+        #: (msg, qos, retain, seq) waiting for the window, and retained batches; the shared
+        #: empty tuple until the first entry, because an idle session should not pay for an
+        #: empty deque (~600 B)
+        self.queue: deque[QueueEntry] = _NO_QUEUE  # type: ignore[assignment]
         self.queued_bytes = 0
         #: incoming QoS 2 packet ids PUBREC'd and awaiting PUBREL ([MQTT-4.3.3-2])
         self.awaiting_release: set[int] = _NONE_AWAITING  # type: ignore[assignment]
-        #: byte chunks for the connection's writer, in order
-        self.outbox: list[bytes] = []
+        #: byte chunks for the connection's writer, in order; small writes are coalesced into a
+        #: ``bytearray`` at the tail
+        self.outbox: list[bytes | bytearray] = []
         self.outbox_bytes = 0
+        #: a retained batch stopped for lack of step budget or outbox room: call ``resume()``
+        #: once the outbox has been written
+        self.resume_wanted = False
+        #: the user name that created this persistent session (None = anonymous), and whether
+        #: that is known (sessions stored before owners were recorded are not)
+        self.owner: str | None = None
+        self.owned = True
         self.connected = False
         self.wake: Callable[[], None] | None = None
         self.dropped = 0
@@ -126,13 +196,21 @@ class Session:
         """
         self.connected = True
         self.wake = wake
+        may_receive = self.may_receive
+        refused = []
         for packet_id, outgoing in self.inflight.items():
             if outgoing.released:
                 self._write(_PUBREL + packet_id.to_bytes(2, "big"))
+            elif may_receive is not None and not may_receive(outgoing.message.topic):
+                refused.append(packet_id)  # the reader attached now may not read it
             else:
                 self._write_chunks(
                     outgoing.message.publish_chunks(outgoing.qos, False, True, packet_id)
                 )
+        for packet_id in refused:
+            outgoing = self.inflight.pop(packet_id)
+            if self.store is not None:
+                self.store.delivery_removed(self.client_id, outgoing.seq, outgoing.message)
         self._pump()
 
     def detach(self) -> None:
@@ -142,27 +220,49 @@ class Session:
         self.on_overflow = None
         self.outbox.clear()
         self.outbox_bytes = 0
+        self.resume_wanted = False
 
     def take_outbox(self) -> bytes:
         """Everything queued for the wire, as one buffer (the writer's single ``send_all``)."""
-        data = b"".join(self.outbox)
-        self.outbox.clear()
+        outbox = self.outbox
+        data = bytes(outbox[0]) if len(outbox) == 1 else b"".join(outbox)
+        outbox.clear()
         self.outbox_bytes = 0
         return data
 
+    def unsend(self, data: bytes) -> None:
+        """Put back bytes the transport did not take, to go first on the next write."""
+        self.outbox.insert(0, data)
+        self.outbox_bytes += len(data)
+
+    def resume(self) -> None:
+        """Carry on with a retained batch after the outbox was written (``resume_wanted``)."""
+        self.resume_wanted = False
+        self._pump()
+
     # -- writing ----------------------------------------------------------------------------
 
-    def _write(self, data: bytes) -> None:
-        self.outbox.append(data)
+    def _append(self, data: bytes) -> None:
+        """Add ``data`` to the outbox: small writes into the tail ``bytearray``."""
+        outbox = self.outbox
+        if len(data) < COALESCE_BYTES:
+            if outbox and outbox[-1].__class__ is bytearray:
+                outbox[-1] += data  # type: ignore[operator]
+            else:
+                outbox.append(bytearray(data))
+        else:
+            outbox.append(data)
         self.outbox_bytes += len(data)
+
+    def _write(self, data: bytes) -> None:
+        self._append(data)
         if self.wake is not None:
             self.wake()
 
     def _write_chunks(self, chunks: tuple[bytes, ...]) -> None:
-        outbox = self.outbox
+        append = self._append
         for chunk in chunks:
-            outbox.append(chunk)
-            self.outbox_bytes += len(chunk)
+            append(chunk)
         if self.wake is not None:
             self.wake()
 
@@ -243,21 +343,85 @@ class Session:
         self._write_chunks(message.publish_chunks(qos, retain, False, packet_id))
 
     def _pump(self) -> None:
-        """Move queued messages into the window while there is room and a connection."""
+        """Move queued messages into the window while there is room and a connection.
+
+        Each is checked against ``may_receive`` now, when it is sent: what the reader attached
+        now may not read is dropped (and removed from the store).
+        """
         queue = self.queue
         limit = self.limits.max_inflight_messages
+        may_receive = self.may_receive
         while queue and self.connected:
-            message, qos, retain, seq = queue[0]
+            entry = queue[0]
+            if entry.__class__ is RetainedBatch:
+                if not self._pump_retained(entry):  # type: ignore[arg-type]
+                    break
+                queue.popleft()
+                continue
+            message, qos, retain, seq = entry  # type: ignore[misc]
             if qos and len(self.inflight) >= limit:
                 break
             queue.popleft()
             self.queued_bytes -= message.size
+            if may_receive is not None and not may_receive(message.topic):
+                if qos and self.store is not None:
+                    self.store.delivery_removed(self.client_id, seq, message)
+                continue
             if qos:
                 self._send_inflight(message, qos, retain, seq)
             else:
                 self._write_chunks(message.publish_chunks(0, retain))
         if not queue:
             self._dropping = False
+
+    def _pump_retained(self, batch: RetainedBatch) -> bool:
+        """Send one step of a retained batch, RETAIN=1 ([MQTT-3.3.1-8]); True once it is done."""
+        limit = self.limits.max_inflight_messages
+        room = self.limits.max_outbox_bytes // 2
+        may_receive = self.may_receive
+        budget = RETAINED_STEP
+        while (item := batch.peek()) is not None:
+            topic, message = item
+            qos = message.qos if message.qos < batch.qos else batch.qos
+            if qos and len(self.inflight) >= limit:
+                return False  # the client's PUBACKs/PUBCOMPs pump again
+            if not budget or self.outbox_bytes >= room:
+                self.resume_wanted = True  # the connection resumes once it has written
+                return False
+            batch.advance()
+            if may_receive is not None and not may_receive(topic):
+                continue
+            budget -= 1
+            if qos:
+                self._send_inflight(message, qos, True)
+            else:
+                self._write_chunks(message.publish_chunks(0, True))
+        return True
+
+    def add_retained(self, batch: RetainedBatch) -> None:
+        """Queue the retained messages of a new subscription, replacing any batch of the same
+        filter not yet sent ([MQTT-3.8.4-3]: a repeated subscription re-sends them)."""
+        self.cancel_retained(batch.topic_filter)
+        if self.queue is _NO_QUEUE:
+            self.queue = deque()
+        self.queue.append(batch)
+        if len(self.queue) == 1:
+            self._pump()
+
+    def cancel_retained(self, topic_filter: str) -> None:
+        """Drop the unsent retained messages of ``topic_filter`` (it was unsubscribed)."""
+        queue = self.queue
+        if not queue:
+            return
+        for entry in [e for e in queue if e.__class__ is RetainedBatch]:
+            if entry.topic_filter == topic_filter:  # type: ignore[union-attr]
+                queue.remove(entry)
+        self.resume_wanted = False
+        self._pump()  # what waited behind the cancelled batch may go now
+
+    def retained_pending(self) -> int:
+        """How many subscriptions still have retained messages to send."""
+        return sum(1 for entry in self.queue if entry.__class__ is RetainedBatch)
 
     def on_puback(self, packet_id: int) -> None:
         """PUBACK: a QoS 1 delivery is complete ([MQTT-4.3.2-1])."""
@@ -327,9 +491,9 @@ class Session:
         """Every message still referenced by the queue or the in-flight window."""
         for outgoing in self.inflight.values():
             yield outgoing.message
-        for message, qos, _retain, _seq in self.queue:
-            if qos:
-                yield message
+        for entry in self.queue:
+            if entry.__class__ is not RetainedBatch and entry[1]:  # type: ignore[index]
+                yield entry[0]  # type: ignore[index]
 
     def restore(
         self,

@@ -253,3 +253,46 @@ def test_deleting_all_topics_leaves_only_the_root(ops: list[tuple[str, int | Non
         store.set(topic, None)
     assert len(store) == 0
     assert store._node_count() == 1
+
+
+# -- the lazy walk used to pace retained delivery ------------------------------------------------
+
+
+@settings(max_examples=200, deadline=None)
+@given(before=operations, during=operations, topic_filter=filters(), split=st.integers(0, 50))
+def test_iter_matching_survives_changes_between_steps(
+    before: list[tuple[str, int | None]],
+    during: list[tuple[str, int | None]],
+    topic_filter: str,
+    split: int,
+) -> None:
+    """A walk resumed after sets and deletes never fails, never yields a topic twice, yields
+    only matching messages set before it started (``upto``), and every such message no one
+    touched meanwhile."""
+    store: RetainStore[str] = RetainStore()
+    for topic, value in before:
+        store.set(topic, None if value is None else f"{topic}={value}")
+    snapshot = dict(store.matching(topic_filter))
+    walk = store.iter_matching(topic_filter)
+    seen = [pair for _, pair in zip(range(split), walk, strict=False)]
+    touched = set()
+    for topic, value in during:
+        store.set(topic, None if value is None else f"{topic}={value}:new")
+        touched.add(topic)
+    seen.extend(walk)
+    topics = [topic for topic, _ in seen]
+    assert len(topics) == len(set(topics))
+    for topic, message in seen:
+        assert reference_matches(topic_filter, topic)
+        assert not message.endswith(":new")
+    untouched = {t for t in snapshot if t not in touched}
+    assert untouched <= set(topics)
+
+
+def test_iter_matching_skips_messages_newer_than_upto() -> None:
+    """``upto`` is a version: what was set after it is left to the live path."""
+    store = store_of("a/1", "a/2")
+    upto = store.version
+    store.set("a/3", "m:a/3")
+    store.set("a/1", "m:a/1 again")
+    assert sorted(store.iter_matching("a/#", upto)) == [("a/2", "m:a/2")]

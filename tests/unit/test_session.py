@@ -127,3 +127,58 @@ def test_qos2_receive_is_exactly_once_until_release() -> None:
     session.release_qos2(7)
     assert session.receive_qos2(7)
     assert session.take_outbox() == bytes.fromhex("50020007 50020007 70020007 50020007")
+
+
+def test_small_replies_share_one_buffer() -> None:
+    """Acknowledgements are packed into one bytearray: the outbox holds what it counts."""
+    session = Session("c", clean_session=True, limits=LIMITS)
+    session.attach(lambda: None)
+    for pid in range(1, 1001):
+        session.acknowledge_qos1(pid)
+    assert len(session.outbox) == 1
+    assert session.outbox_bytes == 4000
+    acks = b"".join(b"\x40\x02" + p.to_bytes(2, "big") for p in range(1, 1001))
+    assert session.take_outbox() == acks
+
+
+def test_large_payloads_are_kept_by_reference() -> None:
+    """A large payload is not copied into the outbox (it is shared by every subscriber)."""
+    session = Session("c", clean_session=True, limits=LIMITS)
+    session.attach(lambda: None)
+    message = Message("t", b"x" * 10_000)
+    session.offer(message, 0)
+    assert any(chunk is message.payload for chunk in session.outbox)
+
+
+def test_retained_batch_is_sent_in_paced_steps() -> None:
+    """A retained batch larger than one step is sent RETAINED_STEP messages at a time, and
+    ``resume_wanted`` asks the connection to continue after writing; nothing is dropped."""
+    from mqttd.retain import RetainStore
+    from mqttd.session import RETAINED_STEP, RetainedBatch
+
+    store: RetainStore[Message] = RetainStore()
+    for i in range(3 * RETAINED_STEP + 5):
+        store.set(f"r/{i}", Message(f"r/{i}", b"p", 0, True))
+    session = Session("c", clean_session=True, limits=LimitsConfig())
+    session.attach(lambda: None)
+    session.add_retained(RetainedBatch("r/#", 0, store.iter_matching("r/#")))
+    decoder = Decoder(server=False)
+    received = drain(session, decoder)
+    assert len(received) == RETAINED_STEP
+    while session.resume_wanted:
+        session.resume()
+        received += drain(session, decoder)
+    assert len(received) == 3 * RETAINED_STEP + 5
+    assert all(packet.retain for packet in received)  # [MQTT-3.3.1-8]
+    assert session.retained_pending() == 0
+
+
+def test_queued_messages_checked_against_the_reader_when_sent() -> None:
+    """What ``may_receive`` refuses at send time is not sent, however it was queued."""
+    session = Session("c", clean_session=False, limits=LIMITS)
+    for topic in ("ok/1", "secret/1", "ok/2"):
+        assert session.offer(Message(topic, b"p", 1), 1) is OfferResult.QUEUED
+    session.may_receive = lambda topic: not topic.startswith("secret")
+    session.attach(lambda: None)
+    topics = [packet.topic for packet in drain(session, Decoder(server=False))]
+    assert topics == ["ok/1", "ok/2"]
