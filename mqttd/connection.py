@@ -32,13 +32,12 @@ from mqttd.broker import Broker
 from mqttd.codec.decoder import CLOSED, NEED_DATA, Decoder
 from mqttd.codec.packets import ConnackCode, Connect, Publish, Will
 from mqttd.config import Config
-from mqttd.errors import MalformedPacket, ProtocolError
+from mqttd.errors import ProtocolError, ProtocolViolation
 from mqttd.logging import bind_connection
 from mqttd.protocol import ClientProtocol, connack_bytes
 from mqttd.session import Session
 from mqttd.store import StoreError
 from mqttd.timeouts import TimeoutWatch
-from mqttd.topics import validate_topic_name
 from mqttd.transports import ConnectionInfo
 
 log = structlog.get_logger("mqttd.connection")
@@ -46,8 +45,6 @@ log = structlog.get_logger("mqttd.connection")
 RECEIVE_SIZE = 65536
 #: How long a takeover waits for the old connection to finish its cleanup.
 TAKEOVER_TIMEOUT_S = 5.0
-#: Uncommitted store operations above which readers pause until the disk catches up.
-STORE_BACKLOG_LIMIT = 200_000
 #: How long closing a stream (e.g. a WebSocket close handshake) may take.
 CLOSE_TIMEOUT_S = 1.0
 
@@ -141,7 +138,11 @@ class Connection:
         self.state = state
         self.limits = state.config.limits
         self.conn_id = state.next_connection_id()
-        self.decoder = Decoder(server=True, max_packet_size=self.limits.max_packet_size)
+        self.decoder = Decoder(
+            server=True,
+            max_packet_size=self.limits.max_packet_size,
+            max_connect_packet_size=self.limits.max_connect_packet_size,
+        )
         self._finished = False
         self._closed: trio.Event | None = None  # created on demand: see ``closed``
         self.client_id: str | None = None
@@ -303,11 +304,6 @@ class Connection:
             self.bytes_out += 4
 
     async def _accept(self, connect: Connect) -> bool:
-        if connect.will is not None:
-            try:
-                validate_topic_name(connect.will.topic)
-            except MalformedPacket as exc:
-                raise MalformedPacket("invalid_will_topic") from exc  # [MQTT-3.1.4-1]
         username = await self._authenticate(connect)
         if username is False:
             return False
@@ -320,11 +316,28 @@ class Connection:
             # (the decoder already refused it with CleanSession=0, [MQTT-3.1.3-8]).
             client_id = f"auto-{uuid.uuid4().hex}"
         self.client_id = client_id
+        acl = self.state.access.client_acl(self.info.listener, username, client_id)
+        will = connect.will
+        if will is not None:
+            # The Will is a PUBLISH the client makes in advance: the same rules, checked now
+            # (and again when it is published). Too deep closes the connection, as a PUBLISH
+            # would; a topic the client may not write (the ACL, or a $ topic) gets 0x05, as
+            # Mosquitto answers.
+            if will.topic.count("/") >= self.limits.max_topic_levels:
+                raise ProtocolViolation("too_many_will_topic_levels")
+            if not acl.can_publish(will.topic):
+                await self._refuse(ConnackCode.NOT_AUTHORIZED, "will_not_authorised")
+                return False
         await self._take_over(client_id)
 
         broker = self.state.broker
         first_op = broker.store.recorded if broker.store is not None else 0
-        session, present = broker.open_session(client_id, connect.clean_session)
+        session, present = broker.open_session(
+            client_id,
+            connect.clean_session,
+            username,
+            check_owner=self.state.access.policy(self.info.listener).config.session_owner_check,
+        )
         self._note_store_ops(first_op)
         if connect.protocol_level == 3:
             present = False  # MQTT 3.1 has no Session Present flag
@@ -334,7 +347,6 @@ class Connection:
         # A client asking for more than the cap (or for none) is held to the cap.
         self.keepalive = cap if cap and not 0 < connect.keepalive <= cap else connect.keepalive
         self.username = username
-        acl = self.state.access.client_acl(self.info.listener, username, client_id)
         session.may_receive = None if acl.allows_everything else acl.can_receive
         if self.limits.slow_consumer == "disconnect":
             session.on_overflow = lambda: self.kick("slow_consumer")
@@ -385,10 +397,26 @@ class Connection:
         return username
 
     def refresh_acl(self) -> None:
-        """Re-resolve this client's ACL after a reload (SIGHUP): new rules apply at once."""
+        """Re-resolve this client's ACL after a reload (SIGHUP): new rules apply at once, and
+        a client whose user is no longer in the password file (or who is anonymous where
+        anonymous clients are no longer allowed) is disconnected, as Mosquitto does."""
         if self.protocol is None or self.session is None or self.client_id is None:
             return
-        acl = self.state.access.client_acl(self.info.listener, self.username, self.client_id)
+        policy = self.state.access.policy(self.info.listener)
+        listener = self.info.listener
+        by_certificate = listener.use_identity_as_username and self.info.tls_identity is not None
+        if self.username is None:
+            if not policy.config.anonymous_allowed(listener.host):
+                self.kick("anonymous_not_allowed")
+                return
+        elif (
+            not by_certificate
+            and policy.passwords is not None
+            and self.username not in policy.passwords
+        ):
+            self.kick("user_removed")
+            return
+        acl = self.state.access.client_acl(listener, self.username, self.client_id)
         self.protocol.acl = acl
         self.session.may_receive = None if acl.allows_everything else acl.can_receive
 
@@ -417,6 +445,7 @@ class Connection:
         stream = self.stream
         max_outbox = self.limits.max_outbox_bytes
         store = self.state.broker.store
+        backlog_limit = self.limits.store_backlog_limit
         rate = self.limits.max_publish_rate
         tokens = rate
         last_refill = trio.current_time()
@@ -455,7 +484,7 @@ class Connection:
             if got_packet:
                 self._last_packet_at = trio.current_time()
             if session.outbox_bytes > max_outbox or (
-                store is not None and store.backlog() >= STORE_BACKLOG_LIMIT
+                store is not None and store.backlog() >= backlog_limit
             ):
                 # Reading pauses (the client does not read its replies, or the disk lags);
                 # silence from the client means nothing meanwhile.
@@ -474,8 +503,9 @@ class Connection:
             self._drained = trio.Event()
             await self._drained.wait()
         store = self.state.broker.store
-        if store is not None and store.backlog() >= STORE_BACKLOG_LIMIT:
-            await store.drain(STORE_BACKLOG_LIMIT // 2)
+        backlog_limit = self.limits.store_backlog_limit
+        if store is not None and store.backlog() >= backlog_limit:
+            await store.drain(backlog_limit // 2)
 
     def _note_store_ops(self, first_op: int) -> None:
         store = self.state.broker.store
@@ -537,13 +567,12 @@ class Connection:
         ws = self._ws_send_now
         if ws is not None:
             if not ws.send_now(data):
-                session.outbox.insert(0, data)
-                session.outbox_bytes += len(data)
+                session.unsend(data)
                 self._start_writer()
                 return
             self.bytes_out += len(data)
-            if ws.has_unsent:
-                self._start_writer()  # the writer flushes the rest of the frame
+            if ws.has_unsent or session.resume_wanted:
+                self._start_writer()  # the writer flushes the rest of the frame, or resumes
             elif self._drained is not None:
                 self._drained.set()
             return
@@ -555,10 +584,10 @@ class Connection:
             sent = 0  # the writer task meets the error again and closes the connection
         self.bytes_out += sent
         if sent < len(data):
-            rest = data[sent:]
-            session.outbox.insert(0, rest)
-            session.outbox_bytes += len(rest)
+            session.unsend(data[sent:])
             self._start_writer()
+        elif session.resume_wanted:
+            self._start_writer()  # more retained messages, in the writer's own steps
         elif self._drained is not None:
             self._drained.set()
 
@@ -621,6 +650,11 @@ class Connection:
                 self.bytes_out += len(data)
                 if self._drained is not None:
                     self._drained.set()
+            elif session.resume_wanted:
+                # The next step of a retained batch: send_all above was a checkpoint, so a
+                # subscription matching 200,000 retained messages never holds the loop long.
+                session.resume()
+                await trio.lowlevel.checkpoint()
             elif not persistent:
                 return  # nothing left: a plain socket needs no idle writer task
             else:
@@ -640,12 +674,17 @@ class Connection:
             if will is not None and not disconnected and not state.shutting_down:
                 # Published on any close but DISCONNECT ([MQTT-3.1.2-8]), with its own QoS
                 # and RETAIN ([MQTT-3.1.2-16], [MQTT-3.1.2-17]); then removed ([MQTT-3.1.2-10]).
-                state.broker.publish(will.topic, will.message, will.qos, will.retain)
-                log.info("will_published", topic_length=len(will.topic))
+                # The ACL is asked again: it may have been reloaded since CONNECT.
+                if protocol is not None and not protocol.acl.can_publish(will.topic):
+                    log.warning("will_refused", topic=will.topic, reason="acl")
+                else:
+                    state.broker.publish(will.topic, will.message, will.qos, will.retain)
+                    log.info("will_published", topic_length=len(will.topic))
             self.will = None
             state.broker.end_session(self.session)
             if state.clients.get(self.client_id or "") is self:
                 del state.clients[self.client_id or ""]
+        suppressed = self.protocol.logs.suppressed() if self.protocol is not None else None
         log.info(
             "client_disconnected" if self.session is not None else "connection_closed",
             reason=self.close_reason,
@@ -654,6 +693,7 @@ class Connection:
             publishes_denied=self.protocol.publishes_denied if self.protocol else 0,
             bytes_in=self.bytes_in,
             bytes_out=self.bytes_out,
+            **({"suppressed": suppressed} if suppressed else {}),
         )
         self._finished = True
         if self._closed is not None:
