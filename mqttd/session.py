@@ -35,6 +35,7 @@ from enum import IntEnum
 from typing import TYPE_CHECKING
 
 from mqttd.config import LimitsConfig
+from mqttd.errors import ProtocolViolation
 from mqttd.message import Message
 
 if TYPE_CHECKING:
@@ -423,36 +424,53 @@ class Session:
         """How many subscriptions still have retained messages to send."""
         return sum(1 for entry in self.queue if entry.__class__ is RetainedBatch)
 
+    # An acknowledgement of the wrong kind for a packet id in flight (PUBREC or PUBCOMP for a
+    # QoS 1 delivery, PUBACK for a QoS 2 one, PUBCOMP before PUBREC) is a protocol violation
+    # that closes the connection ([MQTT-4.8.0-1]), as Mosquitto decides. An acknowledgement
+    # for an id not in flight is ignored (PUBREC still gets its PUBREL): after a reconnect a
+    # client may finish flows the session no longer knows.
+
     def on_puback(self, packet_id: int) -> None:
         """PUBACK: a QoS 1 delivery is complete ([MQTT-4.3.2-1])."""
         outgoing = self.inflight.get(packet_id)
-        if outgoing is not None and outgoing.qos == 1:
-            del self.inflight[packet_id]
-            if self.store is not None:
-                self.store.delivery_removed(self.client_id, outgoing.seq, outgoing.message)
-            self._pump()
+        if outgoing is None:
+            return
+        if outgoing.qos != 1:
+            raise ProtocolViolation("puback_for_qos2_delivery")
+        del self.inflight[packet_id]
+        if self.store is not None:
+            self.store.delivery_removed(self.client_id, outgoing.seq, outgoing.message)
+        self._pump()
 
     def on_pubrec(self, packet_id: int) -> None:
         """PUBREC: release a QoS 2 delivery with PUBREL ([MQTT-4.3.3-1]).
 
         A PUBREC for an unknown id is still answered with PUBREL, as Mosquitto does, so a
-        client that lost track finishes its flow.
+        client that lost track finishes its flow; a repeated PUBREC gets PUBREL again.
         """
         outgoing = self.inflight.get(packet_id)
-        if outgoing is not None and outgoing.qos == 2 and not outgoing.released:
-            outgoing.released = True
-            if self.store is not None:
-                self.store.delivery_released(self.client_id, outgoing.seq)
+        if outgoing is not None:
+            if outgoing.qos != 2:
+                raise ProtocolViolation("pubrec_for_qos1_delivery")
+            if not outgoing.released:
+                outgoing.released = True
+                if self.store is not None:
+                    self.store.delivery_released(self.client_id, outgoing.seq)
         self._write(_PUBREL + packet_id.to_bytes(2, "big"))
 
     def on_pubcomp(self, packet_id: int) -> None:
         """PUBCOMP: a QoS 2 delivery is complete."""
         outgoing = self.inflight.get(packet_id)
-        if outgoing is not None and outgoing.released:
-            del self.inflight[packet_id]
-            if self.store is not None:
-                self.store.delivery_removed(self.client_id, outgoing.seq, outgoing.message)
-            self._pump()
+        if outgoing is None:
+            return
+        if outgoing.qos != 2:
+            raise ProtocolViolation("pubcomp_for_qos1_delivery")
+        if not outgoing.released:
+            raise ProtocolViolation("pubcomp_before_pubrec")
+        del self.inflight[packet_id]
+        if self.store is not None:
+            self.store.delivery_removed(self.client_id, outgoing.seq, outgoing.message)
+        self._pump()
 
     # -- incoming messages ------------------------------------------------------------------
 

@@ -26,6 +26,7 @@ buffer ended on a packet boundary, else ``MalformedPacket("truncated_packet")``.
 from __future__ import annotations
 
 import enum
+import re
 from collections.abc import Callable
 from typing import Final, Literal
 
@@ -139,6 +140,8 @@ def _rule(first: int, *, server: bool, await_connect: bool, mqtt31: bool) -> _Ru
     if ptype is PacketType.PUBLISH:
         if flags & 0x6 == 0x6:
             return (MalformedPacket, "publish_qos_3")  # [MQTT-3.3.1-4]
+        if flags & 0x8 and not flags & 0x6:
+            return (MalformedPacket, "dup_on_qos0")  # [MQTT-3.3.1-2]
         return _VARIABLE
     allowed = {_FLAGS[ptype]}
     if mqtt31 and ptype in _DUP_ALLOWED_31:
@@ -166,6 +169,20 @@ _CLIENT_31: Final = _table(server=False, await_connect=False, mqtt31=True)
 
 # --- body field readers ---------------------------------------------------------------------------
 
+#: Control characters section 1.5.3 says a string SHOULD NOT contain, and lets the receiver close
+#: the connection for: U+0001..U+001F and U+007F..U+009F. Mosquitto refuses them too.
+_CONTROL: Final = re.compile("[\x01-\x1f\x7f-\x9f]")
+
+
+def _check_text(text: str) -> None:
+    """Refuse U+0000 ([MQTT-1.5.3-2]) and the control characters of section 1.5.3."""
+    if text.isascii() and text.isprintable():
+        return  # the common case, in C: no control character at all
+    if "\x00" in text:
+        raise MalformedPacket("null_character_in_string")  # [MQTT-1.5.3-2]
+    if _CONTROL.search(text):
+        raise MalformedPacket("control_character_in_string")  # section 1.5.3
+
 
 def _read_utf8(buf: bytearray, pos: int, end: int) -> tuple[str, int]:
     """Read a 2-byte-length-prefixed UTF-8 string at ``pos``; return it and the next offset."""
@@ -180,8 +197,7 @@ def _read_utf8(buf: bytearray, pos: int, end: int) -> tuple[str, int]:
         text = buf[pos + 2 : stop].decode()
     except UnicodeDecodeError:
         raise MalformedPacket("invalid_utf8") from None
-    if "\x00" in text:
-        raise MalformedPacket("null_character_in_string")  # [MQTT-1.5.3-2]
+    _check_text(text)
     return text, stop
 
 
@@ -236,8 +252,7 @@ def _decode_publish(flags: int, buf: bytearray, start: int, end: int) -> Publish
         topic = buf[start + 2 : pos].decode()  # [MQTT-3.3.2-1] [MQTT-1.5.3-1]
     except UnicodeDecodeError:
         raise MalformedPacket("invalid_utf8") from None
-    if "\x00" in topic:
-        raise MalformedPacket("null_character_in_string")  # [MQTT-1.5.3-2]
+    _check_text(topic)
     validate_topic_name(topic)  # [MQTT-3.3.2-2] [MQTT-4.7.3-1]
     qos = (flags >> 1) & 0x3
     if qos:

@@ -41,8 +41,10 @@ no_deadline = settings(deadline=None)
 # --- strategies ---------------------------------------------------------------------------------
 
 # Any Unicode scalar value except U+0000 (surrogates cannot be UTF-8 encoded). [MQTT-1.5.3-1/-2]
-_char = st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00")
-_level_char = st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00/+#")
+# No surrogates ([MQTT-1.5.3-1]) and no control characters (Cc: U+0000 [MQTT-1.5.3-2] and the
+# U+0001..U+001F, U+007F..U+009F section 1.5.3 lets a receiver refuse, as mqttd does).
+_char = st.characters(blacklist_categories=("Cs", "Cc"))
+_level_char = st.characters(blacklist_categories=("Cs", "Cc"), blacklist_characters="/+#")
 
 utf8_text = st.text(_char, max_size=40)
 packet_ids = st.integers(1, 0xFFFF)

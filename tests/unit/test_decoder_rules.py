@@ -496,9 +496,42 @@ def test_publish_topic_with_wildcard_is_malformed(topic: str) -> None:
     reject(connected(), wire.publish(topic, b"p"), MalformedPacket, "wildcard_in_topic_name")
 
 
-def test_publish_qos0_with_dup_is_accepted() -> None:
-    """DUP at QoS 0 ([MQTT-3.3.1-2]) binds the sender; the decoder passes it on unchanged."""
-    assert decode_one(connected(), wire.publish("t", dup=True)) == Publish("t", dup=True)
+def test_publish_qos0_with_dup_is_malformed() -> None:
+    """DUP MUST be 0 at QoS 0 ([MQTT-3.3.1-2]): refused at the fixed header, as Mosquitto
+    does (strict by default)."""
+    reject(connected(), wire.publish("t", dup=True), MalformedPacket, "dup_on_qos0")
+    reject(connected(("MQIsdp", 3)), wire.publish("t", dup=True), MalformedPacket, "dup_on_qos0")
+
+
+@pytest.mark.parametrize("char", ["\x01", "\x1f", "\x7f", "\x80", "\x9f"])
+@pytest.mark.parametrize("field", ["topic", "filter", "client_id", "username", "will_topic"])
+def test_control_characters_close_the_connection(char: str, field: str) -> None:
+    """Section 1.5.3: U+0001..U+001F and U+007F..U+009F in any string close the connection
+    (the spec's MAY, which Mosquitto takes too)."""
+    text = f"a{char}b"
+    if field == "topic":
+        reason = "control_character_in_string"
+        reject(connected(), wire.publish(text, b"x"), MalformedPacket, reason)
+    elif field == "filter":
+        reject(
+            connected(),
+            wire.subscribe(1, [(text, 0)]),
+            MalformedPacket,
+            "control_character_in_string",
+        )
+    else:
+        args: dict[str, object] = {
+            "client_id": {"client_id": text},
+            "username": {"client_id": "c", "username": text},
+            "will_topic": {"client_id": "c", "will": (text, b"w")},
+        }[field]
+        reject(Decoder(), wire.connect(**args), MalformedPacket, "control_character_in_string")  # type: ignore[arg-type]
+
+
+def test_printable_unicode_is_fine() -> None:
+    """Characters outside the control ranges pass, U+00A0 and U+FEFF included."""
+    topic = "caf\u00e9/\u00a0/\ufeff/\u2028/\U0001f600"
+    assert decode_one(connected(), wire.publish(topic, b"x")) == Publish(topic, b"x")
 
 
 # --- SUBSCRIBE / UNSUBSCRIBE / acks -------------------------------------------------------------

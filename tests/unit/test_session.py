@@ -182,3 +182,35 @@ def test_queued_messages_checked_against_the_reader_when_sent() -> None:
     session.attach(lambda: None)
     topics = [packet.topic for packet in drain(session, Decoder(server=False))]
     assert topics == ["ok/1", "ok/2"]
+
+
+def test_acknowledgement_of_the_wrong_kind_is_a_protocol_violation() -> None:
+    """PUBREC or PUBCOMP for a QoS 1 delivery, PUBACK for a QoS 2 one, PUBCOMP before PUBREC:
+    protocol violations that close the connection [MQTT-4.8.0-1]; ids not in flight are
+    ignored (a PUBREC still gets its PUBREL)."""
+    import pytest
+
+    from mqttd.errors import ProtocolViolation
+
+    session = Session("c", clean_session=True, limits=LIMITS)
+    session.attach(lambda: None)
+    session.offer(Message("t", b"1", 1), 1)  # packet id 1, QoS 1
+    session.offer(Message("t", b"2", 2), 2)  # packet id 2, QoS 2
+    session.take_outbox()
+    for method, pid, reason in (
+        (session.on_pubrec, 1, "pubrec_for_qos1_delivery"),
+        (session.on_pubcomp, 1, "pubcomp_for_qos1_delivery"),
+        (session.on_puback, 2, "puback_for_qos2_delivery"),
+        (session.on_pubcomp, 2, "pubcomp_before_pubrec"),
+    ):
+        with pytest.raises(ProtocolViolation, match=reason):
+            method(pid)
+    session.on_puback(9)
+    session.on_pubcomp(9)
+    session.on_pubrec(9)
+    assert session.take_outbox() == b"\x62\x02\x00\x09"  # PUBREL for the unknown id
+    session.on_pubrec(2)
+    session.on_pubrec(2)  # a repeated PUBREC gets PUBREL again
+    session.on_pubcomp(2)
+    session.on_puback(1)
+    assert not session.inflight
