@@ -1,8 +1,10 @@
 """Per-connection MQTT rules after a successful CONNECT, pure and synchronous.
 
 ``ClientProtocol.handle(packet)`` applies one decoded client packet to the broker and the
-client's session; replies go to the session's outbox. The CONNECT exchange itself (authentication,
-client-id takeover) needs I/O and lives in ``connection.py``; everything after it is here.
+client's session; replies go to the session's outbox. The connection's life around it (CONNECT,
+authentication, takeover, deadlines, the Will, the close) is ``mqttd.connection_protocol``.
+The decoder has already refused every packet a client may not send here (a second CONNECT,
+server-to-client types), so each packet type has exactly one handler.
 """
 
 from __future__ import annotations
@@ -18,7 +20,6 @@ from mqttd.codec.encoder import encode
 from mqttd.codec.packets import (
     SUBACK_FAILURE,
     Connack,
-    Connect,
     Disconnect,
     Packet,
     Pingreq,
@@ -31,6 +32,7 @@ from mqttd.codec.packets import (
     Subscribe,
     Unsuback,
     Unsubscribe,
+    Will,
 )
 from mqttd.errors import ProtocolViolation
 from mqttd.logging import LogBudget
@@ -65,6 +67,7 @@ class ClientProtocol:
         "protocol_level",
         "publishes_denied",
         "session",
+        "will",
     )
 
     def __init__(
@@ -75,23 +78,21 @@ class ClientProtocol:
         self.protocol_level = protocol_level
         self.acl = acl
         self.disconnected = False  # a DISCONNECT was received: discard the Will
+        #: the Will to publish if the connection ends without DISCONNECT ([MQTT-3.1.2-8])
+        self.will: Will | None = None
         self.publishes_denied = 0
         self.max_topic_levels = broker.limits.max_topic_levels
         #: warnings this client can trigger again and again: logged once, then counted
         self.logs = LogBudget()
 
-    def handle(self, packet: Packet) -> bool:
-        """Apply one packet. Returns False once the client has sent DISCONNECT.
+    def handle(self, packet: Packet) -> None:
+        """Apply one packet a client sent after CONNECT (``disconnected`` tells of DISCONNECT).
 
         Raises:
             ProtocolViolation: the packet is not allowed now (the connection must close,
                 [MQTT-4.8.0-1]).
         """
-        handler = _HANDLERS.get(type(packet))
-        if handler is None:
-            raise ProtocolViolation(f"unexpected_{type(packet).__name__.lower()}")
-        handler(self, packet)
-        return not self.disconnected
+        _HANDLERS[packet.__class__](self, packet)
 
     def _publish(self, packet: Publish) -> None:
         qos = packet.qos
@@ -195,9 +196,6 @@ class ClientProtocol:
     def _disconnect(self, packet: Disconnect) -> None:
         self.disconnected = True  # the Will is discarded ([MQTT-3.14.4-3])
 
-    def _connect(self, packet: Connect) -> None:
-        raise ProtocolViolation("second_connect")  # [MQTT-3.1.0-2]
-
 
 #: Packet type -> handler, shared by every connection (one dict, not one per client).
 _HANDLERS: dict[type, Callable[[ClientProtocol, Any], None]] = {
@@ -210,5 +208,4 @@ _HANDLERS: dict[type, Callable[[ClientProtocol, Any], None]] = {
     Unsubscribe: ClientProtocol._unsubscribe,
     Pingreq: ClientProtocol._pingreq,
     Disconnect: ClientProtocol._disconnect,
-    Connect: ClientProtocol._connect,
 }

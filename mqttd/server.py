@@ -65,7 +65,7 @@ class Server:
         previous one."""
         if await trio.to_thread.run_sync(self.state.access.reload):
             for connection in list(self.state.connections):
-                connection.refresh_acl()
+                connection.reauthorise()
         reload_certificates(self.state.config.listeners)
 
     def shutdown(self) -> None:

@@ -8,11 +8,13 @@ transaction and commits -- many changes per commit, from every connection at onc
 recorded operation has a sequence number; ``await store.durable(store.mark())`` returns once
 everything recorded before the mark is committed (and, with durability "fsync", synced).
 
-The connection writer waits for that before it sends anything, so no PUBACK, PUBREC, CONNACK or
-delivery ever leaves the broker before the state that produced it is durable: an acknowledged
-message survives ``kill -9``. Each connection also remembers which operations its own packets
-recorded; if a commit carrying any of them fails (disk full, I/O error), that connection is
-closed without its acknowledgements (``StoreError``) and every other client carries on.
+Each connection's output passes an ``OutputGate``: every batch of output gets the mark of
+everything recorded when it was taken, and is written only once that is committed, so no
+PUBACK, PUBREC, CONNACK or delivery ever leaves the broker before the state that produced it is
+durable: an acknowledged message survives ``kill -9``. The gate also remembers which operations
+the connection's own packets recorded; if a commit carrying any of them fails (disk full, I/O
+error), ``wait`` raises ``StoreError`` and that connection is closed without its
+acknowledgements while every other client carries on.
 
 A message fanned out to many persistent sessions is stored once and referenced by each delivery
 row; it is deleted when the last reference goes.
@@ -451,3 +453,70 @@ class Store:
         with self._lock:
             self._closing = True
             self._has_work.notify()
+
+    def gate(self, backlog_limit: int) -> OutputGate:
+        """A new connection's gate (see ``OutputGate``)."""
+        return OutputGate(self, backlog_limit)
+
+
+class OutputGate:
+    """One connection's view of the store: what its input recorded, and when its output may go.
+
+    The connection's protocol brackets the processing of its input with ``begin``/``end``;
+    its writer calls ``wait`` (when ``must_wait``) after taking a batch of output and before
+    writing it.
+
+    Args:
+        store: the store.
+        backlog_limit: uncommitted operations above which the client is read more slowly
+            (``[limits] store_backlog_limit``).
+    """
+
+    __slots__ = ("_backlog_limit", "_own", "_store")
+
+    def __init__(self, store: Store, backlog_limit: int) -> None:
+        self._store = store
+        self._backlog_limit = backlog_limit
+        #: (first, last] operation ranges this connection's input recorded, not yet checked
+        self._own: list[tuple[int, int]] = []
+
+    def begin(self) -> int:
+        """Input is about to be processed; returns the token ``end`` takes."""
+        return self._store.recorded
+
+    def end(self, token: int) -> None:
+        """Input processing begun with ``token`` is over: remember what it recorded."""
+        recorded = self._store.recorded
+        if recorded != token:
+            self._own.append((token, recorded))
+
+    def must_wait(self) -> bool:
+        """Whether output taken now must wait for a commit (or for a check of one)."""
+        store = self._store
+        return store.committed < store.recorded or bool(self._own)
+
+    async def wait(self) -> None:
+        """Wait until everything recorded so far -- the mark of the output just taken -- is
+        committed.
+
+        Raises:
+            StoreError: a commit carrying an operation of this connection's input failed: its
+                acknowledgements must not be sent.
+        """
+        store = self._store
+        upto = store.recorded  # the mark, taken before the first checkpoint
+        if store.committed < upto:
+            await store.durable(upto)
+        own = self._own
+        while own and own[0][1] <= upto:
+            first, last = own.pop(0)
+            if store.failed(first, last):
+                raise StoreError("commit_failed")
+
+    def overloaded(self) -> bool:
+        """Whether the store lags so far behind that this client must be read more slowly."""
+        return self._store.backlog() >= self._backlog_limit
+
+    async def catch_up(self) -> None:
+        """Wait until the store's backlog is down to half the limit."""
+        await self._store.drain(self._backlog_limit // 2)

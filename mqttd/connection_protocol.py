@@ -1,0 +1,592 @@
+"""The life of one client connection, pure and synchronous: bytes in, actions out.
+
+Theory of operation. ``ConnectionProtocol`` is to a broker connection what h11's ``Connection``
+is to an HTTP one: it does no I/O, reads no clock and starts no task. Its driver
+(``mqttd.connection``) feeds it the bytes it reads (``receive_data``) and then asks what to do
+next (``next_action(now)``) until the answer is ``NEED_DATA``:
+
+* ``CheckPassword`` -- verify a password (PBKDF2 is slow: the driver runs it in a thread), then
+  call ``password_checked(ok)``;
+* ``TakeOver`` -- close any other connection with this client id ([MQTT-3.1.4-2]) and wait
+  until it is gone, then call ``taken_over(now)``, which opens the session and queues CONNACK;
+* ``Throttle`` -- the client exceeds ``max_publish_rate``: read nothing more until ``until``;
+* ``WAIT_FOR_OUTPUT`` / ``WAIT_FOR_STORE`` -- the client does not read its replies, or the disk
+  lags: read nothing more until the output drained (or the store caught up);
+* ``Close`` -- close the connection (after writing what ``data_to_send`` holds, when
+  ``flush``); then call ``close``.
+
+Output is whatever ``data_to_send()`` returns: the CONNACK refusing a client, or everything the
+session's outbox gathered (replies, deliveries); ``wake`` is called whenever there is new output.
+``close(reason, now)`` ends the connection for any reason -- the protocol's own ``Close``, the
+peer going away, a takeover or shutdown from outside: the Will is published unless the client
+said DISCONNECT, the session is detached, and one line sums the connection up. After it, no
+output is ever produced again.
+
+Deadlines are the protocol's too, computed from the ``now`` the driver passes: CONNECT within
+``connect_timeout_s``, then a complete packet within 1.5 x Keep Alive ([MQTT-3.1.2-24]);
+``deadline(now)`` says when, ``timeout_reason()`` why. While reading is paused on purpose
+(throttled, output or store backlog), silence from the client is not its fault.
+
+The states, and what moves between them::
+
+    AWAIT_CONNECT --CONNECT--> AUTHENTICATING --taken_over--> CONNECTED
+          |                          |                            |
+          +--------- Close ----------+--------- Close ------------+--> CLOSING --close--> CLOSED
+
+Methods called in a state that does not allow them raise ``LocalProtocolError`` (a driver
+bug); the peer's mistakes never raise, they become ``Close`` actions.
+"""
+
+from __future__ import annotations
+
+import enum
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Final, Protocol
+
+import structlog
+
+from mqttd.auth import PasswordFile
+from mqttd.codec.decoder import CLOSED, NEED_DATA, Decoder
+from mqttd.codec.packets import ConnackCode, Connect, Publish
+from mqttd.errors import LocalProtocolError, ProtocolError
+from mqttd.protocol import ClientProtocol, connack_bytes
+from mqttd.session import Session
+
+if TYPE_CHECKING:
+    from mqttd.access import AccessControl
+    from mqttd.broker import Broker
+    from mqttd.config import ListenerConfig
+
+__all__ = [
+    "NEED_DATA",
+    "WAIT_FOR_OUTPUT",
+    "WAIT_FOR_STORE",
+    "Action",
+    "CheckPassword",
+    "Close",
+    "ConnectionProtocol",
+    "OutputGate",
+    "ServerView",
+    "State",
+    "TakeOver",
+    "Throttle",
+]
+
+log = structlog.get_logger("mqttd.connection")
+
+
+class State(enum.Enum):
+    """Where a connection is in its life."""
+
+    AWAIT_CONNECT = "await_connect"
+    AUTHENTICATING = "authenticating"  # CONNECT decoded: password check and takeover
+    CONNECTED = "connected"
+    CLOSING = "closing"  # a Close was returned: nothing more is read
+    CLOSED = "closed"
+
+
+class _Wait(enum.Enum):
+    WAIT_FOR_OUTPUT = "WAIT_FOR_OUTPUT"
+    WAIT_FOR_STORE = "WAIT_FOR_STORE"
+
+    def __repr__(self) -> str:
+        return self.value
+
+
+#: Read nothing more until the output (``max_outbox_bytes``) has drained.
+WAIT_FOR_OUTPUT: Final = _Wait.WAIT_FOR_OUTPUT
+#: Read nothing more until the store has caught up (``store_backlog_limit``).
+WAIT_FOR_STORE: Final = _Wait.WAIT_FOR_STORE
+
+
+@dataclass(frozen=True, slots=True)
+class CheckPassword:
+    """Verify ``password`` for ``username`` against ``passwords``, off the event loop, then
+    call ``password_checked``."""
+
+    username: str
+    password: bytes | None
+    passwords: PasswordFile
+
+
+@dataclass(frozen=True, slots=True)
+class TakeOver:
+    """Close any other connection using ``client_id`` and wait until it is gone, then call
+    ``taken_over`` ([MQTT-3.1.4-2])."""
+
+    client_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Throttle:
+    """Read nothing more before ``until`` (trio clock): ``max_publish_rate``."""
+
+    until: float
+
+
+@dataclass(frozen=True, slots=True)
+class Close:
+    """Close the connection, after writing ``data_to_send()`` if ``flush``; then ``close``."""
+
+    reason: str
+    flush: bool = False
+
+
+Action = type(NEED_DATA) | _Wait | CheckPassword | TakeOver | Throttle | Close
+
+
+class ServerView(Protocol):
+    """What a connection sees of the server it belongs to."""
+
+    broker: Broker
+    access: AccessControl
+    shutting_down: bool
+
+
+class OutputGate(Protocol):
+    """The store's view of one connection (``mqttd.store.OutputGate``): which operations its
+    input recorded, so that its output waits until they are durable."""
+
+    def begin(self) -> int:
+        """Input is about to be processed; returns a token for ``end``."""
+
+    def end(self, token: int) -> None:
+        """Input processing that began with ``token`` is over."""
+
+    def overloaded(self) -> bool:
+        """The store lags so far behind that this client must be read more slowly."""
+
+
+class ConnectionProtocol:
+    """One client connection's rules, from the first byte to the closing log line.
+
+    Args:
+        server: the broker, the access rules and whether the server is shutting down.
+        listener: the listener the connection came in on (its auth settings apply).
+        now: the time the connection was accepted (trio clock).
+        wake: called whenever there is new output for ``data_to_send``.
+        kick: called with a reason when the connection must close for something found
+            outside its own input (``slow_consumer = "disconnect"`` overflowing its queue).
+        tls_identity: the verified client certificate's common name, if any.
+        gate: the store's durability gate for this connection, when a store is in use.
+    """
+
+    __slots__ = (
+        "_client",
+        "_connect",
+        "_early",
+        "_gate",
+        "_kick",
+        "_last_packet_at",
+        "_paused",
+        "_pending",
+        "_tokens",
+        "_tokens_at",
+        "accepted_at",
+        "bytes_in",
+        "client_id",
+        "decoder",
+        "keepalive",
+        "listener",
+        "packets_in",
+        "server",
+        "session",
+        "state",
+        "tls_identity",
+        "username",
+        "wake",
+    )
+
+    def __init__(
+        self,
+        server: ServerView,
+        listener: ListenerConfig,
+        now: float,
+        wake: Callable[[], None],
+        *,
+        kick: Callable[[str], None] | None = None,
+        tls_identity: str | None = None,
+        gate: OutputGate | None = None,
+    ) -> None:
+        limits = server.broker.limits
+        self.server = server
+        self.listener = listener
+        self.tls_identity = tls_identity
+        self.wake = wake
+        self._kick = kick
+        self._gate = gate
+        self.decoder = Decoder(
+            server=True,
+            max_packet_size=limits.max_packet_size,
+            max_connect_packet_size=limits.max_connect_packet_size,
+        )
+        self.state = State.AWAIT_CONNECT
+        self.client_id: str | None = None
+        self.username: str | None = None
+        self.session: Session | None = None
+        self._client: ClientProtocol | None = None
+        self._connect: Connect | None = None
+        self._pending: Action | None = None  # decided while authenticating
+        self._early = b""  # output before there is a session (a refusing CONNACK)
+        self.keepalive = 0
+        self.packets_in = 0
+        self.bytes_in = 0
+        self.accepted_at = now
+        self._last_packet_at = now
+        self._paused = False
+        self._tokens = limits.max_publish_rate
+        self._tokens_at = now
+
+    # -- input ------------------------------------------------------------------------------
+
+    def receive_data(self, data: bytes) -> None:
+        """Bytes read from the client; ``b""`` when it closed its side (EOF)."""
+        if self.state is State.CLOSED or self.state is State.CLOSING:
+            return  # nothing more is read: a Close is under way
+        self.bytes_in += len(data)
+        self.decoder.receive_data(data)
+
+    def next_action(self, now: float) -> Action:
+        """Process what was received; return what the driver must do next."""
+        if self._paused:  # the driver waited as asked: the client's silence was ours
+            self._paused = False
+            self._last_packet_at = now
+        pending = self._pending
+        if pending is not None:  # decided by password_checked
+            self._pending = None
+            return pending
+        state = self.state
+        if state is State.CONNECTED:
+            return self._serve(now)
+        if state is State.AWAIT_CONNECT:
+            return self._await_connect()
+        raise LocalProtocolError(f"next_action_when_{state.value}")
+
+    def _await_connect(self) -> Action:
+        try:
+            packet = self.decoder.next_packet()
+        except ProtocolError as exc:
+            if exc.connack_code is not None:
+                return self._refuse(exc.connack_code, exc.reason)
+            return self._fail(exc)
+        if packet is NEED_DATA:
+            return NEED_DATA
+        if packet is CLOSED:
+            return self._closing("closed_before_connect")
+        assert isinstance(packet, Connect)  # the decoder enforces CONNECT first
+        self.packets_in = 1
+        self._connect = packet
+        self.state = State.AUTHENTICATING
+        return self._authenticate(packet)
+
+    def _serve(self, now: float) -> Action:
+        client = self._client
+        assert client is not None
+        decoder = self.decoder
+        handle = client.handle
+        gate = self._gate
+        token = gate.begin() if gate is not None else 0
+        got_packet = False
+        try:
+            rate = self.server.broker.limits.max_publish_rate
+            while True:
+                try:
+                    packet = decoder.next_packet()
+                    if packet is NEED_DATA:
+                        break
+                    if packet is CLOSED:
+                        return self._closing("peer_closed")
+                    got_packet = True
+                    self.packets_in += 1
+                    handle(packet)
+                except ProtocolError as exc:
+                    return self._fail(exc)
+                if client.disconnected:
+                    return self._closing("client_disconnect")  # [MQTT-3.14.4-2]
+                if rate and packet.__class__ is Publish:
+                    # A token bucket (burst = one second's worth): the excess waits in the
+                    # decoder and the socket -- delayed by not reading, never dropped.
+                    tokens = min(rate, self._tokens + (now - self._tokens_at) * rate) - 1
+                    self._tokens, self._tokens_at = tokens, now
+                    if tokens < 0:
+                        self._paused = True
+                        return Throttle(now - tokens / rate)
+        finally:
+            if gate is not None:
+                gate.end(token)
+            if got_packet:
+                self._last_packet_at = now
+        session = self.session
+        assert session is not None
+        if session.outbox_bytes > self.server.broker.limits.max_outbox_bytes:
+            self._paused = True
+            return WAIT_FOR_OUTPUT
+        if gate is not None and gate.overloaded():
+            self._paused = True
+            return WAIT_FOR_STORE
+        return NEED_DATA
+
+    # -- CONNECT ----------------------------------------------------------------------------
+
+    def _authenticate(self, connect: Connect) -> Action:
+        listener = self.listener
+        policy = self.server.access.policy(listener)
+        if listener.use_identity_as_username and self.tls_identity is not None:
+            return self._authorised(self.tls_identity)  # the verified certificate is the key
+        if connect.username is None:
+            if not policy.config.anonymous_allowed(listener.host):
+                return self._refuse(ConnackCode.NOT_AUTHORIZED, "anonymous_not_allowed")
+            return self._authorised(None)
+        if policy.passwords is not None:
+            return CheckPassword(connect.username, connect.password, policy.passwords)
+        return self._authorised(connect.username)
+
+    def password_checked(self, ok: bool) -> None:
+        """The result of ``CheckPassword``; ``next_action`` tells what follows."""
+        connect = self._connect
+        if self.state is not State.AUTHENTICATING or connect is None or self._pending is not None:
+            raise LocalProtocolError("password_checked_out_of_turn")
+        if ok:
+            self._pending = self._authorised(connect.username)
+        else:
+            log.warning("authentication_failed", username=connect.username)
+            self._pending = self._refuse(ConnackCode.BAD_USERNAME_OR_PASSWORD, "bad_credentials")
+
+    def _authorised(self, username: str | None) -> Action:
+        connect = self._connect
+        assert connect is not None
+        if self.server.shutting_down:
+            return self._refuse(ConnackCode.SERVER_UNAVAILABLE, "server_shutting_down")
+        # [MQTT-3.1.3-6] a zero-length id with CleanSession=1 gets one from the server (the
+        # decoder refused it with CleanSession=0, [MQTT-3.1.3-8]).
+        client_id = connect.client_id or f"auto-{uuid.uuid4().hex}"
+        self.client_id = client_id
+        self.username = username
+        will = connect.will
+        if will is not None:
+            # The Will is a PUBLISH made in advance: the same rules, checked now (and again
+            # when it is published). Too deep closes the connection, as a PUBLISH would; a
+            # topic the client may not write (the ACL, or a $ topic) gets 0x05, as Mosquitto
+            # answers.
+            if will.topic.count("/") >= self.server.broker.limits.max_topic_levels:
+                return self._fail(ProtocolError("too_many_will_topic_levels"))
+            acl = self.server.access.client_acl(self.listener, username, client_id)
+            if not acl.can_publish(will.topic):
+                return self._refuse(ConnackCode.NOT_AUTHORIZED, "will_not_authorised")
+        return TakeOver(client_id)
+
+    def taken_over(self, now: float) -> None:
+        """No other connection has this client id any more: open the session, send CONNACK."""
+        connect = self._connect
+        client_id = self.client_id
+        if self.state is not State.AUTHENTICATING or connect is None or client_id is None:
+            raise LocalProtocolError("taken_over_out_of_turn")
+        server = self.server
+        broker = server.broker
+        gate = self._gate
+        token = gate.begin() if gate is not None else 0
+        session, present = broker.open_session(
+            client_id,
+            connect.clean_session,
+            self.username,
+            check_owner=server.access.policy(self.listener).config.session_owner_check,
+        )
+        if gate is not None:
+            gate.end(token)
+        if connect.protocol_level == 3:
+            present = False  # MQTT 3.1 has no Session Present flag
+        limits = broker.limits
+        cap = limits.max_keepalive
+        # A client asking for more than the cap (or for none) is held to the cap.
+        self.keepalive = cap if cap and not 0 < connect.keepalive <= cap else connect.keepalive
+        acl = server.access.client_acl(self.listener, self.username, client_id)
+        session.may_receive = None if acl.allows_everything else acl.can_receive
+        kick = self._kick
+        if limits.slow_consumer == "disconnect" and kick is not None:
+            session.on_overflow = lambda: kick("slow_consumer")
+        self.session = session
+        self._client = ClientProtocol(broker, session, connect.protocol_level, acl)
+        self._connect = None  # only the Will is kept ([MQTT-3.1.2-8])
+        self._client.will = connect.will
+        self.state = State.CONNECTED
+        self._last_packet_at = now
+        self._tokens_at = now
+        # CONNACK is the first packet the server sends ([MQTT-3.2.0-1], [MQTT-3.1.4-4]); the
+        # session's re-sends follow it once attached ([MQTT-4.4.0-1]).
+        session.send_packet(connack_bytes(present, ConnackCode.ACCEPTED))
+        session.attach(self.wake)
+        self.wake()  # CONNACK is output even when the session had nothing to re-send
+        log.info(
+            "client_connected",
+            client_id=client_id,
+            clean_session=connect.clean_session,
+            session_present=present,
+            keepalive=connect.keepalive,
+            protocol_level=connect.protocol_level,
+            username=self.username,
+            will=connect.will is not None,
+        )
+
+    def _refuse(self, code: int, reason: str) -> Close:
+        """CONNACK with a non-zero code, then close ([MQTT-3.2.2-5]); what the client sends
+        after is not read ([MQTT-3.1.4-5])."""
+        log.info("connect_refused", reason=reason, return_code=code, client_id=self.client_id)
+        self._early = connack_bytes(False, code)
+        self.state = State.CLOSING
+        return Close(reason, flush=True)
+
+    def _fail(self, exc: ProtocolError) -> Close:
+        """The client broke the protocol: close the connection ([MQTT-4.8.0-1])."""
+        log.warning("protocol_error", reason=exc.reason, client_id=self.client_id)
+        self.state = State.CLOSING
+        return Close(exc.reason)
+
+    def _closing(self, reason: str) -> Close:
+        self.state = State.CLOSING
+        return Close(reason)
+
+    # -- output -----------------------------------------------------------------------------
+
+    @property
+    def has_output(self) -> bool:
+        """Whether ``data_to_send`` has anything."""
+        if self.state is State.CLOSED:
+            return False
+        if self._early:
+            return True
+        session = self.session
+        return session is not None and bool(session.outbox)
+
+    def data_to_send(self) -> bytes:
+        """Everything there is to write now, as one buffer (b"" after ``close``)."""
+        if self.state is State.CLOSED:
+            return b""
+        if self._early:
+            data, self._early = self._early, b""
+            return data
+        session = self.session
+        if session is None or not session.outbox:
+            return b""
+        return session.take_outbox()
+
+    def unsend(self, data: bytes) -> None:
+        """Bytes ``data_to_send`` returned that the transport did not take: they go first
+        next time (and count against ``max_outbox_bytes`` meanwhile)."""
+        if self.state is not State.CLOSED and self.session is not None and data:
+            self.session.unsend(data)
+
+    @property
+    def output_drained(self) -> bool:
+        """Whether the output is back under ``max_outbox_bytes`` (reading may go on)."""
+        session = self.session
+        limit = self.server.broker.limits.max_outbox_bytes
+        return session is None or session.outbox_bytes <= limit
+
+    @property
+    def resume_wanted(self) -> bool:
+        """A retained batch waits for the output to be written before its next step."""
+        session = self.session
+        return session is not None and session.resume_wanted and self.state is not State.CLOSED
+
+    def resume(self) -> None:
+        """Take the next step of a waiting retained batch (see ``Session.resume``)."""
+        if self.resume_wanted:
+            self.session.resume()  # type: ignore[union-attr]
+
+    # -- deadlines --------------------------------------------------------------------------
+
+    def deadline(self, now: float) -> float | None:
+        """When the next complete packet must arrive: the CONNECT within connect_timeout_s,
+        then one within 1.5 x Keep Alive of the last ([MQTT-3.1.2-24]); None when no deadline
+        applies (Keep Alive 0, authenticating, closing)."""
+        state = self.state
+        if state is State.AWAIT_CONNECT:
+            return self.accepted_at + self.server.broker.limits.connect_timeout_s
+        if state is not State.CONNECTED or not self.keepalive:
+            return None
+        grace = self.keepalive * 1.5
+        if self._paused:
+            return now + grace  # reading paused on purpose: ask again later
+        return self._last_packet_at + grace
+
+    def timeout_reason(self) -> str:
+        """Why a passed ``deadline`` closes the connection."""
+        return "connect_timeout" if self.state is State.AWAIT_CONNECT else "keepalive_timeout"
+
+    # -- the end ----------------------------------------------------------------------------
+
+    def close(self, reason: str, now: float, *, bytes_out: int = 0) -> None:
+        """The connection has ended (for any reason): publish the Will unless the client sent
+        DISCONNECT or the server is shutting down, detach the session, log one summary line.
+
+        Calling it again does nothing.
+        """
+        if self.state is State.CLOSED:
+            return
+        self.state = State.CLOSED
+        self._early = b""
+        server = self.server
+        client = self._client
+        session = self.session
+        if reason == "connect_timeout":
+            log.info("connect_timeout", timeout_s=server.broker.limits.connect_timeout_s)
+        elif reason == "keepalive_timeout":
+            log.info("keepalive_timeout", keepalive=self.keepalive)
+        if session is not None and client is not None:
+            will = client.will
+            if will is not None and not client.disconnected and not server.shutting_down:
+                # Published on any close but DISCONNECT ([MQTT-3.1.2-8]), with its own QoS and
+                # RETAIN ([MQTT-3.1.2-16], [MQTT-3.1.2-17]); then removed ([MQTT-3.1.2-10]).
+                # The ACL is asked again: it may have been reloaded since CONNECT.
+                if client.acl.can_publish(will.topic):
+                    server.broker.publish(will.topic, will.message, will.qos, will.retain)
+                    log.info("will_published", topic_length=len(will.topic))
+                else:
+                    log.warning("will_refused", topic=will.topic, reason="acl")
+            client.will = None
+            server.broker.end_session(session)
+        suppressed = client.logs.suppressed() if client is not None else None
+        log.info(
+            "client_disconnected" if session is not None else "connection_closed",
+            reason=reason,
+            duration_s=round(now - self.accepted_at, 3),
+            packets_in=self.packets_in,
+            publishes_denied=client.publishes_denied if client is not None else 0,
+            bytes_in=self.bytes_in,
+            bytes_out=bytes_out,
+            **({"suppressed": suppressed} if suppressed else {}),
+        )
+
+    # -- after a reload ---------------------------------------------------------------------
+
+    def reauthorise(self) -> str | None:
+        """Apply reloaded password and ACL files (SIGHUP) to this connected client.
+
+        Returns:
+            The reason to disconnect it -- its user is no longer in the password file, or it
+            is anonymous where anonymous clients are no longer allowed, as Mosquitto decides
+            -- or None when it stays (with the new ACL in force at once).
+        """
+        client = self._client
+        session = self.session
+        if self.state is not State.CONNECTED or client is None or session is None:
+            return None
+        listener = self.listener
+        policy = self.server.access.policy(listener)
+        by_certificate = listener.use_identity_as_username and self.tls_identity is not None
+        if self.username is None:
+            if not policy.config.anonymous_allowed(listener.host):
+                return "anonymous_not_allowed"
+        elif (
+            not by_certificate
+            and policy.passwords is not None
+            and self.username not in policy.passwords
+        ):
+            return "user_removed"
+        assert self.client_id is not None
+        acl = self.server.access.client_acl(listener, self.username, self.client_id)
+        client.acl = acl
+        session.may_receive = None if acl.allows_everything else acl.can_receive
+        return None
