@@ -69,7 +69,7 @@ async def _open_tcp(host: str, port: int, tls: bool, cafile: str | None) -> trio
 
 
 class RawStream:
-    """A TCP or TLS byte stream."""
+    """A TCP or TLS byte stream; trio's errors and EOF become ``Closed``."""
 
     def __init__(self, stream: trio.abc.Stream) -> None:
         self._stream = stream
@@ -88,7 +88,7 @@ class RawStream:
             raise Closed(f"connection reset: {exc!r}") from exc
         if not data:
             raise Closed("EOF")
-        return data
+        return bytes(data)
 
     async def aclose(self) -> None:
         with trio.move_on_after(1) as scope:
@@ -103,16 +103,17 @@ class WebSocketStream:
     """An MQTT byte stream carried in WebSocket binary messages (client side, wsproto)."""
 
     def __init__(self, stream: trio.abc.Stream, subprotocol: str | None) -> None:
-        self._stream = stream
+        self._raw = RawStream(stream)
         self._ws = WSConnection(ConnectionType.CLIENT)
         self.subprotocol = subprotocol
         self._pending: list[bytes] = []
         self._closed = False
 
     async def handshake(self, host: str, path: str, subprotocols: list[str]) -> None:
-        await self._write(self._ws.send(Request(host=host, target=path, subprotocols=subprotocols)))
+        request = Request(host=host, target=path, subprotocols=subprotocols)
+        await self._raw.send(self._ws.send(request))
         while True:
-            data = await self._read_raw()
+            data = await self._raw.receive()
             self._ws.receive_data(data)
             for event in self._ws.events():
                 if isinstance(event, AcceptConnection):
@@ -120,21 +121,6 @@ class WebSocketStream:
                     return
                 if isinstance(event, RejectConnection | RejectData):
                     raise Closed(f"WebSocket handshake rejected ({event!r})")
-
-    async def _write(self, data: bytes) -> None:
-        try:
-            await self._stream.send_all(data)
-        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            raise Closed(f"send failed: {exc!r}") from exc
-
-    async def _read_raw(self) -> bytes:
-        try:
-            data = await self._stream.receive_some(RECEIVE_SIZE)
-        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            raise Closed(f"connection reset: {exc!r}") from exc
-        if not data:
-            raise Closed("EOF")
-        return data
 
     async def send(self, data: bytes) -> None:
         """Send one binary WebSocket message."""
@@ -151,13 +137,13 @@ class WebSocketStream:
                 out += self._ws.send(message)
         except LocalProtocolError as exc:
             raise Closed(f"WebSocket already closed: {exc}") from exc
-        await self._write(out)
+        await self._raw.send(out)
 
     async def receive(self) -> bytes:
         while not self._pending:
             if self._closed:
                 raise Closed("WebSocket closed")
-            data = await self._read_raw()
+            data = await self._raw.receive()
             self._ws.receive_data(data)
             for event in self._ws.events():
                 if isinstance(event, BytesMessage):
@@ -165,22 +151,17 @@ class WebSocketStream:
                 elif isinstance(event, TextMessage):
                     self._pending.append(event.data.encode("utf-8"))
                 elif isinstance(event, Ping):
-                    await self._write(self._ws.send(event.response()))
+                    await self._raw.send(self._ws.send(event.response()))
                 elif isinstance(event, CloseConnection):
                     self._closed = True
                     try:
-                        await self._write(self._ws.send(event.response()))
+                        await self._raw.send(self._ws.send(event.response()))
                     except (Closed, LocalProtocolError):
                         pass
         return self._pending.pop(0)
 
     async def aclose(self) -> None:
-        with trio.move_on_after(1) as scope:
-            scope.shield = True
-            try:
-                await self._stream.aclose()
-            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-                pass
+        await self._raw.aclose()
 
 
 async def open_connection(
