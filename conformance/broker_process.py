@@ -79,11 +79,42 @@ def mqttd_env() -> dict[str, str]:
     return env
 
 
+def mqttd_version() -> str:
+    """The version ``python -m mqttd --version`` reports (``0.1.0``), or ``?``."""
+    try:
+        out = subprocess.run(
+            mqttd_argv("--version"),
+            capture_output=True,
+            text=True,
+            timeout=30,
+            env=mqttd_env(),
+            check=False,
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return "?"
+    return out.strip().removeprefix("mqttd ").strip() or "?"
+
+
 def free_port() -> int:
     """A currently free TCP port on 127.0.0.1 (for brokers that cannot bind port 0)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def listeners_toml(*transports: str, **options: str | int | bool) -> str:
+    """``[[listeners]]`` tables for a test or benchmark config: one per transport, on port 0
+    (the bound port is logged), tls/wss with mqttd's development certificates unless
+    ``certfile`` is among ``options``; every table gets ``options`` (``web_root="..."``)."""
+    tables = []
+    for transport in transports:
+        values: dict[str, str | int | bool] = {"type": transport, "port": 0}
+        if transport in ("tls", "wss") and "certfile" not in options:
+            values["tls_dev_certs"] = True
+        values.update(options)
+        lines = [f"{key} = {json.dumps(value)}" for key, value in values.items()]
+        tables.append("[[listeners]]\n" + "\n".join(lines) + "\n")
+    return "\n".join(tables)
 
 
 def expected_listeners(config: Path) -> int:

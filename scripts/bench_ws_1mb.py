@@ -22,24 +22,11 @@ from pathlib import Path
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
-from conformance.broker_process import start_mqttd
+from conformance.broker_process import listeners_toml, start_mqttd
 
-CONFIG = """
-[broker]
-data_dir = "data"
-[auth]
-allow_anonymous = true
-[[listeners]]
-type = "tcp"
-port = 0
-[[listeners]]
-type = "ws"
-port = 0
-[[listeners]]
-type = "wss"
-port = 0
-tls_dev_certs = true
-"""
+CONFIG = '[broker]\ndata_dir = "data"\n[auth]\nallow_anonymous = true\n' + listeners_toml(
+    "tcp", "ws", "wss"
+)
 WAIT_S = 60.0
 
 

@@ -9,7 +9,6 @@ in the page's DOM. A screenshot is saved under the test's tmp dir.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
@@ -19,7 +18,13 @@ from pathlib import Path
 
 import pytest
 
-from conformance.broker_process import BrokerProcess, LogLines, Record, start_mqttd
+from conformance.broker_process import (
+    BrokerProcess,
+    LogLines,
+    Record,
+    listeners_toml,
+    start_mqttd,
+)
 from tests.helpers.threads import in_thread
 
 pytestmark = [pytest.mark.interop, pytest.mark.slow]
@@ -60,30 +65,10 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BrokerProcess]:
     """mqttd serving web/ on ws and wss (dev certs), plus tcp; its ports and its log lines."""
     tmp_path = tmp_path_factory.mktemp("browser-broker")
     config = tmp_path / "mqttd.toml"
-    web_root = json.dumps(str(REPO_ROOT / "web"))
     config.write_text(
-        f"""
-[broker]
-data_dir = "data"
-
-[auth]
-allow_anonymous = true
-
-[[listeners]]
-type = "tcp"
-port = 0
-
-[[listeners]]
-type = "ws"
-port = 0
-web_root = {web_root}
-
-[[listeners]]
-type = "wss"
-port = 0
-tls_dev_certs = true
-web_root = {web_root}
-"""
+        '[broker]\ndata_dir = "data"\n\n[auth]\nallow_anonymous = true\n\n'
+        + listeners_toml("tcp")
+        + listeners_toml("ws", "wss", web_root=str(REPO_ROOT / "web"))
     )
     with start_mqttd(config, timeout_s=WAIT_S) as running:
         yield running

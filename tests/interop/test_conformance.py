@@ -10,7 +10,13 @@ import pytest
 import trio
 
 from conformance import load_cases
-from conformance.broker_process import MOSQUITTO, free_port, start_mosquitto, start_mqttd
+from conformance.broker_process import (
+    MOSQUITTO,
+    free_port,
+    listeners_toml,
+    start_mosquitto,
+    start_mqttd,
+)
 from conformance.runner import FAIL, Result, run_all
 from conformance.transport import Target
 
@@ -22,18 +28,9 @@ DEVIATIONS = REPO / "conformance" / "known_deviations" / "mosquitto-2.0.11.json"
 MOSQUITTO_TIMEOUT_S = 8.0
 MQTTD_TIMEOUT_S = 5.0
 
-MQTTD_CONFIG = """
-[[listeners]]
-type = "tcp"
-host = "127.0.0.1"
-port = 0
-
-[[listeners]]
-type = "ws"
-host = "127.0.0.1"
-port = 0
-path = "/mqtt"
-"""
+MQTTD_CONFIG = listeners_toml("tcp", host="127.0.0.1") + listeners_toml(
+    "ws", host="127.0.0.1", path="/mqtt"
+)
 
 
 def _failed(results: list[Result]) -> dict[str, str]:

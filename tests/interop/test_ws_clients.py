@@ -21,7 +21,7 @@ import paho.mqtt.client as paho
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from conformance.broker_process import LogLines, Record, start_mqttd
+from conformance.broker_process import LogLines, Record, listeners_toml, start_mqttd
 from tests.helpers.threads import in_thread
 
 pytestmark = pytest.mark.interop
@@ -30,26 +30,9 @@ pytestmark = pytest.mark.interop
 JS_DIR = Path(__file__).resolve().parent.parent / "js"
 WAIT_S = 30.0
 
-CONFIG = """
-[broker]
-data_dir = "data"
-
-[auth]
-allow_anonymous = true
-
-[[listeners]]
-type = "tcp"
-port = 0
-
-[[listeners]]
-type = "ws"
-port = 0
-
-[[listeners]]
-type = "wss"
-port = 0
-tls_dev_certs = true
-"""
+CONFIG = '[broker]\ndata_dir = "data"\n\n[auth]\nallow_anonymous = true\n\n' + listeners_toml(
+    "tcp", "ws", "wss"
+)
 
 
 @dataclass
