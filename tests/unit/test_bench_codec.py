@@ -1,14 +1,10 @@
-"""The benchmark's own MQTT and WebSocket encoding/parsing (scripts/bench.py), so it cannot
-silently mis-measure. Expected bytes are written out by hand from the MQTT 3.1.1 spec and
-RFC 6455, and the WebSocket side is cross-checked against wsproto. No timing is asserted.
+"""The benchmark's MQTT and WebSocket encoding/parsing (scripts/bench.py: the shared
+``conformance.wire`` plus ``scripts/mqttbench``), so it cannot silently mis-measure. Expected
+bytes are written out by hand from the MQTT 3.1.1 spec and RFC 6455, and the WebSocket side is
+cross-checked against wsproto. No timing is asserted.
 """
 
 from __future__ import annotations
-
-import importlib.util
-import sys
-from pathlib import Path
-from types import ModuleType
 
 import pytest
 from hypothesis import given, settings
@@ -16,20 +12,8 @@ from hypothesis import strategies as st
 from wsproto import ConnectionType, WSConnection
 from wsproto.events import AcceptConnection, BytesMessage, Ping, Request
 
-BENCH_PATH = Path(__file__).resolve().parents[2] / "scripts" / "bench.py"
-
-
-def _load_bench() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("mqttd_bench_script", BENCH_PATH)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up by name
-    spec.loader.exec_module(module)
-    return module
-
-
-bench = _load_bench()
+from conformance import wire
+from scripts.mqttbench import flow, load, report, wsclient
 
 
 @pytest.mark.parametrize(
@@ -47,45 +31,47 @@ bench = _load_bench()
 )
 def test_varint_matches_spec_table(n: int, encoded: str) -> None:
     """Remaining Length encodes as in the spec's table (section 2.2.3)."""
-    assert bench.encode_varint(n).hex() == encoded
+    assert wire.varint(n).hex() == encoded
 
 
 def test_varint_out_of_range_is_refused() -> None:
     """Lengths above 268,435,455 cannot be encoded."""
     with pytest.raises(ValueError, match="out of range"):
-        bench.encode_varint(268_435_456)
+        wire.varint(268_435_456)
 
 
 def test_connect_bytes() -> None:
     """CONNECT: protocol name MQTT, level 4, clean session, keepalive, client id."""
     expected = "101000044d5154540402003c0004" + b"ab12".hex()
-    assert bench.encode_connect("ab12", keepalive_s=60).hex() == expected
+    assert wire.connect("ab12", keepalive=60).hex() == expected
+    # What every benchmark client sends: the same with Keep Alive 600 (0x0258).
+    assert load.connect_packet("ab12").hex() == expected.replace("003c", "0258")
 
 
 def test_subscribe_bytes() -> None:
     """SUBSCRIBE has fixed-header flags 0010 and ends with the requested QoS [MQTT-3.8.1-1]."""
-    assert bench.encode_subscribe(7, [("a/+", 1)]).hex() == "820800070003612f2b01"
+    assert wire.subscribe(7, [("a/+", 1)]).hex() == "820800070003612f2b01"
 
 
 @pytest.mark.parametrize(
     ("kind", "first"),
-    [(bench.PUBACK, "40"), (bench.PUBREC, "50"), (bench.PUBREL, "62"), (bench.PUBCOMP, "70")],
+    [(wire.PUBACK, "40"), (wire.PUBREC, "50"), (wire.PUBREL, "62"), (wire.PUBCOMP, "70")],
 )
 def test_ack_bytes(kind: int, first: str) -> None:
     """Acks are 4 bytes; PUBREL carries flags 0010 [MQTT-3.6.1-1]."""
-    assert bench.encode_ack(kind, 0x1234).hex() == first + "021234"
+    assert wire.ack(kind, 0x1234).hex() == first + "021234"
 
 
 @pytest.mark.parametrize("qos", [0, 1, 2])
 def test_publish_encoder_matches_plain_encoding(qos: int) -> None:
     """A pre-encoded PUBLISH equals one built field by field."""
-    enc = bench.PublishEncoder("bench/t/all", qos, 64, 3)
+    enc = load.PublishEncoder("bench/t/all", qos, 64, 3)
     seq, t_ns = 70_000, 123_456_789
-    plain = bench.encode_publish(
+    plain = wire.publish(
         "bench/t/all",
-        bench.make_payload(seq, 3, t_ns, 64),
+        load.make_payload(seq, 3, t_ns, 64),
         qos,
-        bench.packet_id_for(seq) if qos else 0,
+        pid=load.packet_id_for(seq) if qos else None,
     )
     assert enc.encode(seq, t_ns) == plain
     assert enc.batch(seq, 1, t_ns) == plain
@@ -95,28 +81,30 @@ def test_publish_encoder_matches_plain_encoding(qos: int) -> None:
 @pytest.mark.parametrize("qos", [0, 1, 2])
 def test_batch_parses_back_to_every_message(qos: int) -> None:
     """A batch splits into `count` PUBLISHes carrying consecutive seqs and their packet ids."""
-    enc = bench.PublishEncoder("x/y", qos, 64, 9)
-    packets = bench.PacketReader().feed(enc.batch(65_530, 10, 42))
+    enc = load.PublishEncoder("x/y", qos, 64, 9)
+    packets = wire.Framer().feed(enc.batch(65_530, 10, 42))
     assert len(packets) == 10
     for i, (first, body) in enumerate(packets):
-        topic, got_qos, pid, payload = bench.parse_publish(first, body)
+        topic, got_qos, pid, payload = wire.parse_publish(first, body)
         seq = 65_530 + i
         assert (topic, got_qos, len(payload)) == ("x/y", qos, 64)
-        assert pid == (bench.packet_id_for(seq) if qos else 0)
-        assert bench.PAYLOAD_HEAD.unpack_from(payload) == (seq, 9, 42)
+        assert pid == (load.packet_id_for(seq) if qos else 0)
+        assert load.PAYLOAD_HEAD.unpack_from(payload) == (seq, 9, 42)
     # Packet ids wrap from 65535 to 1, never 0 [MQTT-2.3.1-1].
-    assert [bench.packet_id_for(s) for s in (65_533, 65_534, 65_535)] == [65_534, 65_535, 1]
+    assert [load.packet_id_for(s) for s in (65_533, 65_534, 65_535)] == [65_534, 65_535, 1]
 
 
 def test_reader_handles_multibyte_lengths() -> None:
     """Packets with 2- and 3-byte Remaining Lengths come out whole, in order."""
-    small = bench.encode_publish("a", b"x" * 10)
-    medium = bench.encode_publish("b", b"y" * 300)
-    large = bench.encode_publish("c", bytes(range(256)) * 4096, qos=1, packet_id=5)
-    packets = bench.PacketReader().feed(small + medium + large + small)
-    assert [bench.parse_publish(f, b)[0] for f, b in packets] == ["a", "b", "c", "a"]
-    assert bench.parse_publish(*packets[2])[3] == bytes(range(256)) * 4096
-    assert bench.parse_publish(*packets[2])[2] == 5
+    small = wire.publish("a", b"x" * 10)
+    medium = wire.publish("b", b"y" * 300)
+    large = wire.publish("c", bytes(range(256)) * 4096, qos=1, pid=5)
+    packets = wire.Framer().feed(small + medium + large + small)
+    assert [wire.parse_publish(f, b)[0] for f, b in packets] == ["a", "b", "c", "a"]
+    assert wire.parse_publish(*packets[2])[3] == bytes(range(256)) * 4096
+    assert wire.parse_publish(*packets[2])[2] == 5
+    # The same stream framed as exact bytes: the packets as they were sent.
+    assert wire.Framer().feed_raw(small + medium + large + small) == [small, medium, large, small]
 
 
 @settings(max_examples=200, deadline=None)
@@ -124,13 +112,13 @@ def test_reader_handles_multibyte_lengths() -> None:
 def test_reader_is_independent_of_how_bytes_arrive(cuts: list[int]) -> None:
     """Splitting the stream at arbitrary points yields the same packets."""
     stream = (
-        bench.PublishEncoder("s/t", 1, 64, 0).batch(0, 5, 7)
-        + bench.encode_publish("big", b"z" * 700)
-        + bench.encode_ack(bench.PUBACK, 3)
-        + bench.encode_publish("t", b"")
+        load.PublishEncoder("s/t", 1, 64, 0).batch(0, 5, 7)
+        + wire.publish("big", b"z" * 700)
+        + wire.ack(wire.PUBACK, 3)
+        + wire.publish("t", b"")
     )
-    expected = bench.PacketReader().feed(stream)
-    reader = bench.PacketReader()
+    expected = wire.Framer().feed(stream)
+    reader = wire.Framer()
     got = []
     prev = 0
     for cut in [*sorted(c % (len(stream) + 1) for c in cuts), len(stream)]:
@@ -143,24 +131,24 @@ def test_reader_is_independent_of_how_bytes_arrive(cuts: list[int]) -> None:
 
 def test_reader_rejects_five_byte_length() -> None:
     """A Remaining Length of more than 4 bytes is malformed."""
-    with pytest.raises(bench.WireError, match="longer than 4 bytes"):
-        bench.PacketReader().feed(b"\x30\xff\xff\xff\xff\x01")
+    with pytest.raises(wire.WireError, match="longer than 4 bytes"):
+        wire.Framer().feed(b"\x30\xff\xff\xff\xff\x01")
 
 
 def test_parse_publish_rejects_other_packets() -> None:
     """parse_publish refuses a non-PUBLISH packet rather than misreading it."""
-    with pytest.raises(bench.WireError, match="not a PUBLISH"):
-        bench.parse_publish(0x40, b"\x00\x01")
+    with pytest.raises(wire.WireError, match="not a PUBLISH"):
+        wire.parse_publish(0x40, b"\x00\x01")
 
 
 def test_ws_accept_value_rfc_example() -> None:
     """Sec-WebSocket-Accept for the RFC 6455 section 1.3 sample key."""
-    assert bench.ws_accept_value("dGhlIHNhbXBsZSBub25jZQ==") == "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+    assert wsclient.ws_accept_value("dGhlIHNhbXBsZSBub25jZQ==") == "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
 
 
 def _server_after_handshake(key: str) -> tuple[WSConnection, bytes]:
     server = WSConnection(ConnectionType.SERVER)
-    server.receive_data(bench.ws_handshake_request("127.0.0.1", 8080, "/mqtt", key))
+    server.receive_data(wsclient.ws_handshake_request("127.0.0.1", 8080, "/mqtt", key))
     (request,) = list(server.events())
     assert isinstance(request, Request)
     assert request.subprotocols == ["mqtt"]
@@ -172,10 +160,10 @@ def test_ws_handshake_against_wsproto() -> None:
     key = "AAAAAAAAAAAAAAAAAAAAAA=="
     _, response = _server_after_handshake(key)
     head, _, rest = response.partition(b"\r\n\r\n")
-    bench.ws_check_response(head, key)
+    wsclient.ws_check_response(head, key)
     assert rest == b""
-    with pytest.raises(bench.WireError, match="Sec-WebSocket-Accept"):
-        bench.ws_check_response(head, "BBBBBBBBBBBBBBBBBBBBBB==")
+    with pytest.raises(wire.WireError, match="Sec-WebSocket-Accept"):
+        wsclient.ws_check_response(head, "BBBBBBBBBBBBBBBBBBBBBB==")
 
 
 @pytest.mark.parametrize("size", [0, 5, 125, 126, 65_535, 65_536, 1_048_576])
@@ -183,7 +171,7 @@ def test_ws_client_frames_decode_in_wsproto(size: int) -> None:
     """Our masked frames (all three length encodings) decode to the same bytes in wsproto."""
     server, _ = _server_after_handshake("AAAAAAAAAAAAAAAAAAAAAA==")
     payload = bytes(i % 251 for i in range(size))
-    server.receive_data(bench.ws_frame(payload))
+    server.receive_data(wsclient.ws_frame(payload))
     events = list(server.events())
     data = b"".join(e.data for e in events if isinstance(e, BytesMessage))
     assert data == payload
@@ -193,14 +181,14 @@ def test_ws_client_frames_decode_in_wsproto(size: int) -> None:
 def test_ws_frame_reader_decodes_wsproto_frames() -> None:
     """Frames wsproto's server sends come back as one MQTT byte stream; a ping queues a pong."""
     server, _ = _server_after_handshake("AAAAAAAAAAAAAAAAAAAAAA==")
-    mqtt = bench.encode_publish("a/b", b"p" * 70_000) + bench.encode_ack(bench.PUBACK, 1)
-    wire = (
+    mqtt = wire.publish("a/b", b"p" * 70_000) + wire.ack(wire.PUBACK, 1)
+    frames = (
         server.send(BytesMessage(data=mqtt[:10]))
         + server.send(Ping(payload=b"hi"))
         + server.send(BytesMessage(data=mqtt[10:]))
     )
-    reader = bench.WsFrameReader()
-    out = b"".join(reader.feed(wire[i : i + 777]) for i in range(0, len(wire), 777))
+    reader = wsclient.WsFrameReader()
+    out = b"".join(reader.feed(frames[i : i + 777]) for i in range(0, len(frames), 777))
     assert out == mqtt
     assert len(reader.replies) == 1
     # The pong we queued is a valid masked pong for wsproto.
@@ -212,20 +200,20 @@ def test_mask_is_an_involution() -> None:
     """Masking twice with the same key gives the original bytes (RFC 6455 section 5.3)."""
     data = bytes(range(256)) * 3 + b"abc"
     key = b"\x01\x80\xfe\x7f"
-    masked = bench.ws_mask(data, key)
+    masked = wsclient.ws_mask(data, key)
     assert masked != data
     assert masked[:4] == bytes(a ^ b for a, b in zip(data[:4], key, strict=True))
-    assert bench.ws_mask(masked, key) == data
+    assert wsclient.ws_mask(masked, key) == data
 
 
 def test_percentile_and_table_render() -> None:
     """Percentiles pick from the sorted samples; a broker that lost messages is flagged."""
-    assert bench._pct([5, 1, 4, 2, 3], 50) == 3
-    assert bench._pct(list(range(101)), 99) == 99
-    row = bench.Row("QoS 1 1→1 [tcp]", "msg/s", True)
-    row.cells["mosquitto"] = bench.Metric(40_000.0, 99.0, 0, 0)
-    row.cells["mqttd"] = bench.Metric(20_000.0, 100.0, 12, 0)
-    table = bench.render_table([row], ["mosquitto", "mqttd"])
+    assert flow.percentile([5, 1, 4, 2, 3], 50) == 3
+    assert flow.percentile(list(range(101)), 99) == 99
+    row = report.Row("QoS 1 1→1 [tcp]", "msg/s", True)
+    row.cells["mosquitto"] = report.Metric(40_000.0, 99.0, 0, 0)
+    row.cells["mqttd"] = report.Metric(20_000.0, 100.0, 12, 0)
+    table = report.render_table([row], ["mosquitto", "mqttd"])
     assert "| 40,000 | 20,000 | 0.50 |" in table
     assert "**12/0 DROPPED**" in table
     assert "| 0/0 |" in table

@@ -1,0 +1,195 @@
+"""``python scripts/bench.py``: the command line, and the run that interleaves brokers.
+
+For each (scenario, transport) in the plan, each broker in turn is started fresh, measured and
+stopped, so brokers take turns under the same machine load; a failed measurement is reported in
+its row and the run goes on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from .brokers import Broker, make_certs, start_mosquitto_broker, start_mqttd_broker, version_of
+from .load import Target
+from .report import Metric, Row, fmt, fmt_ld, render_table, write_markdown
+from .scenarios import ROW_INFO, SCENARIOS, Settings, measure, scenario_units
+
+STARTERS = {"mosquitto": start_mosquitto_broker, "mqttd": start_mqttd_broker}
+DESCRIPTION = (
+    "Benchmark an MQTT broker (mqttd, Mosquitto, or any running broker) with its own load"
+    " generator."
+)
+
+
+def raise_fd_limit() -> int:
+    """Raise RLIMIT_NOFILE's soft limit to the hard limit (children inherit it)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Command line."""
+    ap = argparse.ArgumentParser(description=DESCRIPTION)
+    who = ap.add_mutually_exclusive_group()
+    who.add_argument(
+        "--against", choices=["mosquitto"], help="run mosquitto and mqttd, interleaved"
+    )
+    who.add_argument(
+        "--broker", choices=["mosquitto", "mqttd"], help="start and measure one broker"
+    )
+    who.add_argument("--host", help="measure an already running broker at this address")
+    ap.add_argument("--port", type=int, default=1883, help="its MQTT/TCP port (with --host)")
+    ap.add_argument("--ws-port", type=int, help="its MQTT-over-WebSocket port (with --host)")
+    ap.add_argument("--pid", type=int, help="its process id, for CPU%% and RSS (with --host)")
+    ap.add_argument("--quick", action="store_true", help="short durations: a smoke check")
+    ap.add_argument("--scenarios", help=f"comma-separated subset of {','.join(SCENARIOS)}")
+    ap.add_argument("--transports", default="tcp,ws", help="comma-separated: tcp,ws")
+    ap.add_argument("--duration", type=float, help="seconds per throughput measurement")
+    ap.add_argument("--idle-conns", type=int, help="idle connections to open (default 5000)")
+    ap.add_argument("--markdown", help="also write the table (with machine info) to this file")
+    ap.add_argument("--json", help="also write all raw results to this JSON file")
+    return ap.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point."""
+    args = parse_args(argv)
+    if args.host and not args.host.startswith("127.") and args.host != "localhost":
+        print("refusing to load a non-loopback host", file=sys.stderr)
+        return 2
+    quick = args.quick
+    st = Settings(
+        duration_s=args.duration or (1.0 if quick else 10.0),
+        quick=quick,
+        idle_conns=args.idle_conns or 5000,
+        big_reps=1 if quick else 3,
+        big_timeout_s=40.0 if quick else 60.0,
+        probes=20 if quick else 100,
+    )
+    scenarios = args.scenarios.split(",") if args.scenarios else list(SCENARIOS)
+    for s in scenarios:
+        if s not in SCENARIOS:
+            print(f"unknown scenario {s!r}; choose from {SCENARIOS}", file=sys.stderr)
+            return 2
+    transports = args.transports.split(",")
+    fd_limit = raise_fd_limit()
+    if "idle" in scenarios and fd_limit < st.idle_conns + 1000:
+        st.idle_conns = max(100, fd_limit - 1000)
+        print(f"fd limit {fd_limit}: idle scenario uses {st.idle_conns} connections")
+    if args.against:
+        names = ["mosquitto", "mqttd"]
+    elif args.broker:
+        names = [args.broker]
+    else:
+        names = ["external"]
+    workdir = Path(tempfile.mkdtemp(prefix="mqttd-bench-"))
+    # Mosquitto started as root drops to the 'mosquitto' user: it must be able to read the
+    # generated config and the throw-away certificates.
+    workdir.chmod(0o755)
+    certs = make_certs(workdir)
+    rows: dict[tuple[str, str, str], Row] = {}
+    raw: list[dict[str, Any]] = []
+    versions = {n: version_of(n) for n in names if n != "external"}
+    plan = []
+    for s in scenarios:
+        for t in ["tcp", "ws", "wss"] if s == "mb1" else transports:
+            if s != "mb1" and t == "wss":
+                continue
+            plan.append((s, t))
+    started = time.monotonic()
+    print(
+        f"bench: {len(plan)} measurements x {len(names)} broker(s); workdir {workdir}",
+        flush=True,
+    )
+    try:
+        for i, (s, t) in enumerate(plan, 1):
+            for name in names:
+                tag = f"{s}-{t}-{name}-{os.getpid()}"
+                print(f"[{i}/{len(plan)}] {s} over {t} on {name} ...", end=" ", flush=True)
+                t0 = time.monotonic()
+                broker: Broker | None = None
+                try:
+                    if name == "external":
+                        ports = {"tcp": args.port}
+                        if args.ws_port:
+                            ports["ws"] = args.ws_port
+                        target = Target("external", args.host, ports, args.pid)
+                    else:
+                        broker = STARTERS[name](_fresh(workdir, name), certs)
+                        target = broker.target
+                    if t not in target.ports:
+                        print(f"skipped ({name} has no {t} listener)")
+                        continue
+                    results = {}
+                    for unit in scenario_units(s, t, st, tag):
+                        results.update(measure(unit, target, st, tag))
+                    for key, m in results.items():
+                        label, unit_name, hib = ROW_INFO[(s, key)]
+                        row = rows.setdefault((s, key, t), Row(f"{label} [{t}]", unit_name, hib))
+                        row.cells[name] = m
+                    raw.append(
+                        {"scenario": s, "transport": t, "broker": name, **_jsonable(results)}
+                    )
+                    summary = ", ".join(
+                        f"{k}={fmt(m.value, ROW_INFO[(s, k)][1])}" for k, m in results.items()
+                    )
+                    first = next(iter(results.values()))
+                    cpu = f"{first.cpu:.0f}%" if first.cpu is not None else "n/a"
+                    print(
+                        f"{summary}; cpu {cpu}; lost/dup {fmt_ld(first)}"
+                        f" ({time.monotonic() - t0:.1f} s)",
+                        flush=True,
+                    )
+                except Exception as exc:  # one failed measurement must not stop the run
+                    print(f"FAILED: {exc}", flush=True)
+                    if broker is not None and broker.exited():
+                        print(f"  {name} exited: {broker.tail()}", flush=True)
+                    for key in [k for (sc, k) in ROW_INFO if sc == s]:
+                        label, unit_name, hib = ROW_INFO[(s, key)]
+                        row = rows.setdefault((s, key, t), Row(f"{label} [{t}]", unit_name, hib))
+                        row.cells[name] = Metric(None, note=f"failed: {exc}"[:120])
+                finally:
+                    if broker is not None:
+                        broker.stop()
+    except KeyboardInterrupt:
+        print("\ninterrupted; partial results follow", flush=True)
+    elapsed = time.monotonic() - started
+    ordered = [
+        rows[k]
+        for s in scenarios
+        for (sc, key) in ROW_INFO
+        if sc == s
+        for t in ["tcp", "ws", "wss"]
+        if (k := (s, key, t)) in rows
+    ]
+    table = render_table(ordered, names)
+    print()
+    print(table)
+    print(f"\n(total {elapsed:.0f} s)")
+    if args.markdown:
+        write_markdown(Path(args.markdown), table, names, versions, argv, elapsed)
+    if args.json:
+        Path(args.json).write_text(json.dumps(raw, indent=1, default=str))
+    shutil.rmtree(workdir, ignore_errors=True)
+    return 0
+
+
+def _fresh(workdir: Path, name: str) -> Path:
+    d = workdir / f"{name}-{time.monotonic_ns()}"
+    d.mkdir(mode=0o755)
+    return d
+
+
+def _jsonable(results: dict[str, Metric]) -> dict[str, Any]:
+    return {k: vars(m) for k, m in results.items()}
