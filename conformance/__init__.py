@@ -1,7 +1,9 @@
 """MQTT 3.1.1 conformance suite: ``python -m conformance --host H --port P``.
 
 Independent of ``mqttd``: its own wire codec (``conformance.wire``), its own cases
-(``conformance.cases``), runnable against any broker.
+(``conformance.cases``), runnable against any broker. ``conformance.wire`` and
+``conformance.broker_process`` (start a broker process, learn its ports) are also the client
+side the tests and the benchmarks share.
 """
 
 from __future__ import annotations

@@ -65,6 +65,16 @@ def test_suite_does_not_import_mqttd() -> None:
     assert subprocess.run([sys.executable, "-c", code], cwd=REPO, check=False).returncode == 0
 
 
+def test_shared_client_modules_do_not_import_mqttd() -> None:
+    """The wire library and the broker-process helper the tests and benchmarks share never
+    import the broker: the tests compare mqttd's bytes with an independent codec."""
+    code = (
+        "import sys, conformance.wire, conformance.broker_process; "
+        "sys.exit(any(m == 'mqttd' or m.startswith('mqttd.') for m in sys.modules))"
+    )
+    assert subprocess.run([sys.executable, "-c", code], cwd=REPO, check=False).returncode == 0
+
+
 @given(
     topic=st.text(min_size=1, max_size=30),
     payload=st.binary(max_size=300),
@@ -97,3 +107,22 @@ def test_varint_boundaries() -> None:
     assert wire.varint(268_435_455) == b"\xff\xff\xff\x7f"
     with pytest.raises(ValueError, match="out of range"):
         wire.varint(268_435_456)
+
+
+def test_framer_returns_packets_exactly_as_received() -> None:
+    """A non-minimal Remaining Length (82 00 for 2) is kept, so tests that compare a broker's
+    exact bytes see it; feed() gives the same packets as (first byte, body) pairs."""
+    stream = b"\x20\x82\x00\x00\x00" + wire.suback(7, [1, 0x80]) + wire.pingresp()
+    for cut in range(len(stream) + 1):
+        framer = wire.Framer()
+        raw = framer.feed_raw(stream[:cut]) + framer.feed_raw(stream[cut:])
+        assert raw == [b"\x20\x82\x00\x00\x00", wire.suback(7, [1, 0x80]), b"\xd0\x00"]
+        assert framer.buffered == 0
+    assert wire.Framer().feed(stream) == [
+        (0x20, b"\x00\x00"),
+        (0x90, b"\x00\x07\x01\x80"),
+        (0xD0, b""),
+    ]
+    parsed = [wire.parse(p) for p in wire.Framer().feed_raw(stream)]
+    assert [p.name for p in parsed] == ["CONNACK", "SUBACK", "PINGRESP"]
+    assert (parsed[0].body, parsed[1].pid, parsed[1].codes) == (b"\x00\x00", 7, (1, 0x80))
