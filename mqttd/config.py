@@ -492,14 +492,14 @@ class _Loader:
             (item_tp, _ellipsis) = typing.get_args(tp)
             if not isinstance(value, list):
                 raise self.fail(path, f"expected {_type_name(tp)}, got {_describe(value)}")
-            if dataclasses.is_dataclass(item_tp):
+            if isinstance(item_tp, type) and dataclasses.is_dataclass(item_tp):
                 return tuple(
                     self.section_item(item_tp, v, f"{path}[{i}]") for i, v in enumerate(value)
                 )
             return tuple(
                 self.value(cls, name, item_tp, v, f"{path}[{i}]") for i, v in enumerate(value)
             )
-        if dataclasses.is_dataclass(tp):
+        if isinstance(tp, type) and dataclasses.is_dataclass(tp):
             return tp(**self.table(tp, value, path))
         if tp is bool:
             if not isinstance(value, bool):
@@ -519,7 +519,7 @@ class _Loader:
             return self.resolve(Path(value))
         raise TypeError(f"config field {cls.__name__}.{name} has unsupported type {tp!r}")
 
-    def number(self, cls: type, name: str, tp: type, value: Any, path: str) -> int | float:
+    def number(self, cls: type, name: str, tp: type, value: Any, path: str) -> Any:
         """Check an int (bool is not one) or float (an int is accepted), then its bounds."""
         ok = isinstance(value, int) if tp is int else isinstance(value, int | float)
         if isinstance(value, bool) or not ok:

@@ -199,29 +199,28 @@ class Connection:
                 if state.dirty:
                     state.flush_dirty()  # the replies to this batch, and what it routed
                 protocol.receive_data(await stream.receive_some(RECEIVE_SIZE))
-            elif action.__class__ is CheckPassword:
-                # PBKDF2 is deliberately slow: never on the event loop.
-                check: CheckPassword = action  # type: ignore[assignment]
-                ok = await trio.to_thread.run_sync(
-                    check.passwords.verify, check.username, check.password
-                )
-                protocol.password_checked(ok)
-            elif action.__class__ is TakeOver:
-                await self._take_over(action.client_id)  # type: ignore[union-attr]
-                self._connected()
-            elif action.__class__ is Throttle:
-                state.flush_dirty()
-                await trio.sleep_until(action.until)  # type: ignore[union-attr]
             elif action is WAIT_FOR_OUTPUT:
                 state.flush_dirty()
                 await self._output_drained()
             elif action is WAIT_FOR_STORE:
                 assert self.gate is not None
                 await self.gate.catch_up()
+            elif isinstance(action, CheckPassword):
+                # PBKDF2 is deliberately slow: never on the event loop.
+                ok = await trio.to_thread.run_sync(
+                    action.passwords.verify, action.username, action.password
+                )
+                protocol.password_checked(ok)
+            elif isinstance(action, TakeOver):
+                await self._take_over(action.client_id)
+                self._connected()
+            elif isinstance(action, Throttle):
+                state.flush_dirty()
+                await trio.sleep_until(action.until)
             else:
-                close: Close = action  # type: ignore[assignment]
-                self._note(close.reason)
-                if close.flush:  # the CONNACK refusing the client ([MQTT-3.2.2-5])
+                assert isinstance(action, Close)
+                self._note(action.reason)
+                if action.flush:  # the CONNACK refusing the client ([MQTT-3.2.2-5])
                     with trio.move_on_after(state.config.limits.write_timeout_s):
                         await stream.send_all(protocol.data_to_send())
                 return

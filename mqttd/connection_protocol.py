@@ -43,12 +43,13 @@ import enum
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Final, Protocol
+from typing import TYPE_CHECKING, Final, Protocol, TypeAlias
 
 import structlog
 
 from mqttd.auth import PasswordFile
-from mqttd.codec.decoder import CLOSED, NEED_DATA, Decoder
+from mqttd.codec.decoder import CLOSED, Decoder
+from mqttd.codec.decoder import NEED_DATA as DECODER_NEED_DATA
 from mqttd.codec.packets import ConnackCode, Connect, Publish
 from mqttd.errors import LocalProtocolError, ProtocolError
 from mqttd.protocol import ClientProtocol, connack_bytes
@@ -87,7 +88,8 @@ class State(enum.Enum):
     CLOSED = "closed"
 
 
-class _Wait(enum.Enum):
+class _Signal(enum.Enum):
+    NEED_DATA = "NEED_DATA"
     WAIT_FOR_OUTPUT = "WAIT_FOR_OUTPUT"
     WAIT_FOR_STORE = "WAIT_FOR_STORE"
 
@@ -95,10 +97,12 @@ class _Wait(enum.Enum):
         return self.value
 
 
+#: Read more bytes and pass them to ``receive_data``.
+NEED_DATA: Final = _Signal.NEED_DATA
 #: Read nothing more until the output (``max_outbox_bytes``) has drained.
-WAIT_FOR_OUTPUT: Final = _Wait.WAIT_FOR_OUTPUT
+WAIT_FOR_OUTPUT: Final = _Signal.WAIT_FOR_OUTPUT
 #: Read nothing more until the store has caught up (``store_backlog_limit``).
-WAIT_FOR_STORE: Final = _Wait.WAIT_FOR_STORE
+WAIT_FOR_STORE: Final = _Signal.WAIT_FOR_STORE
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,7 +138,7 @@ class Close:
     flush: bool = False
 
 
-Action = type(NEED_DATA) | _Wait | CheckPassword | TakeOver | Throttle | Close
+Action: TypeAlias = "_Signal | CheckPassword | TakeOver | Throttle | Close"
 
 
 class ServerView(Protocol):
@@ -271,7 +275,7 @@ class ConnectionProtocol:
             if exc.connack_code is not None:
                 return self._refuse(exc.connack_code, exc.reason)
             return self._fail(exc)
-        if packet is NEED_DATA:
+        if packet is DECODER_NEED_DATA:
             return NEED_DATA
         if packet is CLOSED:
             return self._closing("closed_before_connect")
@@ -294,7 +298,7 @@ class ConnectionProtocol:
             while True:
                 try:
                     packet = decoder.next_packet()
-                    if packet is NEED_DATA:
+                    if packet is DECODER_NEED_DATA:
                         break
                     if packet is CLOSED:
                         return self._closing("peer_closed")

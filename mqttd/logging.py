@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import MutableMapping
 from contextvars import ContextVar
 from typing import Any
 
@@ -55,7 +56,9 @@ def bind_connection(conn_id: int, peer: str, transport: str, client_id: str | No
     _CONNECTION.set((conn_id, peer, transport, client_id))
 
 
-def merge_connection(logger: Any, method_name: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+def merge_connection(
+    logger: Any, method_name: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
     """Processor: add the bound connection's keys (a key passed to the log call wins)."""
     bound = _CONNECTION.get()
     if bound is not None:
@@ -91,8 +94,8 @@ def _clip(value: Any) -> Any:
 
 
 def clip_client_text(
-    logger: Any, method_name: str, event_dict: dict[str, Any]
-) -> dict[str, Any]:
+    logger: Any, method_name: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
     """Processor: cut every string value to ``LOG_TEXT_LIMIT`` characters (and lists to
     ``LOG_ITEMS_LIMIT`` items), saying how long it was, so no line carries more than a bounded
     slice of client-supplied text."""

@@ -32,7 +32,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable, Iterator
 from enum import IntEnum
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from mqttd.config import LimitsConfig
 from mqttd.errors import ProtocolViolation
@@ -47,7 +47,6 @@ _PUBREL = b"\x62\x02"  # PUBREL fixed-header flags are 0010 ([MQTT-3.6.1-1])
 _PUBCOMP = b"\x70\x02"
 
 
-_NO_QUEUE: tuple[()] = ()
 #: the shared empty ``awaiting_release`` until a QoS 2 message arrives (an empty set is 216 B)
 _NONE_AWAITING: frozenset[int] = frozenset()
 
@@ -92,6 +91,10 @@ class RetainedBatch:
 
 #: A queue entry: a message waiting for the window, or a batch of retained messages.
 QueueEntry = tuple[Message, int, bool, int] | RetainedBatch
+
+#: The shared empty queue of every session that never queued anything (an empty deque is
+#: ~600 B); swapped for a real deque on the first entry.
+_NO_QUEUE = cast("deque[QueueEntry]", ())
 
 
 class OfferResult(IntEnum):
@@ -157,7 +160,7 @@ class Session:
         #: (msg, qos, retain, seq) waiting for the window, and retained batches; the shared
         #: empty tuple until the first entry, because an idle session should not pay for an
         #: empty deque (~600 B)
-        self.queue: deque[QueueEntry] = _NO_QUEUE  # type: ignore[assignment]
+        self.queue: deque[QueueEntry] = _NO_QUEUE
         self.queued_bytes = 0
         #: incoming QoS 2 packet ids PUBREC'd and awaiting PUBREL ([MQTT-4.3.3-2])
         self.awaiting_release: set[int] = _NONE_AWAITING  # type: ignore[assignment]
@@ -248,7 +251,7 @@ class Session:
         outbox = self.outbox
         if len(data) < COALESCE_BYTES:
             if outbox and outbox[-1].__class__ is bytearray:
-                outbox[-1] += data  # type: ignore[operator]
+                outbox[-1] += data
             else:
                 outbox.append(bytearray(data))
         else:
@@ -355,7 +358,7 @@ class Session:
         while queue and self.connected:
             entry = queue[0]
             if entry.__class__ is RetainedBatch:
-                if not self._pump_retained(entry):  # type: ignore[arg-type]
+                if not self._pump_retained(entry):
                     break
                 queue.popleft()
                 continue
@@ -415,7 +418,7 @@ class Session:
         if not queue:
             return
         for entry in [e for e in queue if e.__class__ is RetainedBatch]:
-            if entry.topic_filter == topic_filter:  # type: ignore[union-attr]
+            if entry.topic_filter == topic_filter:
                 queue.remove(entry)
         self.resume_wanted = False
         self._pump()  # what waited behind the cancelled batch may go now

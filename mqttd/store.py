@@ -251,10 +251,10 @@ class Store:
             "SELECT client_id, seq, message_id, qos, retain, packet_id, released"
             " FROM deliveries ORDER BY client_id, seq"
         ):
-            message = messages.get(message_id)
-            if client_id in sessions and message is not None:
+            delivered = messages.get(message_id)
+            if client_id in sessions and delivered is not None:
                 sessions[client_id].deliveries.append(
-                    StoredDelivery(seq, message, qos, bool(retain), packet_id, bool(released))
+                    StoredDelivery(seq, delivered, qos, bool(retain), packet_id, bool(released))
                 )
                 self._refs[message_id] = self._refs.get(message_id, 0) + 1
         for client_id, packet_id in db.execute("SELECT client_id, packet_id FROM incoming"):
@@ -262,9 +262,9 @@ class Store:
                 sessions[client_id].incoming.add(packet_id)
         retained = []
         for _topic, message_id in db.execute("SELECT topic, message_id FROM retained"):
-            message = messages.get(message_id)
-            if message is not None:
-                retained.append(message)
+            kept = messages.get(message_id)
+            if kept is not None:
+                retained.append(kept)
                 self._refs[message_id] = self._refs.get(message_id, 0) + 1
         # Messages nobody references (left by a failed batch) are removed on the first commit.
         for message_id in messages.keys() - self._refs.keys():

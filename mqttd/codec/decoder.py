@@ -421,8 +421,8 @@ class Decoder:
                 return CLOSED if self._eof else NEED_DATA
             first = buf[pos]
             rule = self._rules[first]
-            if rule.__class__ is tuple:
-                raise rule[0](rule[1])  # type: ignore[index]
+            if isinstance(rule, tuple):
+                raise rule[0](rule[1])
             # Remaining Length (2.2.3): 1 to 4 bytes, 7 bits each, low byte first.
             i = pos + 1
             if i >= size:
@@ -442,12 +442,13 @@ class Decoder:
             i += 1
             if length > self._limit:
                 raise ProtocolViolation("packet_too_large")
-            if rule >= 0 and length != rule:  # type: ignore[operator]
+            if rule >= 0 and length != rule:
                 raise MalformedPacket("invalid_remaining_length")
             end = i + length
             if end > size:
                 return self._short()
             kind = first >> 4
+            packet: Packet
             if kind in _NEEDS_STATE:
                 packet = _NEEDS_STATE[kind](self, first & 0x0F, buf, i, end)
             else:
@@ -609,7 +610,7 @@ _DECODERS: tuple[_Decode | None, ...] = (
     None,
 )
 #: The packets whose decoding depends on (or sets) the decoder's protocol level.
-_NEEDS_STATE = {
+_NEEDS_STATE: dict[int, Callable[[Decoder, int, bytearray, int, int], Packet]] = {
     1: Decoder._decode_connect,
     8: Decoder._decode_subscribe,
     10: Decoder._decode_unsubscribe,
