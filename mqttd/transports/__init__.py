@@ -1,12 +1,20 @@
-"""Transports: every listener type turns its connections into a ``trio.abc.Stream``.
+"""Transports: every listener type turns its connections into an ``MqttStream``.
 
 ``serve_listener`` starts the listener a ``ListenerConfig`` describes and calls the broker's
 connection handler with a plain byte stream and a ``ConnectionInfo`` -- so one MQTT framer
 serves TCP, TLS, WebSocket and secure WebSocket alike.
+
+``MqttStream`` is the one send interface the connection driver relies on: a ``trio.abc.Stream``
+plus a non-blocking ``try_send``, ``has_unsent`` and a synchronous ``close_now``. Most output
+of a broker is small and goes out without a task switch (``try_send``); only what a transport
+cannot take at once needs an awaiting ``send_all``. ``TcpStream``, ``TlsStream`` and
+``WebSocketStream`` implement it; ``StreamAdapter`` gives any other stream (the memory streams
+of tests) the same face, with a ``try_send`` that never sends.
 """
 
 from __future__ import annotations
 
+from abc import abstractmethod
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +43,115 @@ class ConnectionInfo:
 
 
 Handler = Callable[[trio.abc.Stream, ConnectionInfo], Awaitable[None]]
+
+
+class MqttStream(trio.abc.Stream):
+    """A byte stream with a non-blocking send: the interface every transport implements.
+
+    ``send_all``, ``receive_some``, ``aclose`` and ``wait_send_all_might_not_block`` are those
+    of ``trio.abc.Stream``, with one addition: ``send_all(b"")`` writes the bytes the stream
+    holds (see ``has_unsent``) and only then returns, and raises if the stream is broken.
+
+    The writer's contract, for any transport::
+
+        n = stream.try_send(data)       # no task switch
+        if n < len(data) or stream.has_unsent:
+            await stream.send_all(data[n:])   # before anything else is sent
+
+    Exactly one task writes (``try_send`` and ``send_all``); another task may receive. A stream
+    refuses ``try_send`` (returns 0) while one of its own sends is in progress, so bytes never
+    overtake each other.
+    """
+
+    __slots__ = ()
+
+    @abstractmethod
+    def try_send(self, data: bytes) -> int:
+        """Send without blocking what the transport takes now.
+
+        Bytes taken are the stream's own from then on: any it could not put on the wire yet
+        (the rest of a WebSocket frame, TLS records) make ``has_unsent`` true, and the next
+        ``send_all`` writes them first; ``send_all(b"")`` writes only them. The caller sends
+        ``data[n:]`` with ``send_all``, before anything else. A failure of the transport is not
+        raised here: the next ``send_all`` meets it.
+
+        Args:
+            data: the bytes to send.
+
+        Returns:
+            How many bytes of ``data`` the stream took; 0 when it cannot send now (closed,
+            closing, another send in progress, earlier bytes still held, a full socket, or a
+            transport without a non-blocking send): then nothing was consumed.
+        """
+
+    @property
+    @abstractmethod
+    def has_unsent(self) -> bool:
+        """Whether the stream holds bytes it took but could not write yet (``send_all(b"")``
+        writes them)."""
+
+    @abstractmethod
+    def close_now(self) -> bool:
+        """Close without a task switch if this transport can.
+
+        A task waiting in ``receive_some`` or ``send_all`` is woken with
+        ``trio.ClosedResourceError``. Closing handshakes (a WebSocket close frame, a TLS
+        close_notify) are sent only as far as the socket takes them at once; held bytes are
+        dropped.
+
+        Returns:
+            True when the stream is closed; False when only ``aclose`` can close it (the caller
+            must then await ``aclose``).
+        """
+
+
+class StreamAdapter(MqttStream):
+    """Any other ``trio.abc.Stream`` as an ``MqttStream`` (tests drive connections over
+    ``trio.testing.memory_stream_pair()``): ``try_send`` never sends, so every write goes
+    through ``send_all``; nothing is ever held; ``close_now`` leaves the close to ``aclose``.
+
+    Args:
+        stream: the stream to wrap.
+    """
+
+    __slots__ = ("stream",)
+
+    def __init__(self, stream: trio.abc.Stream) -> None:
+        self.stream = stream
+
+    def try_send(self, data: bytes) -> int:
+        """Never sends: returns 0 (use ``send_all``)."""
+        return 0
+
+    @property
+    def has_unsent(self) -> bool:
+        """Always False: the adapter holds nothing."""
+        return False
+
+    def close_now(self) -> bool:
+        """Cannot close without awaiting: returns False (use ``aclose``)."""
+        return False
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        """The wrapped stream's ``send_all``."""
+        await self.stream.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        """The wrapped stream's ``wait_send_all_might_not_block``."""
+        await self.stream.wait_send_all_might_not_block()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        """The wrapped stream's ``receive_some``."""
+        return await self.stream.receive_some(max_bytes)
+
+    async def aclose(self) -> None:
+        """The wrapped stream's ``aclose``."""
+        await self.stream.aclose()
+
+
+def as_mqtt_stream(stream: trio.abc.Stream) -> MqttStream:
+    """``stream`` itself if it implements ``MqttStream``, else a ``StreamAdapter`` around it."""
+    return stream if isinstance(stream, MqttStream) else StreamAdapter(stream)
 
 
 class Gate(Protocol):

@@ -7,9 +7,8 @@ wrap the ``TcpStream`` it hands them in their own layers.
 
 Idle connections are what a broker holds most of, so this path is kept lean: the accept loop
 admits connections synchronously (the gate, ``TCP_NODELAY``) and spawns the handler's coroutine
-directly -- no wrapper task per connection -- and the stream is a ``TcpStream``, a thin trio
-stream over the stdlib socket, whose socket the connection also writes to directly (see
-``mqttd.connection``).
+directly -- no wrapper task per connection -- and the stream is a ``TcpStream``, a thin
+``MqttStream`` over the stdlib socket whose ``try_send`` is one non-blocking ``send``.
 """
 
 from __future__ import annotations
@@ -24,7 +23,7 @@ import trio
 
 from mqttd.config import ListenerConfig
 from mqttd.errors import StartupError
-from mqttd.transports import ConnectionInfo, Gate, Handler
+from mqttd.transports import ConnectionInfo, Gate, Handler, MqttStream
 from mqttd.transports.peer import format_peer
 
 log = structlog.get_logger("mqttd.transports.tcp")
@@ -114,19 +113,57 @@ async def _bind_all(host: str, port: int) -> list[BoundSocket]:
     return bound
 
 
-class TcpStream(trio.abc.HalfCloseableStream):
-    """A connected non-blocking stdlib socket as a trio stream.
+class TcpStream(MqttStream, trio.abc.HalfCloseableStream):
+    """A connected non-blocking stdlib socket as an ``MqttStream``.
 
     Lighter than ``trio.SocketStream`` (one small object, no wrapper socket, no conflict
-    detectors): a connection has a single reader and at most one writer task, which
-    ``mqttd.connection`` guarantees.
+    detectors beyond one flag): a connection has a single reader and at most one writer.
+    ``try_send`` is one non-blocking ``send``; the kernel's buffer is the only buffer, so
+    nothing is ever held (``has_unsent`` is always False).
+
+    Args:
+        sock: a connected stream socket, already non-blocking.
     """
 
-    __slots__ = ("_eager", "raw_socket")
+    # ``raw_socket`` is the old name the connection driver still writes to directly; it goes
+    # once the driver uses ``try_send`` (``socket`` is the name to use).
+    __slots__ = ("_eager", "_sending", "raw_socket")
 
     def __init__(self, sock: socket.socket) -> None:
         self.raw_socket = sock
         self._eager = False  # the last read was large: read again before waiting
+        self._sending = False  # a send_all is under way: try_send must not cut into it
+
+    @property
+    def socket(self) -> socket.socket:
+        """The stdlib socket (TLS takes it over: ``mqttd.transports.tls.TlsStream``)."""
+        return self.raw_socket
+
+    def try_send(self, data: bytes) -> int:
+        """One non-blocking ``send``: how many bytes the socket took (0 when it is full, the
+        stream is closed or broken, or a ``send_all`` is under way)."""
+        sock = self.raw_socket
+        if self._sending or not data or sock.fileno() == -1:
+            return 0
+        try:
+            return sock.send(data)
+        except OSError:
+            # EAGAIN: nothing taken. Any other error: the next send_all meets it again and
+            # raises BrokenResourceError.
+            return 0
+
+    @property
+    def has_unsent(self) -> bool:
+        """Always False: bytes the socket did not take were never taken."""
+        return False
+
+    def close_now(self) -> bool:
+        """Close the socket at once, waking any task that waits on it; returns True."""
+        sock = self.raw_socket
+        if sock.fileno() != -1:
+            trio.lowlevel.notify_closing(sock)  # a task waiting on it gets ClosedResourceError
+            sock.close()
+        return True
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
         sock = self.raw_socket
@@ -152,21 +189,36 @@ class TcpStream(trio.abc.HalfCloseableStream):
         return data
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        """Send all of ``data``, waiting while the socket is full; ``b""`` is a checkpoint.
+
+        Raises:
+            trio.BusyResourceError: another task is sending.
+            trio.ClosedResourceError: the stream was closed (also while waiting).
+            trio.BrokenResourceError: the connection failed.
+        """
+        if self._sending:
+            raise trio.BusyResourceError("another task is already sending")
         sock = self.raw_socket
-        with memoryview(data) as view:
-            while view:
-                if sock.fileno() == -1:
-                    raise trio.ClosedResourceError("the stream was closed")
-                try:
-                    sent = sock.send(view)
-                except (BlockingIOError, InterruptedError):
-                    sent = 0
-                except OSError as exc:
-                    raise trio.BrokenResourceError(exc) from exc
-                if sent:
-                    view = view[sent:]
-                else:
-                    await trio.lowlevel.wait_writable(sock)
+        self._sending = True
+        try:
+            if sock.fileno() == -1:
+                raise trio.ClosedResourceError("the stream was closed")
+            with memoryview(data) as view:
+                while view:
+                    if sock.fileno() == -1:
+                        raise trio.ClosedResourceError("the stream was closed")
+                    try:
+                        sent = sock.send(view)
+                    except (BlockingIOError, InterruptedError):
+                        sent = 0
+                    except OSError as exc:
+                        raise trio.BrokenResourceError(exc) from exc
+                    if sent:
+                        view = view[sent:]
+                    else:
+                        await trio.lowlevel.wait_writable(sock)
+        finally:
+            self._sending = False
         await trio.lowlevel.checkpoint()
 
     async def wait_send_all_might_not_block(self) -> None:
@@ -182,10 +234,8 @@ class TcpStream(trio.abc.HalfCloseableStream):
             raise trio.BrokenResourceError(exc) from exc
 
     async def aclose(self) -> None:
-        sock = self.raw_socket
-        if sock.fileno() != -1:
-            trio.lowlevel.notify_closing(sock)  # a task waiting on it gets ClosedResourceError
-            sock.close()
+        """Close at once (as ``close_now``), then a checkpoint."""
+        self.close_now()
         await trio.lowlevel.checkpoint()
 
 

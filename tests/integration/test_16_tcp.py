@@ -110,6 +110,88 @@ async def test_a_reset_connection_is_a_broken_stream() -> None:
     await stream.aclose()
 
 
+async def test_try_send_takes_what_the_socket_takes_and_holds_nothing() -> None:
+    """try_send is one non-blocking send: it returns how much the socket took (0 once it is
+    full), never holds bytes, and send_all writes the rest after the reader catches up."""
+    stream, peer = _stream_pair()
+    peer_stream = TcpStream(peer)
+    data = bytes(range(256)) * 1024
+    with trio.testing.assert_no_checkpoints():
+        taken = stream.try_send(data)
+    assert 0 < taken < len(data)
+    assert not stream.has_unsent
+    assert stream.try_send(b"more") == 0  # full: nothing taken
+    received = bytearray()
+
+    async def read_all() -> None:
+        while len(received) < len(data):
+            received.extend(await peer_stream.receive_some(65536))
+
+    with trio.fail_after(TIMEOUT_S):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(read_all)
+            await stream.send_all(data[taken:])
+    assert bytes(received) == data
+    await stream.aclose()
+    await peer_stream.aclose()
+
+
+async def send_until_broken(stream: TcpStream) -> None:
+    """The driver's way of writing: try_send, then send_all of what it did not take."""
+    while True:
+        if not stream.try_send(b"x" * 100):
+            await stream.send_all(b"x" * 100)
+
+
+async def test_try_send_never_cuts_into_a_send_all_and_reports_failures_as_zero() -> None:
+    """While a send_all waits on a full socket try_send takes nothing (its bytes would land
+    inside the other send's); on a closed or failed socket it returns 0 and send_all raises."""
+    stream, peer = _stream_pair()
+    peer_stream = TcpStream(peer)
+    while stream.try_send(bytes(65536)):
+        pass
+    with trio.fail_after(TIMEOUT_S):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(stream.send_all, b"x" * 100)
+            await trio.testing.wait_all_tasks_blocked()
+            assert stream.try_send(b"y") == 0
+            with pytest.raises(trio.BusyResourceError):
+                await stream.send_all(b"z")
+            nursery.cancel_scope.cancel()
+        await peer_stream.aclose()
+        with pytest.raises(trio.BrokenResourceError):
+            await send_until_broken(stream)
+    assert stream.close_now()
+    assert stream.try_send(b"x") == 0
+    with pytest.raises(trio.ClosedResourceError):
+        await stream.send_all(b"")
+
+
+async def test_close_now_closes_without_a_checkpoint_and_wakes_the_reader() -> None:
+    """close_now closes the socket synchronously; a task waiting in receive_some gets
+    ClosedResourceError and the peer sees EOF."""
+    stream, peer = _stream_pair()
+    peer_stream = TcpStream(peer)
+    outcome: list[type[BaseException]] = []
+
+    async def wait_for_data() -> None:
+        try:
+            await stream.receive_some()
+        except trio.ClosedResourceError as exc:
+            outcome.append(type(exc))
+
+    with trio.fail_after(TIMEOUT_S):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(wait_for_data)
+            await trio.testing.wait_all_tasks_blocked()
+            with trio.testing.assert_no_checkpoints():
+                assert stream.close_now()
+                assert stream.close_now()  # twice is harmless
+        assert outcome == [trio.ClosedResourceError]
+        assert await peer_stream.receive_some() == b""
+    await peer_stream.aclose()
+
+
 class ScriptedListener:
     """A listening socket whose accept() fails as scripted before accepting for real."""
 
