@@ -19,15 +19,20 @@ data in the pieces it arrives in, without reassembling messages, because MQTT pa
 align with frames [MQTT-6.0.0-2]; ``send_all`` sends one binary message. A text frame closes
 with 1003 [MQTT-6.0.0-1], a message over ``max_message_size`` with 1009 (seen in the frame
 header, before its payload is kept), any other protocol error with 1002 or 1007; each then reads
-as EOF. Pings are answered from inside ``receive_some``; one lock serialises all writes to the
-transport, since the broker's writer task and the reader's pong may write at the same time.
+as EOF. Pings are answered from inside ``receive_some``.
+
+Writes: ``try_send`` (the ``MqttStream`` interface) frames a message and hands it to the
+transport's own ``try_send`` without a task switch -- all of it or nothing; a tail the transport
+did not take is kept and written before anything else. Every awaiting write (``send_all``,
+pongs, close frames) goes through ``_write`` under one lock, after that tail, because the
+broker's writer and the reader's pong may write at the same time; ``try_send`` takes nothing
+while the lock is held, so no frame ever starts inside another.
 """
 
 from __future__ import annotations
 
 import base64
 import os
-import socket
 from collections.abc import Awaitable
 from contextlib import nullcontext
 from pathlib import Path
@@ -42,7 +47,7 @@ from wsproto.utilities import RemoteProtocolError
 
 from mqttd.config import ListenerConfig
 from mqttd.errors import StartupError
-from mqttd.transports import ConnectionInfo, Gate, Handler
+from mqttd.transports import ConnectionInfo, Gate, Handler, MqttStream
 from mqttd.transports.http import (
     HttpConnection,
     header_tokens,
@@ -51,7 +56,7 @@ from mqttd.transports.http import (
     serve_static,
 )
 from mqttd.transports.peer import IPNetwork, client_address, parse_trusted_proxies
-from mqttd.transports.tcp import BoundSocket, accept_connections, open_listeners
+from mqttd.transports.tcp import BoundSocket, TcpStream, accept_connections, open_listeners
 from mqttd.transports.tls import TlsContext, client_identity, running, tls_handshake
 from mqttd.transports.wsframes import (
     NEED_DATA,
@@ -77,7 +82,7 @@ CLOSE_TIMEOUT_S = 2.0
 MAX_RESPONSE_HEAD_BYTES = 16 * 1024
 
 
-class WebSocketStream(trio.abc.Stream):
+class WebSocketStream(MqttStream):
     """A byte stream carried in binary WebSocket messages.
 
     Frames are decoded and encoded by ``mqttd.transports.wsframes``; the wsproto connection
@@ -99,10 +104,10 @@ class WebSocketStream(trio.abc.Stream):
         "_close_sent",
         "_closed",
         "_decoder",
+        "_direct",
         "_early",
         "_eof",
         "_pending",
-        "_raw_socket",
         "_receiving",
         "_sending",
         "_unsent",
@@ -135,14 +140,13 @@ class WebSocketStream(trio.abc.Stream):
         self._close_received = False
         self._receiving = False
         self._sending = False
-        # Created on first use: a plain ws connection mostly writes with ``send_now``, and an
-        # idle one should not carry a lock and its parking lot.
+        # Created on first use: a connection mostly writes with ``try_send``, and an idle one
+        # should not carry a lock and its parking lot.
         self._write_lock: trio.Lock | None = None
-        #: frame bytes a non-blocking ``send_now`` could not write; sent before anything else
+        #: the tail of a frame ``try_send`` started; written before anything else
         self._unsent = b""
-        # Plain ws only: the socket ``send_now`` writes to, which a ``TcpStream`` transport
-        # exposes (a TLS stream has none: its writes need a task of their own).
-        self._raw_socket: socket.socket | None = getattr(transport, "raw_socket", None)
+        #: the transport's non-blocking side (TcpStream, TlsStream); None for other streams
+        self._direct: MqttStream | None = transport if isinstance(transport, MqttStream) else None
         self._decoder.receive_data(early)
         self._early = bool(early)  # frame bytes from the handshake wait for receive_some
 
@@ -160,6 +164,8 @@ class WebSocketStream(trio.abc.Stream):
         return encode_binary(data)
 
     async def _write(self, data: bytes) -> None:
+        """The one awaiting write path (data frames of ``send_all``, pongs, close frames): under
+        the write lock, after the tail ``try_send`` left, so no frame starts inside another."""
         if self._write_lock is None:
             self._write_lock = trio.Lock()
         async with self._write_lock:
@@ -167,54 +173,102 @@ class WebSocketStream(trio.abc.Stream):
                 data, self._unsent = self._unsent + data, b""
             await self.transport.send_all(data)
 
-    @property
-    def can_send_now(self) -> bool:
-        """Whether ``send_now`` is available at all (plain ws over a TCP socket)."""
-        return self._raw_socket is not None
+    def _writing(self) -> bool:
+        """Whether a write is under way (``try_send`` must not cut into it)."""
+        lock = self._write_lock
+        return self._sending or (lock is not None and lock.locked())
+
+    def try_send(self, data: bytes) -> int:
+        """Send ``data`` as one binary message without blocking, as far as the transport takes
+        it now: the frame's tail the transport does not take is kept (``has_unsent``) and
+        written first by the next ``send_all``, pong or close frame.
+
+        Returns:
+            ``len(data)`` when the frame was started; 0 (nothing taken) when the transport took
+            none of it or has no ``try_send``, while closing or closed, while another write is
+            under way (a pong, a ``send_all``), or when an earlier tail still does not fit.
+        """
+        direct = self._direct
+        if direct is None or not data or self._closed or not self._open or self._writing():
+            return 0
+        if self._unsent:
+            taken = direct.try_send(self._unsent)
+            self._unsent = self._unsent[taken:]
+            if self._unsent:
+                return 0
+        frame = self._encode(data)
+        taken = direct.try_send(frame)
+        if not taken:
+            return 0  # the frame is dropped: nothing of ``data`` was consumed
+        if taken < len(frame):
+            self._unsent = frame[taken:]
+        return len(data)
 
     @property
     def has_unsent(self) -> bool:
-        """Whether ``send_now`` left frame bytes for ``flush`` to write."""
-        return bool(self._unsent)
+        """Whether frame bytes are held, here (a frame's tail) or in the transport (TLS)."""
+        if self._unsent:
+            return True
+        direct = self._direct
+        return direct is not None and direct.has_unsent
+
+    def close_now(self) -> bool:
+        """Start a normal close (1000) with what the transport takes at once, and close the
+        transport without waiting.
+
+        Returns:
+            The transport's ``close_now``; False when the transport is not an ``MqttStream``
+            (nothing was done: use ``aclose``).
+        """
+        direct = self._direct
+        if direct is None:
+            return False
+        if not self._closed:
+            self._closed = True
+            if self._open and not self._writing():
+                self._close_sent = True
+                self.close_code = self.close_code or CloseCode.NORMAL_CLOSURE
+                frame = encode_close(CloseCode.NORMAL_CLOSURE, "", mask=self._new_mask())
+                # After a frame's tail, if one is left; whatever does not fit is dropped.
+                frame, self._unsent = self._unsent + frame, b""
+                direct.try_send(frame)
+        return direct.close_now()
+
+    # -- the previous non-blocking API, until the connection driver uses try_send --------------
+
+    @property
+    def can_send_now(self) -> bool:
+        """Whether ``send_now`` is available at all (plain ws over a ``TcpStream``)."""
+        return isinstance(self.transport, TcpStream)
 
     def send_now(self, data: bytes) -> bool:
         """Send ``data`` as one binary message without blocking, if nothing else is sending.
 
-        What the socket does not take at once is kept and written first by the next ``flush``,
-        ``send_all`` or control frame, so the byte stream stays in order.
+        What the socket does not take at once (possibly all of it) is kept and written first
+        by the next ``flush``, ``send_all`` or control frame, so the byte stream stays in order.
 
         Returns:
             False if nothing was sent (another send in progress, left-over bytes, closing, or a
-            TLS transport): the caller must use ``send_all`` instead.
+            transport other than a ``TcpStream``): the caller must use ``send_all`` instead.
         """
-        raw = self._raw_socket
+        direct = self._direct
         if (
-            raw is None
+            not isinstance(direct, TcpStream)
             or self._unsent
-            or self._sending
             or self._closed
-            or self._close_sent
-            or self._close_received
-            or (self._write_lock is not None and self._write_lock.locked())
+            or not self._open
+            or self._writing()
         ):
             return False
         frame = self._encode(data)
-        try:
-            sent = raw.send(frame)
-        except (BlockingIOError, InterruptedError):
-            sent = 0
-        except OSError:
-            sent = 0  # the next write meets the error and reports it
-        if sent != len(frame):
-            self._unsent = frame[sent:]
+        taken = direct.try_send(frame)
+        if taken != len(frame):
+            self._unsent = frame[taken:]
         return True
 
     async def flush(self) -> None:
-        """Write what ``send_now`` left over."""
-        if self._unsent:
-            await self._write(b"")
-        else:
-            await trio.lowlevel.checkpoint()
+        """Write what ``send_now`` left over (``send_all(b"")``)."""
+        await self.send_all(b"")
 
     async def _send_close(self, code: int | None, reason: str = "") -> None:
         """Send a close frame (best effort, within ``CLOSE_TIMEOUT_S``) unless one was sent."""
@@ -332,7 +386,8 @@ class WebSocketStream(trio.abc.Stream):
             self._receiving = False
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        """Send ``data`` as one binary WebSocket message.
+        """Send ``data`` as one binary WebSocket message, after any held frame bytes;
+        ``b""`` writes only those.
 
         Raises:
             trio.BusyResourceError: another task is already sending.
@@ -346,7 +401,10 @@ class WebSocketStream(trio.abc.Stream):
             if self._closed:
                 raise trio.ClosedResourceError("stream was closed")
             if not data:
-                await trio.lowlevel.checkpoint()
+                if self.has_unsent:
+                    await self._write(b"")  # the tail try_send left, and the transport's
+                else:
+                    await trio.lowlevel.checkpoint()
                 return
             if self._close_sent or self._close_received:
                 await trio.lowlevel.checkpoint()
@@ -356,11 +414,27 @@ class WebSocketStream(trio.abc.Stream):
             self._sending = False
 
     async def wait_send_all_might_not_block(self) -> None:
-        """Wait until the transport can probably take more data."""
-        if self._closed:
-            await trio.lowlevel.checkpoint()
-            raise trio.ClosedResourceError("stream was closed")
-        await self.transport.wait_send_all_might_not_block()
+        """Wait until the transport can probably take more data.
+
+        Raises:
+            trio.BusyResourceError: another task is sending.
+            trio.ClosedResourceError: this stream was closed.
+        """
+        if self._sending:
+            raise trio.BusyResourceError("another task is already sending")
+        self._sending = True
+        try:
+            if self._closed:
+                await trio.lowlevel.checkpoint()
+                raise trio.ClosedResourceError("stream was closed")
+            if self._write_lock is None:
+                self._write_lock = trio.Lock()
+            # Under the write lock: a pong written meanwhile would be a second task waiting on
+            # the transport's send side.
+            async with self._write_lock:
+                await self.transport.wait_send_all_might_not_block()
+        finally:
+            self._sending = False
 
     async def aclose(self) -> None:
         """Send a normal close frame (best effort, briefly) and close the transport."""

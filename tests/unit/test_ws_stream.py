@@ -496,3 +496,162 @@ async def test_send_all_after_peer_close_is_broken() -> None:
         assert await stream.receive_some() == b""
         with pytest.raises(trio.BrokenResourceError):
             await stream.send_all(b"x")
+
+
+# --- the MqttStream interface: try_send, has_unsent, close_now ---------------------------------
+
+
+def tcp_server_stream(small_buffers: bool = True) -> tuple[WebSocketStream, RawClient]:
+    """A server WebSocketStream over a TcpStream, and a wsproto client on the socketpair's
+    other end (small buffers: a large frame meets a full socket)."""
+    ours, theirs = socket.socketpair()
+    ours.setblocking(False)
+    theirs.setblocking(False)
+    if small_buffers:
+        ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        theirs.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    client, server = handshaken_pair()
+    return WebSocketStream(TcpStream(ours), server), RawClient(client, TcpStream(theirs))
+
+
+async def collect_messages(client: RawClient, count: int) -> list[object]:
+    """The next ``count`` complete events, with fragments of one message joined."""
+    events: list[object] = []
+    data = bytearray()
+    while len(events) < count:
+        event = await client.next_event()
+        if isinstance(event, BytesMessage):
+            data += event.data
+            if event.message_finished:
+                events.append(BytesMessage(data=bytes(data)))
+                data.clear()
+        else:
+            events.append(event)
+    return events
+
+
+async def test_try_send_sends_a_whole_frame_without_a_checkpoint() -> None:
+    """try_send over a TcpStream writes one binary frame at once and reports all data taken."""
+    stream, client = tcp_server_stream(small_buffers=False)
+    with trio.fail_after(TIMEOUT_S):
+        with trio.testing.assert_no_checkpoints():
+            assert stream.try_send(b"\x30\x03\x00\x01t") == 5
+        assert not stream.has_unsent
+        (event,) = await collect_messages(client, 1)
+        assert isinstance(event, BytesMessage)
+        assert event.data == b"\x30\x03\x00\x01t"
+        await stream.aclose()
+        await client.stream.aclose()
+
+
+async def test_try_send_keeps_a_frames_tail_and_refuses_until_it_is_written() -> None:
+    """A frame the socket takes only in part is the stream's: try_send reports it all taken,
+    keeps the tail (has_unsent), takes nothing more until send_all(b"") wrote it, and the
+    frames arrive whole and in order."""
+    stream, client = tcp_server_stream()
+    payload = bytes(range(256)) * 1024
+    assert stream.try_send(payload) == len(payload)
+    assert stream.has_unsent
+    assert stream.try_send(b"later") == 0  # must not overtake the tail
+    with trio.fail_after(TIMEOUT_S):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(stream.send_all, b"")
+            first = await collect_messages(client, 1)
+        assert not stream.has_unsent
+        assert stream.try_send(b"later") == 5
+        second = await collect_messages(client, 1)
+        assert [m.data for m in first + second if isinstance(m, BytesMessage)] == [
+            payload,
+            b"later",
+        ]
+        await stream.aclose()
+        await client.stream.aclose()
+
+
+async def test_try_send_takes_nothing_when_the_transport_takes_nothing() -> None:
+    """On a full socket try_send returns 0 and consumes nothing: the same data sent with
+    send_all arrives exactly once."""
+    stream, client = tcp_server_stream()
+    while stream.transport.try_send(b"\x82\x00" * 2048):  # type: ignore[attr-defined]
+        pass  # fill the socket with empty binary frames
+    assert stream.try_send(b"once") == 0
+    assert not stream.has_unsent
+    with trio.fail_after(TIMEOUT_S):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(stream.send_all, b"once")
+            events: list[bytes] = []
+            while not events or events[-1] != b"once":
+                (event,) = await collect_messages(client, 1)
+                assert isinstance(event, BytesMessage)
+                events.append(bytes(event.data))
+        assert events.count(b"once") == 1
+        await stream.aclose()
+        await client.stream.aclose()
+
+
+async def test_try_send_over_a_stream_without_try_send_takes_nothing() -> None:
+    """Over a memory stream (not an MqttStream) try_send returns 0: send_all does the work."""
+    stream, _client = make_server_stream()
+    assert stream.try_send(b"x") == 0
+    assert not stream.has_unsent
+    assert not stream.close_now()  # only aclose can close it
+
+
+async def test_a_pong_never_lands_inside_a_data_frame() -> None:
+    """A ping answered while a data frame's tail is still held: the pong follows the whole
+    frame, and try_send takes nothing while the pong is being written."""
+    stream, client = tcp_server_stream()
+    payload = bytes(range(256)) * 512
+    assert stream.try_send(payload) == len(payload)
+    assert stream.has_unsent
+    refused_during_pong: list[int] = []
+
+    async def serve() -> None:
+        await stream.receive_some()  # answers the ping; the pong waits for the full socket
+
+    with trio.fail_after(TIMEOUT_S):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(serve)
+            await client.send(Ping(payload=b"are you there"))
+            await trio.testing.wait_all_tasks_blocked()
+            refused_during_pong.append(stream.try_send(b"x"))
+            events = await collect_messages(client, 2)
+            await client.send(BytesMessage(data=b"\xc0\x00"))  # lets receive_some return
+        assert refused_during_pong == [0]
+        assert isinstance(events[0], BytesMessage)
+        assert events[0].data == payload
+        assert isinstance(events[1], Pong)
+        assert events[1].payload == b"are you there"
+        await stream.aclose()
+        await client.stream.aclose()
+
+
+async def test_try_send_refuses_once_closing() -> None:
+    """After the peer's close frame, or after aclose, try_send takes nothing."""
+    with trio.fail_after(TIMEOUT_S):
+        stream, client = tcp_server_stream(small_buffers=False)
+        await client.send(CloseConnection(code=1000))
+        assert await stream.receive_some() == b""
+        assert stream.try_send(b"x") == 0
+        await stream.aclose()
+        assert stream.try_send(b"x") == 0
+        await client.stream.aclose()
+
+
+async def test_close_now_sends_a_close_frame_and_closes_the_transport() -> None:
+    """close_now writes a 1000 close frame as far as the socket takes it and closes the
+    transport without a checkpoint; the client sees the close frame, then EOF."""
+    stream, client = tcp_server_stream(small_buffers=False)
+    with trio.fail_after(TIMEOUT_S):
+        with trio.testing.assert_no_checkpoints():
+            assert stream.try_send(b"last") == 4
+            assert stream.close_now()
+        events = await collect_messages(client, 2)
+        assert isinstance(events[0], BytesMessage)
+        assert events[0].data == b"last"
+        assert isinstance(events[1], CloseConnection)
+        assert events[1].code == 1000
+        assert stream.close_code == 1000
+        with pytest.raises(trio.ClosedResourceError):
+            await stream.send_all(b"x")
+        await client.stream.aclose()
