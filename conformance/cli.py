@@ -63,7 +63,8 @@ def main(argv: list[str] | None = None) -> int:
         for c in selected:
             extra = " (WebSocket only)" if c.transport == "ws" else ""
             extra += " (MQTT 3.1)" if c.mqtt31 else ""
-            print(f"{c.id:<44} {' '.join(c.statements) or '-'}{extra}\n    {c.title}")
+            refs = " ".join(c.statements) or (f"section {c.section}" if c.section else "-")
+            print(f"{c.id:<44} {refs}{extra}\n    {c.title}")
         return 0
     if not selected:
         print(f"no case matches {args.only!r}", file=sys.stderr)

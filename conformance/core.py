@@ -34,6 +34,9 @@ def rand(n: int = 8) -> str:
 
 CaseFunc = Callable[["Context"], Awaitable[None]]
 
+#: The summary-table section of the MQTT 3.1 (``MQIsdp``) cases, which cite no 3.1.1 statement.
+MQTT31_SECTION = "3.1 (MQIsdp)"
+
 
 @dataclass(frozen=True, slots=True)
 class Case:
@@ -45,17 +48,22 @@ class Case:
     func: CaseFunc
     transport: str = "any"  # "any" or "ws" (runs only with --ws/--wss)
     mqtt31: bool = False
+    #: For a case that checks a paragraph with no statement id (such as the control characters
+    #: of 1.5.3, which a receiver MAY refuse): the section it is in.
+    section: str = ""
 
     @property
     def sections(self) -> tuple[str, ...]:
         if self.mqtt31:
-            return ("3.1 (MQIsdp)",)
+            return (MQTT31_SECTION,)
         out = []
         for sid in self.statements:
             m = re.match(r"MQTT-(\d+\.\d+\.\d+)-\d+$", sid)
             sec = m.group(1) if m else sid
             if sec not in out:
                 out.append(sec)
+        if self.section and self.section not in out:
+            out.append(self.section)
         return tuple(out) or ("other",)
 
 
@@ -68,8 +76,13 @@ def case(
     title: str,
     transport: str = "any",
     mqtt31: bool = False,
+    section: str = "",
 ) -> Callable[[CaseFunc], CaseFunc]:
-    """Register an async case function under ``case_id``."""
+    """Register an async case function under ``case_id``.
+
+    A case names the statements it checks; one that checks a paragraph without a statement id
+    names its ``section`` instead, and an MQTT 3.1 case sets ``mqtt31``.
+    """
 
     def register(func: CaseFunc) -> CaseFunc:
         if case_id in REGISTRY:
@@ -77,7 +90,11 @@ def case(
         for sid in statements:
             if not re.match(r"MQTT-\d+\.\d+\.\d+-\d+$", sid):
                 raise ValueError(f"bad statement id {sid!r} in {case_id}")
-        REGISTRY[case_id] = Case(case_id, tuple(statements), title, func, transport, mqtt31)
+        if section and not re.match(r"\d+(\.\d+)*$", section):
+            raise ValueError(f"bad section {section!r} in {case_id}")
+        REGISTRY[case_id] = Case(
+            case_id, tuple(statements), title, func, transport, mqtt31, section
+        )
         return func
 
     return register

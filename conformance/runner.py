@@ -12,7 +12,7 @@ from typing import TextIO
 
 import trio
 
-from conformance.core import Case, Context, Fail, Skip
+from conformance.core import MQTT31_SECTION, Case, Context, Fail, Skip
 from conformance.transport import Closed, Target
 
 PASS, FAIL, SKIP, INFO = "pass", "fail", "skip", "info"
@@ -42,6 +42,7 @@ def select(cases: list[Case], only: str | None, target: Target) -> list[Case]:
             or only in c.statements
             or pattern.search(c.id)
             or any(pattern.search(s) for s in c.statements)
+            or (c.section and pattern.search(f"section {c.section}"))
         ]
     return cases
 
@@ -85,8 +86,16 @@ async def run_case(case: Case, target: Target) -> Result:
     )
 
 
+def references(r: Result) -> list[str]:
+    """What a result checks: its statement ids, else its section (a paragraph with no id), or
+    MQTT 3.1."""
+    if r.statements:
+        return list(r.statements)
+    return ["MQTT 3.1" if s == MQTT31_SECTION else f"section {s}" for s in r.sections]
+
+
 def format_line(r: Result) -> str:
-    ids = " ".join(f"[{s}]" for s in r.statements) or "[MQTT 3.1]"
+    ids = " ".join(f"[{s}]" for s in references(r))
     line = f"{r.status.upper():4}  {r.case_id:<44} {ids}"
     if r.detail:
         line += f"\n      {r.detail}"
@@ -175,7 +184,7 @@ def write_report(path: str, results: list[Result], target: Target, elapsed: floa
     out += ["", "| case | statements | result | detail |", "|---|---|---|---|"]
     for r in results:
         detail = r.detail.replace("|", "\\|").replace("\n", " ")
-        out.append(f"| {r.case_id} | {', '.join(r.statements)} | {r.status} | {detail} |")
+        out.append(f"| {r.case_id} | {', '.join(references(r))} | {r.status} | {detail} |")
     with open(path, "w", encoding="utf-8") as f:
         f.write("\n".join(out) + "\n")
 
