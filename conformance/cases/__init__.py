@@ -9,6 +9,7 @@ from conformance.cases import (  # noqa: F401
     mqtt31,
     publish,
     retain,
+    strings,
     subscribe,
     websocket,
     will,
