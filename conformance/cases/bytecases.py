@@ -155,6 +155,13 @@ BYTE_CASES: list[dict[str, Any]] = [
             CLOSED,
         ],
     },
+    {
+        "id": "publish-qos0-dup",
+        "statements": ["MQTT-3.3.1-2", "MQTT-4.8.0-1"],
+        "title": "QoS 0 PUBLISH with DUP 1 (first byte 38) closes the connection",
+        "connect": True,
+        "steps": [("send", _pub(b"t", dup=True)), CLOSED],
+    },
     # ---- 2.3.1 packet identifiers ------------------------------------------------------------
     {
         "id": "pid-zero-publish-qos1",

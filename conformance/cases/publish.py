@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
 from conformance import wire
 from conformance.core import Context, Fail, case
 
@@ -196,6 +198,42 @@ async def pubrel_order(ctx: Context) -> None:
     for pid in order:
         assert pid is not None
         await s.send(wire.pubcomp(pid))
+
+
+# An acknowledgement of the wrong kind for a packet identifier the broker has in flight is a
+# protocol violation ([MQTT-4.8.0-1]): a QoS 1 delivery ends only with PUBACK ([MQTT-4.3.2-1]),
+# a QoS 2 delivery with PUBREC, then PUBCOMP after the broker's PUBREL ([MQTT-4.3.3-1]).
+WRONG_ACKS = (
+    ("publish-qos1-answered-by-pubrec", 1, wire.PUBREC, "PUBREC answers a QoS 1 delivery"),
+    ("publish-qos1-answered-by-pubcomp", 1, wire.PUBCOMP, "PUBCOMP answers a QoS 1 delivery"),
+    ("publish-qos2-answered-by-puback", 2, wire.PUBACK, "PUBACK answers a QoS 2 delivery"),
+    ("publish-qos2-pubcomp-before-pubrec", 2, wire.PUBCOMP, "PUBCOMP before PUBREC for QoS 2"),
+)
+
+
+def _wrong_ack(qos: int, kind: int) -> Callable[[Context], Awaitable[None]]:
+    async def run(ctx: Context) -> None:
+        topic = ctx.topic("ack")
+        s = await ctx.connected("sub")
+        await s.subscribe([(topic, qos)])
+        s.auto_ack = False
+        p = await ctx.connected("pub")
+        await p.publish(topic, b"x", qos=qos)
+        pub = (await s.publishes(1))[0]
+        if pub.qos != qos or not pub.pid:
+            raise Fail(f"expected a QoS {qos} delivery, got {pub.describe()}")
+        await s.send(wire.ack(kind, pub.pid))
+        await s.expect_closed()
+
+    return run
+
+
+for _case_id, _qos, _kind, _what in WRONG_ACKS:
+    case(
+        _case_id,
+        "MQTT-4.8.0-1",
+        title=f"{_what} (same packet identifier): a protocol violation, closed",
+    )(_wrong_ack(_qos, _kind))
 
 
 async def _ordered(ctx: Context, qos: int, n: int = 30) -> None:
