@@ -214,7 +214,11 @@ async def dollar(ctx: Context) -> None:
         raise Skip("the broker neither routes client '$' topics nor publishes retained $SYS")
     late = await ctx.connected("late")
     await late.subscribe([("#", 0), ("+/broker/#", 0)])
-    leaked = [g for g in await late.flush() if g.type == wire.PUBLISH and g.topic.startswith(b"$")]
+    leaked = [
+        g
+        for g in await late.flush()
+        if g.type == wire.PUBLISH and g.topic is not None and g.topic.startswith(b"$")
+    ]
     if leaked:
         raise Fail("'#' or '+/broker/#' matched a '$' topic: " + leaked[0].describe())
 
