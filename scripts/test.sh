@@ -6,7 +6,8 @@
 # 1. installs what is missing, and only that: the Debian packages the interop tests drive
 #    (mosquitto, mosquitto-clients, chromium), mqttd with its test extras (pip, editable), and
 #    the JavaScript test clients (npm ci in tests/js/);
-# 2. runs every test (slow and interop included) with `python3 -bb -m pytest`, then `ruff check .`.
+# 2. runs every test (slow and interop included) with `python3 -bb -m pytest`, then `ruff check .`,
+#    then `mypy` (strict, over the files pyproject.toml's [tool.mypy] lists).
 #
 # Works on a clean Debian machine as root. If the system Python is "externally managed"
 # (PEP 668, as on Debian 12), everything Python goes into ./.venv instead. Install steps are quiet;
@@ -151,4 +152,6 @@ say "pytest"
 "$PYTHON" -bb -m pytest "$@" || status=$?
 say "ruff check ."
 "$PYTHON" -m ruff check . || status=$?
+say "mypy (strict; files from pyproject.toml)"
+"$PYTHON" -m mypy || status=$?
 exit "$status"
