@@ -315,7 +315,7 @@ class Connection:
         if self._writer_running or self._finished or not protocol.has_output:
             return
         gate = self.gate
-        if gate is not None and gate.must_wait():
+        if gate is not None and gate.must_wait(protocol.store_mark):
             self._start_writer()  # durability first: the writer waits for the commit
             return
         data = protocol.data_to_send()
@@ -381,11 +381,12 @@ class Connection:
         timeout = self.state.config.limits.write_timeout_s
         while True:
             if protocol.has_output:
+                mark = protocol.store_mark
                 data = protocol.data_to_send()
-                if gate is not None and gate.must_wait():
+                if gate is not None and gate.must_wait(mark):
                     # Nothing leaves before the state that produced it is durable: no PUBACK,
                     # PUBREC or delivery can be lost by a crash after it was sent.
-                    await gate.wait()
+                    await gate.wait(mark)
                 with trio.fail_after(timeout):
                     await stream.send_all(data)
                 self.bytes_out += len(data)

@@ -482,6 +482,12 @@ class ConnectionProtocol:
             self.session.unsend(data)
 
     @property
+    def store_mark(self) -> int:
+        """The store position the session's output depends on (see ``OutputGate``)."""
+        session = self.session
+        return session.store_mark if session is not None else 0
+
+    @property
     def output_drained(self) -> bool:
         """Whether the output is back under ``max_outbox_bytes`` (reading may go on)."""
         session = self.session

@@ -144,6 +144,7 @@ class Session:
         "queued_bytes",
         "resume_wanted",
         "store",
+        "store_mark",
         "subscriptions",
         "wake",
     )
@@ -183,6 +184,9 @@ class Session:
         self._next_seq = 1
         #: the durable store, for persistent sessions when one is configured
         self.store: Store | None = None
+        #: the store's ``recorded`` after this session's last change: output written after it
+        #: (a delivery, a PUBREL, a PUBREC) waits until the store has committed that far
+        self.store_mark = 0
         self.last_seen = 0.0  # wall-clock time of the last connect/disconnect
         #: the client's read ACL check (None = may receive everything it subscribes to)
         self.may_receive: Callable[[str], bool] | None = None
@@ -215,6 +219,7 @@ class Session:
             outgoing = self.inflight.pop(packet_id)
             if self.store is not None:
                 self.store.delivery_removed(self.client_id, outgoing.seq, outgoing.message)
+                self.store_mark = self.store.recorded
         self._pump()
 
     def detach(self) -> None:
@@ -312,6 +317,7 @@ class Session:
         self.queued_bytes += message.size
         if self.store is not None and qos:
             self.store.delivery_added(self.client_id, seq, message, qos, retain, None)
+            self.store_mark = self.store.recorded
         return OfferResult.QUEUED
 
     def _drop(self) -> OfferResult:
@@ -341,8 +347,10 @@ class Session:
             self._next_seq += 1
             if store is not None:
                 store.delivery_added(self.client_id, seq, message, qos, retain, packet_id)
+                self.store_mark = store.recorded
         elif store is not None:
             store.delivery_sent(self.client_id, seq, packet_id)
+            self.store_mark = store.recorded
         self.inflight[packet_id] = Outgoing(message, qos, retain, seq)
         self._write_chunks(message.publish_chunks(qos, retain, False, packet_id))
 
@@ -370,6 +378,7 @@ class Session:
             if may_receive is not None and not may_receive(message.topic):
                 if qos and self.store is not None:
                     self.store.delivery_removed(self.client_id, seq, message)
+                    self.store_mark = self.store.recorded
                 continue
             if qos:
                 self._send_inflight(message, qos, retain, seq)
@@ -443,6 +452,7 @@ class Session:
         del self.inflight[packet_id]
         if self.store is not None:
             self.store.delivery_removed(self.client_id, outgoing.seq, outgoing.message)
+            self.store_mark = self.store.recorded
         self._pump()
 
     def on_pubrec(self, packet_id: int) -> None:
@@ -459,6 +469,7 @@ class Session:
                 outgoing.released = True
                 if self.store is not None:
                     self.store.delivery_released(self.client_id, outgoing.seq)
+                    self.store_mark = self.store.recorded
         self._write(_PUBREL + packet_id.to_bytes(2, "big"))
 
     def on_pubcomp(self, packet_id: int) -> None:
@@ -473,6 +484,7 @@ class Session:
         del self.inflight[packet_id]
         if self.store is not None:
             self.store.delivery_removed(self.client_id, outgoing.seq, outgoing.message)
+            self.store_mark = self.store.recorded
         self._pump()
 
     # -- incoming messages ------------------------------------------------------------------
@@ -495,6 +507,7 @@ class Session:
             self.awaiting_release.add(packet_id)
             if self.store is not None:
                 self.store.incoming_added(self.client_id, packet_id)
+                self.store_mark = self.store.recorded
         self._write(_PUBREC + packet_id.to_bytes(2, "big"))
         return new
 
@@ -504,6 +517,7 @@ class Session:
             self.awaiting_release.remove(packet_id)
             if self.store is not None:
                 self.store.incoming_removed(self.client_id, packet_id)
+                self.store_mark = self.store.recorded
         self._write(_PUBCOMP + packet_id.to_bytes(2, "big"))
 
     # -- persistence ------------------------------------------------------------------------

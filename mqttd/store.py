@@ -8,10 +8,11 @@ transaction and commits -- many changes per commit, from every connection at onc
 recorded operation has a sequence number; ``await store.durable(store.mark())`` returns once
 everything recorded before the mark is committed (and, with durability "fsync", synced).
 
-Each connection's output passes an ``OutputGate``: every batch of output gets the mark of
-everything recorded when it was taken, and is written only once that is committed, so no
-PUBACK, PUBREC, CONNACK or delivery ever leaves the broker before the state that produced it is
-durable: an acknowledged message survives ``kill -9``. The gate also remembers which operations
+Each connection's output passes an ``OutputGate``: every batch of output gets the mark of the
+changes it depends on -- those its own input recorded, those made to its session -- and is
+written only once they are committed, so no PUBACK, PUBREC, CONNACK or delivery ever leaves the
+broker before the state that produced it is durable: an acknowledged message survives
+``kill -9``. The gate also remembers which operations
 the connection's own packets recorded; if a commit carrying any of them fails (disk full, I/O
 error), ``wait`` raises ``StoreError`` and that connection is closed without its
 acknowledgements while every other client carries on.
@@ -462,9 +463,11 @@ class Store:
 class OutputGate:
     """One connection's view of the store: what its input recorded, and when its output may go.
 
-    The connection's protocol brackets the processing of its input with ``begin``/``end``;
-    its writer calls ``wait`` (when ``must_wait``) after taking a batch of output and before
-    writing it.
+    The connection's protocol brackets the processing of its input with ``begin``/``end``; its
+    session keeps ``store_mark``, the store's position after the last change made on its behalf
+    (a delivery queued by another client's PUBLISH, a PUBREL). Output taken now depends on
+    both, and on nothing else: ``wait`` blocks until the store has committed past them, so one
+    connection's output never waits for another client's unrelated changes.
 
     Args:
         store: the store.
@@ -490,24 +493,25 @@ class OutputGate:
         if recorded != token:
             self._own.append((token, recorded))
 
-    def must_wait(self) -> bool:
-        """Whether output taken now must wait for a commit (or for a check of one)."""
-        store = self._store
-        return store.committed < store.recorded or bool(self._own)
+    def must_wait(self, session_mark: int) -> bool:
+        """Whether output taken now must wait: this connection's input recorded something not
+        yet checked, or its session changed past what is committed."""
+        return bool(self._own) or session_mark > self._store.committed
 
-    async def wait(self) -> None:
-        """Wait until everything recorded so far -- the mark of the output just taken -- is
-        committed.
+    async def wait(self, session_mark: int) -> None:
+        """Wait until everything the output just taken depends on is committed: the
+        operations of this connection's input and the session's changes up to
+        ``session_mark``.
 
         Raises:
             StoreError: a commit carrying an operation of this connection's input failed: its
                 acknowledgements must not be sent.
         """
         store = self._store
-        upto = store.recorded  # the mark, taken before the first checkpoint
+        own = self._own
+        upto = max(session_mark, own[-1][1] if own else 0)  # taken before any checkpoint
         if store.committed < upto:
             await store.durable(upto)
-        own = self._own
         while own and own[0][1] <= upto:
             first, last = own.pop(0)
             if store.failed(first, last):
