@@ -57,7 +57,7 @@ from mqttd.transports.http import (
 )
 from mqttd.transports.peer import IPNetwork, client_address, parse_trusted_proxies
 from mqttd.transports.tcp import BoundSocket, TcpStream, accept_connections, open_listeners
-from mqttd.transports.tls import TlsContext, client_identity, running, tls_handshake
+from mqttd.transports.tls import TlsContext, TlsStream, client_identity, running, tls_handshake
 from mqttd.transports.wsframes import (
     NEED_DATA,
     Close,
@@ -643,8 +643,7 @@ async def _serve_ws_connection(
     """
     try:
         if ctx.tls is not None:
-            # https_compatible: browsers routinely drop TLS without close_notify.
-            stream = ctx.tls.wrap(stream, https_compatible=True)
+            stream = ctx.tls.wrap(stream)
         # The handshake runs in its own frame: its HTTP state (h11 connection, request,
         # bound logger) is freed before the MQTT connection starts its long life.
         accepted = await _upgrade(stream, ctx, peer_ip, peer)
@@ -681,7 +680,7 @@ async def _upgrade(
     listener = ctx.listener
     logger = log.bind(transport=ctx.transport, peer=peer)
     identity = None
-    if isinstance(stream, trio.SSLStream):
+    if isinstance(stream, TlsStream):
         if not await tls_handshake(stream, listener.tls_handshake_timeout_s, logger):
             return None
         identity = client_identity(stream)

@@ -18,8 +18,8 @@ from mqttd.config import ListenerConfig
 from mqttd.errors import StartupError
 from mqttd.transports import ConnectionInfo
 from mqttd.transports.devcerts import dev_cert_paths
-from mqttd.transports.tls import serve_tls_listener
-from mqttd.transports.ws import open_websocket_stream, serve_ws_listener
+from mqttd.transports.tls import TlsStream, serve_tls_listener
+from mqttd.transports.ws import WebSocketStream, open_websocket_stream, serve_ws_listener
 
 TIMEOUT_S = 20
 
@@ -47,6 +47,10 @@ def certs(tmp_path_factory: pytest.TempPathFactory) -> Certs:
 class Server:
     port: int
     infos: list[ConnectionInfo] = field(default_factory=list)
+    streams: list[trio.abc.Stream] = field(default_factory=list)
+    #: what each connection's echo loop ended with: "eof", or the exception's type name
+    endings: list[str] = field(default_factory=list)
+    ended: trio.Event = field(default_factory=trio.Event)  # set when an echo loop ends
 
 
 async def start(nursery: trio.Nursery, data_dir: Path, listener: ListenerConfig) -> Server:
@@ -54,11 +58,15 @@ async def start(nursery: trio.Nursery, data_dir: Path, listener: ListenerConfig)
 
     async def echo(stream: trio.abc.Stream, info: ConnectionInfo) -> None:
         server.infos.append(info)
+        server.streams.append(stream)
         try:
             while data := await stream.receive_some():
                 await stream.send_all(data)
-        except trio.BrokenResourceError:
-            pass
+            server.endings.append("eof")
+        except trio.BrokenResourceError as exc:
+            server.endings.append(type(exc).__name__)
+        finally:
+            server.ended.set()
 
     serve = serve_ws_listener if listener.type == "wss" else serve_tls_listener
     listeners = await nursery.start(
@@ -127,6 +135,47 @@ async def test_tls_echo_round_trip(
     assert server.infos[0].tls_identity is None
     assert server.infos[0].peer.startswith("127.0.0.1:")
     assert server.infos[0].ip == "127.0.0.1"
+
+
+async def test_tls_and_wss_listeners_hand_over_mqtt_streams(
+    close_streams: None, nursery: trio.Nursery, tmp_path: Path, certs: Certs
+) -> None:
+    """The handler gets a TlsStream (tls) or a WebSocketStream over one (wss): both are
+    MqttStreams, so the connection can send without a task switch."""
+    tls_server = await start(nursery, tmp_path, tls_listener(certs))
+    wss_listener = ListenerConfig(
+        type="wss", host="127.0.0.1", port=0, certfile=certs.certfile, keyfile=certs.keyfile
+    )
+    wss_server = await start(nursery, tmp_path, wss_listener)
+    with trio.fail_after(TIMEOUT_S):
+        stream = await tls_connect(tls_server.port, client_context(certs))
+        await exchange(stream)
+        ws = await open_websocket_stream(
+            await tls_connect(wss_server.port, client_context(certs)), host="localhost"
+        )
+        OPEN.append(ws)
+        await ws.send_all(b"\xc0\x00")
+        assert await ws.receive_some() == b"\xc0\x00"
+    (tls_stream,) = tls_server.streams
+    assert isinstance(tls_stream, TlsStream)
+    (wss_stream,) = wss_server.streams
+    assert isinstance(wss_stream, WebSocketStream)
+    assert isinstance(wss_stream.transport, TlsStream)
+    assert wss_stream.transport.selected_alpn_protocol() is None  # the client offered none
+
+
+async def test_tls_client_that_drops_tcp_without_close_notify_reads_as_eof(
+    close_streams: None, nursery: trio.Nursery, tmp_path: Path, certs: Certs
+) -> None:
+    """A TLS client that closes its socket without close_notify ends the connection as an
+    EOF, not as a broken stream (the same for tls as for wss, where browsers do it)."""
+    server = await start(nursery, tmp_path, tls_listener(certs))
+    with trio.fail_after(TIMEOUT_S):
+        stream = await tls_connect(server.port, client_context(certs))
+        await exchange(stream)
+        await stream.transport_stream.aclose()
+        await server.ended.wait()
+    assert server.endings == ["eof"]
 
 
 async def test_tls_1_1_is_refused(
