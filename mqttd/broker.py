@@ -9,20 +9,21 @@ is needed between trio checkpoints.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import structlog
 
 from mqttd.config import LimitsConfig
 from mqttd.message import Message
 from mqttd.retain import RetainStore
-from mqttd.session import OfferResult, RetainedBatch, Session
-from mqttd.topics import TopicTree
+from mqttd.session import OfferResult, Ready, RetainedBatch, Session
+from mqttd.topics import TopicTree, validate_topic_filter
 
 if TYPE_CHECKING:
-    from mqttd.store import Store, StoredState
+    from mqttd.codec.packets import Will
+    from mqttd.store import Store, StoredSession, StoredState
 
 log = structlog.get_logger("mqttd.broker")
 
@@ -53,6 +54,32 @@ def retained_cost(message: Message) -> int:
     )
 
 
+class ClusterLink(Protocol):
+    """What the broker tells the cluster (``mqttd.cluster.node``), when there is one; all of
+    it synchronous, recorded for the cluster's writer."""
+
+    def forward(self, message: Message) -> None:
+        """A message published here: send it to the other nodes with matching subscribers."""
+
+    def filter_added(self, topic_filter: str) -> None:
+        """A session here subscribed to ``topic_filter``."""
+
+    def filter_removed(self, topic_filter: str) -> None:
+        """A session here no longer subscribes to ``topic_filter``."""
+
+    def retained_ready(self) -> Ready | None:
+        """What a new subscription's retained messages must wait for (None: nothing)."""
+
+    def client_attached(self, client_id: str, will: Will | None) -> None:
+        """A client's connection here was accepted (its Will, if any, must outlive us)."""
+
+    def client_detached(self, client_id: str) -> None:
+        """A client's connection here ended."""
+
+    def session_released(self, client_id: str) -> None:
+        """This node no longer hosts the persistent session of ``client_id``."""
+
+
 class Broker:
     """Sessions by client id, the subscription tree and the retained-message store."""
 
@@ -68,30 +95,50 @@ class Broker:
         self.stats = BrokerStats()
         #: durable store for persistent sessions and retained messages (None = memory only)
         self.store = store
+        #: the cluster this broker is a node of (None = a broker on its own)
+        self.cluster: ClusterLink | None = None
 
     def restore(self, state: StoredState) -> None:
         """Rebuild persistent sessions and retained messages loaded from the store."""
         for stored in state.sessions.values():
-            session = Session(stored.client_id, clean_session=False, limits=self.limits)
-            session.store = self.store
-            session.last_seen = stored.last_seen
-            session.owner = stored.owner
-            session.owned = stored.owned
-            for topic_filter, qos in stored.subscriptions.items():
-                session.subscriptions[topic_filter] = qos
-                self.tree.subscribe(topic_filter, stored.client_id, qos)
-            session.restore(
-                [
-                    (d.seq, d.message, d.qos, d.retain, d.packet_id, d.released)
-                    for d in stored.deliveries
-                ],
-                stored.incoming,
-            )
-            self.sessions[stored.client_id] = session
+            self.restore_session(stored)
         for message in state.retained:
             self.retained.set(message.topic, message)
             self.retained_count += 1
             self.retained_bytes += retained_cost(message)
+
+    def restore_session(self, stored: StoredSession) -> Session:
+        """Rebuild one persistent session loaded from the store (or handed over by another
+        node of the cluster)."""
+        session = Session(stored.client_id, clean_session=False, limits=self.limits)
+        session.store = self.store
+        session.last_seen = stored.last_seen
+        session.owner = stored.owner
+        session.owned = stored.owned
+        cluster = self.cluster
+        for topic_filter, qos in stored.subscriptions.items():
+            session.subscriptions[topic_filter] = qos
+            self.tree.subscribe(topic_filter, stored.client_id, qos)
+            if cluster is not None:
+                cluster.filter_added(topic_filter)
+        deliveries = stored.deliveries
+        session.restore(
+            [(d.seq, d.message, d.qos, d.retain, d.packet_id, d.released) for d in deliveries],
+            stored.incoming,
+        )
+        self.sessions[stored.client_id] = session
+        return session
+
+    def release_session(self, client_id: str) -> None:
+        """Another node takes this persistent session over: forget it here, keeping what the
+        store holds of it (the other node loads it from there)."""
+        session = self.sessions.pop(client_id, None)
+        if session is None:
+            return
+        self._unsubscribe_all(session)
+        session.store = None
+        if self.cluster is not None:
+            self.cluster.session_released(client_id)
 
     def expire_sessions(self, max_age_s: float, now: float | None = None) -> int:
         """Remove persistent sessions offline for longer than ``max_age_s``; returns how many
@@ -115,6 +162,7 @@ class Broker:
         owner: str | None = None,
         *,
         check_owner: bool = True,
+        restored: StoredSession | None = None,
     ) -> tuple[Session, bool]:
         """The session a newly accepted connection attaches to, and the Session Present flag.
 
@@ -125,8 +173,11 @@ class Broker:
         A persistent session belongs to ``owner``, the user name that created it: with
         ``check_owner``, another user (or anonymous) connecting with its client id gets a new
         session and the old one is discarded -- its messages were meant for someone else.
-        A session stored before owners were recorded is claimed by its next user.
+        A session stored before owners were recorded is claimed by its next user. ``restored``
+        is the client's persistent session as another node of the cluster left it.
         """
+        if restored is not None and client_id not in self.sessions:
+            self.restore_session(restored)
         existing = self.sessions.get(client_id)
         if existing is not None:
             if not clean_session and not existing.clean_session:
@@ -157,6 +208,16 @@ class Broker:
         if session.store is not None:
             session.store.session_saved(session.client_id, session.owner)
 
+    def client_attached(self, client_id: str, will: Will | None) -> None:
+        """A client's connection was accepted here (the cluster keeps its Will)."""
+        if self.cluster is not None:
+            self.cluster.client_attached(client_id, will)
+
+    def client_detached(self, client_id: str) -> None:
+        """A client's connection here ended."""
+        if self.cluster is not None:
+            self.cluster.client_detached(client_id)
+
     def end_session(self, session: Session) -> None:
         """The session's network connection ended: detach it, and forget a clean session."""
         session.detach()
@@ -165,10 +226,16 @@ class Broker:
         else:
             self._seen(session)
 
-    def _discard(self, session: Session) -> None:
+    def _unsubscribe_all(self, session: Session) -> None:
+        cluster = self.cluster
         for topic_filter in session.subscriptions:
             self.tree.unsubscribe(topic_filter, session.client_id)
+            if cluster is not None:
+                cluster.filter_removed(topic_filter)
         session.subscriptions.clear()
+
+    def _discard(self, session: Session) -> None:
+        self._unsubscribe_all(session)
         if session.store is not None:
             session.store.session_deleted(session.client_id, session.pending_messages())
             session.store = None
@@ -201,6 +268,17 @@ class Broker:
         self.route(message)
         return kept
 
+    def apply_retained(self, topic: str, message: Message | None) -> None:
+        """Another node (or this one, through the cluster's log) changed a retained message:
+        take it as it is, with no limit check (the publishing node made it) and no store
+        write (the store already has it)."""
+        old = self.retained.get(topic)
+        self.retained.set(topic, message)
+        self.retained_count += (message is not None) - (old is not None)
+        self.retained_bytes += (retained_cost(message) if message is not None else 0) - (
+            retained_cost(old) if old is not None else 0
+        )
+
     def _retain(self, message: Message, durable: bool) -> bool:
         topic = message.topic
         old = self.retained.get(topic)
@@ -224,8 +302,12 @@ class Broker:
         self.retained_bytes += cost - freed
         return True
 
-    def route(self, message: Message) -> None:
-        """Offer ``message`` to every matching session, RETAIN=0 on the wire ([MQTT-3.3.1-9])."""
+    def route(self, message: Message, *, from_cluster: bool = False) -> None:
+        """Offer ``message`` to every matching session, RETAIN=0 on the wire ([MQTT-3.3.1-9]);
+        in a cluster also to the other nodes with matching subscribers, unless the message
+        came from one of them (``from_cluster``)."""
+        if self.cluster is not None and not from_cluster:
+            self.cluster.forward(message)
         matches = self.tree.matches(message.topic)
         if not matches:
             return
@@ -270,7 +352,10 @@ class Broker:
         """
         codes = []
         client_id = session.client_id
+        cluster = self.cluster
         for topic_filter, qos in subscriptions:
+            if cluster is not None and topic_filter not in session.subscriptions:
+                cluster.filter_added(topic_filter)
             session.subscriptions[topic_filter] = qos
             self.tree.subscribe(topic_filter, client_id, qos)
             if session.store is not None:
@@ -285,9 +370,14 @@ class Broker:
         200,000 retained messages is neither cut at the outbox limit nor walked in one go.
         Messages retained after this call reach the subscriber as live messages instead.
         """
-        session.add_retained(
-            RetainedBatch(topic_filter, granted_qos, self.retained.iter_matching(topic_filter))
-        )
+        retained = self.retained
+
+        def source() -> Iterator[tuple[str, Message]]:
+            return retained.iter_matching(topic_filter)
+
+        validate_topic_filter(topic_filter)
+        ready = self.cluster.retained_ready() if self.cluster is not None else None
+        session.add_retained(RetainedBatch(topic_filter, granted_qos, source, ready))
 
     def unsubscribe(self, session: Session, topic_filters: Iterable[str]) -> None:
         """Remove subscriptions by exact filter string ([MQTT-3.10.4-1]); unknown ones are fine.
@@ -298,6 +388,8 @@ class Broker:
         for topic_filter in topic_filters:
             if session.subscriptions.pop(topic_filter, None) is not None:
                 self.tree.unsubscribe(topic_filter, session.client_id)
+                if self.cluster is not None:
+                    self.cluster.filter_removed(topic_filter)
                 session.cancel_retained(topic_filter)  # not yet sent: no longer wanted
                 if session.store is not None:
                     session.store.subscription_removed(session.client_id, topic_filter)

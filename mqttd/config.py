@@ -34,6 +34,7 @@ __all__ = [
     "DEFAULT_PORTS",
     "AuthConfig",
     "BrokerConfig",
+    "ClusterConfig",
     "Config",
     "LimitsConfig",
     "ListenerConfig",
@@ -230,10 +231,14 @@ class BrokerConfig:
         data_dir: directory for the broker's state files (relative to the config file).
         sys_interval_s: seconds between updates of the retained $SYS/broker/... status topics;
             0 turns them off.
+        workers: broker processes on this machine, sharing every listener port; more than 1
+            makes them one broker over Redis ([cluster]; without redis_url a private
+            redis-server is started in data_dir).
     """
 
     data_dir: Path = Path("data")
     sys_interval_s: float = 10.0
+    workers: int = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -285,6 +290,31 @@ def parse_duration(text: str) -> float | None:
 
 
 @dataclass(frozen=True, slots=True)
+class ClusterConfig:
+    """``[cluster]``: mqttd processes on one or several machines as one broker, over Redis.
+
+    Attributes:
+        redis_url: the Redis (or Valkey) server every node uses: redis://host:port/db,
+            rediss:// (TLS) or unix:///path/to/socket; setting it turns cluster mode on.
+        node_id: this node's name, unique in the cluster and the same across its restarts;
+            default: the host name (with the worker number when workers > 1).
+        key_prefix: prefix of every Redis key, so several clusters can share one Redis.
+        node_timeout_s: seconds without a heartbeat after which a node counts as dead: its
+            routes are removed, its clients' Wills published and its sessions adopted.
+    """
+
+    redis_url: str | None = None
+    node_id: str | None = None
+    key_prefix: str = "mqttd"
+    node_timeout_s: float = 5.0
+
+    @property
+    def enabled(self) -> bool:
+        """Whether this process is a node of a cluster."""
+        return self.redis_url is not None
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     """The whole configuration; ``source`` is the file it was loaded from, if any."""
 
@@ -294,6 +324,7 @@ class Config:
     log: LogConfig = field(default_factory=LogConfig)
     broker: BrokerConfig = field(default_factory=BrokerConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
     source: Path | None = None
 
 
@@ -315,6 +346,7 @@ _BOUNDS: dict[tuple[type, str], tuple[float | None, float | None]] = {
     (LimitsConfig, "max_packet_size"): (1, 268_435_455),
     (LimitsConfig, "max_connect_packet_size"): (1, 268_435_455),
     (BrokerConfig, "sys_interval_s"): (0, None),
+    (BrokerConfig, "workers"): (1, 256),
     (LimitsConfig, "max_keepalive"): (0, 65535),
     (LimitsConfig, "max_connect_rate_per_ip"): (0, None),
     (LimitsConfig, "max_publish_rate"): (0, None),
@@ -433,6 +465,12 @@ class _Loader:
             cfg.store.expiration_s  # noqa: B018 - validates the duration text
         except ValueError as exc:
             raise self.fail("store.persistent_client_expiration", str(exc)) from None
+        url = cfg.cluster.redis_url
+        if url is not None and not url.startswith(("redis://", "rediss://", "unix://")):
+            raise self.fail(
+                "cluster.redis_url",
+                f"expected redis://, rediss:// or unix:// URL, got {url!r}",
+            )
         if cfg.store.path is None:
             cfg = dataclasses.replace(
                 cfg, store=dataclasses.replace(cfg.store, path=cfg.broker.data_dir / "mqttd.db")

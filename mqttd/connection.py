@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import structlog
 import trio
@@ -43,9 +44,12 @@ from mqttd.connection_protocol import (
     Throttle,
 )
 from mqttd.logging import bind_connection
-from mqttd.store import OutputGate, StoreError
+from mqttd.store import OutputGate, StoredSession, StoreError
 from mqttd.timeouts import TimeoutWatch
 from mqttd.transports import ConnectionInfo
+
+if TYPE_CHECKING:
+    from mqttd.cluster.node import ClusterNode
 
 log = structlog.get_logger("mqttd.connection")
 
@@ -74,9 +78,21 @@ class ServerState:
     nursery: trio.Nursery | None = None
     #: CONNECT and keepalive deadlines; whoever serves the connections runs ``timeouts.run``
     timeouts: TimeoutWatch = field(default_factory=TimeoutWatch)
+    #: this broker's node of a cluster, if it is one
+    cluster: ClusterNode | None = None
 
     def next_connection_id(self) -> int:
         return next(self._ids)
+
+    async def kick_client(self, client_id: str) -> None:
+        """Close this broker's connection of ``client_id``, if any, and wait until it is
+        closed (another node of the cluster takes the client over)."""
+        connection = self.clients.get(client_id)
+        if connection is None:
+            return
+        connection.kick("session_taken_over")
+        with trio.move_on_after(TAKEOVER_TIMEOUT_S):
+            await connection.closed.wait()
 
     def flush_dirty(self) -> None:
         """Write every pending output of a connection without a writer task, without blocking."""
@@ -213,7 +229,12 @@ class Connection:
                 protocol.password_checked(ok)
             elif isinstance(action, TakeOver):
                 await self._take_over(action.client_id)
-                self._connected()
+                restored = None
+                if state.cluster is not None:  # the client id may be on another node
+                    restored = await state.cluster.take_over(
+                        action.client_id, action.clean_session
+                    )
+                self._connected(restored)
             elif isinstance(action, Throttle):
                 state.flush_dirty()
                 await trio.sleep_until(action.until)
@@ -238,9 +259,9 @@ class Connection:
                 await old.closed.wait()
         clients[client_id] = self
 
-    def _connected(self) -> None:
+    def _connected(self, restored: StoredSession | None) -> None:
         now = trio.current_time()
-        self.protocol.taken_over(now)
+        self.protocol.taken_over(now, restored)
         self._bind_log_context()  # now with the client id
         due = self.protocol.deadline(now)
         connect_due = self.protocol.accepted_at + self.state.config.limits.connect_timeout_s
@@ -398,6 +419,9 @@ class Connection:
             elif protocol.resume_wanted:
                 # The next step of a retained batch; send_all above was a checkpoint, so a
                 # subscription matching 200,000 retained messages never holds the loop long.
+                blocked = protocol.blocked_on
+                if isinstance(blocked, trio.Event):
+                    await blocked.wait()  # a cluster barrier before the first step
                 protocol.resume()
                 await trio.lowlevel.checkpoint()
             else:

@@ -53,12 +53,13 @@ from mqttd.codec.decoder import NEED_DATA as DECODER_NEED_DATA
 from mqttd.codec.packets import ConnackCode, Connect, Publish
 from mqttd.errors import LocalProtocolError, ProtocolError
 from mqttd.protocol import ClientProtocol, connack_bytes
-from mqttd.session import Session
+from mqttd.session import Ready, Session
 
 if TYPE_CHECKING:
     from mqttd.access import AccessControl
     from mqttd.broker import Broker
     from mqttd.config import ListenerConfig
+    from mqttd.store import StoredSession
 
 __all__ = [
     "NEED_DATA",
@@ -118,9 +119,11 @@ class CheckPassword:
 @dataclass(frozen=True, slots=True)
 class TakeOver:
     """Close any other connection using ``client_id`` and wait until it is gone, then call
-    ``taken_over`` ([MQTT-3.1.4-2])."""
+    ``taken_over`` ([MQTT-3.1.4-2]). In a cluster, ``clean_session`` says whether the
+    client's persistent session must be brought here or discarded."""
 
     client_id: str
+    clean_session: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -379,10 +382,16 @@ class ConnectionProtocol:
             acl = self.server.access.client_acl(self.listener, username, client_id)
             if not acl.can_publish(will.topic):
                 return self._refuse(ConnackCode.NOT_AUTHORIZED, "will_not_authorised")
-        return TakeOver(client_id)
+        return TakeOver(client_id, connect.clean_session)
 
-    def taken_over(self, now: float) -> None:
-        """No other connection has this client id any more: open the session, send CONNACK."""
+    def taken_over(self, now: float, restored: StoredSession | None = None) -> None:
+        """No other connection has this client id any more: open the session, send CONNACK.
+
+        Args:
+            now: the time (trio clock).
+            restored: the client's persistent session as another node of the cluster left
+                it, loaded by the driver.
+        """
         connect = self._connect
         client_id = self.client_id
         if self.state is not State.AUTHENTICATING or connect is None or client_id is None:
@@ -396,7 +405,9 @@ class ConnectionProtocol:
             connect.clean_session,
             self.username,
             check_owner=server.access.policy(self.listener).config.session_owner_check,
+            restored=restored,
         )
+        broker.client_attached(client_id, connect.will)
         if gate is not None:
             gate.end(token)
         if connect.protocol_level == 3:
@@ -495,6 +506,13 @@ class ConnectionProtocol:
         return session is None or session.outbox_bytes <= limit
 
     @property
+    def blocked_on(self) -> Ready | None:
+        """What the session's next retained messages wait for (a cluster barrier), if
+        anything: the driver waits for it before ``resume``."""
+        session = self.session
+        return session.blocked_on if session is not None else None
+
+    @property
     def resume_wanted(self) -> bool:
         """A retained batch waits for the output to be written before its next step."""
         session = self.session
@@ -557,6 +575,7 @@ class ConnectionProtocol:
                     log.warning("will_refused", topic=will.topic, reason="acl")
             client.will = None
             server.broker.end_session(session)
+            server.broker.client_detached(self.client_id or "")
         suppressed = client.logs.suppressed() if client is not None else None
         log.info(
             "client_disconnected" if session is not None else "connection_closed",

@@ -32,7 +32,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable, Iterator
 from enum import IntEnum
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Protocol, cast
 
 from mqttd.config import LimitsConfig
 from mqttd.errors import ProtocolViolation
@@ -48,7 +48,7 @@ _PUBCOMP = b"\x70\x02"
 
 
 #: the shared empty ``awaiting_release`` until a QoS 2 message arrives (an empty set is 216 B)
-_NONE_AWAITING: frozenset[int] = frozenset()
+_NONE_AWAITING = cast("set[int]", frozenset())
 
 #: Writes shorter than this are copied into the outbox's tail ``bytearray``; longer ones (large
 #: payloads, shared by every subscriber) are kept by reference.
@@ -58,30 +58,48 @@ COALESCE_BYTES = 512
 RETAINED_STEP = 256
 
 
+class Ready(Protocol):
+    """Something a retained batch may have to wait for (a cluster barrier; a trio.Event)."""
+
+    def is_set(self) -> bool:
+        """Whether it has happened."""
+
+
 class RetainedBatch:
     """The retained messages matching a new subscription, not yet sent ([MQTT-3.3.1-6]).
 
     Args:
         topic_filter: the subscription's filter.
         qos: the QoS granted; each message goes at min(its QoS, this) ([MQTT-3.8.4-6]).
-        source: yields (topic, message) pairs lazily (``RetainStore.iter_matching``), skipping
-            messages retained after the subscription: those reach the client as live messages.
+        source: makes the iterator of (topic, message) pairs (``RetainStore.iter_matching``),
+            called once the batch may start; it skips messages retained after that moment,
+            which reach the client as live messages.
+        ready: when set, nothing is sent before ``ready.is_set()`` (in a cluster: this node
+            has applied every retained change made anywhere before the SUBSCRIBE).
     """
 
-    __slots__ = ("_next", "qos", "source", "topic_filter")
+    __slots__ = ("_next", "_source", "_start", "qos", "ready", "topic_filter")
 
     def __init__(
-        self, topic_filter: str, qos: int, source: Iterator[tuple[str, Message]]
+        self,
+        topic_filter: str,
+        qos: int,
+        source: Callable[[], Iterator[tuple[str, Message]]],
+        ready: Ready | None = None,
     ) -> None:
         self.topic_filter = topic_filter
         self.qos = qos
-        self.source = source
+        self._start = source
+        self._source: Iterator[tuple[str, Message]] | None = None
+        self.ready = ready
         self._next: tuple[str, Message] | None = None
 
     def peek(self) -> tuple[str, Message] | None:
         """The next message to send, or None when the batch is done."""
         if self._next is None:
-            self._next = next(self.source, None)
+            if self._source is None:
+                self._source = self._start()
+            self._next = next(self._source, None)
         return self._next
 
     def advance(self) -> None:
@@ -164,7 +182,7 @@ class Session:
         self.queue: deque[QueueEntry] = _NO_QUEUE
         self.queued_bytes = 0
         #: incoming QoS 2 packet ids PUBREC'd and awaiting PUBREL ([MQTT-4.3.3-2])
-        self.awaiting_release: set[int] = _NONE_AWAITING  # type: ignore[assignment]
+        self.awaiting_release: set[int] = _NONE_AWAITING
         #: byte chunks for the connection's writer, in order; small writes are coalesced into a
         #: ``bytearray`` at the tail
         self.outbox: list[bytes | bytearray] = []
@@ -389,6 +407,12 @@ class Session:
 
     def _pump_retained(self, batch: RetainedBatch) -> bool:
         """Send one step of a retained batch, RETAIN=1 ([MQTT-3.3.1-8]); True once it is done."""
+        ready = batch.ready
+        if ready is not None:
+            if not ready.is_set():
+                self.resume_wanted = True  # the connection waits for ``blocked_on``, then resumes
+                return False
+            batch.ready = None
         limit = self.limits.max_inflight_messages
         room = self.limits.max_outbox_bytes // 2
         may_receive = self.may_receive
@@ -431,6 +455,16 @@ class Session:
                 queue.remove(entry)
         self.resume_wanted = False
         self._pump()  # what waited behind the cancelled batch may go now
+
+    @property
+    def blocked_on(self) -> Ready | None:
+        """What the retained batch at the head of the queue waits for, if it waits."""
+        queue = self.queue
+        if queue:
+            head = queue[0]
+            if head.__class__ is RetainedBatch and head.ready is not None:
+                return head.ready
+        return None
 
     def retained_pending(self) -> int:
         """How many subscriptions still have retained messages to send."""

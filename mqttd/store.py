@@ -377,6 +377,10 @@ class Store:
         """Whether a commit carrying any operation numbered in (first, last] failed."""
         return any(lo < last and hi > first for lo, hi in self._failures)
 
+    async def settled(self, first: int, last: int) -> None:
+        """Operations here complete with their commit (a cluster store's barriers complete
+        later; see ``mqttd.cluster.redis_store``): nothing more to wait for."""
+
     def backlog(self) -> int:
         """Operations recorded but not yet committed."""
         return self.recorded - self.committed
@@ -516,6 +520,7 @@ class OutputGate:
             first, last = own.pop(0)
             if store.failed(first, last):
                 raise StoreError("commit_failed")
+            await store.settled(first, last)
 
     def overloaded(self) -> bool:
         """Whether the store lags so far behind that this client must be read more slowly."""

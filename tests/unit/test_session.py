@@ -161,7 +161,7 @@ def test_retained_batch_is_sent_in_paced_steps() -> None:
         store.set(f"r/{i}", Message(f"r/{i}", b"p", 0, True))
     session = Session("c", clean_session=True, limits=LimitsConfig())
     session.attach(lambda: None)
-    session.add_retained(RetainedBatch("r/#", 0, store.iter_matching("r/#")))
+    session.add_retained(RetainedBatch("r/#", 0, lambda: store.iter_matching("r/#")))
     decoder = Decoder(server=False)
     received = drain(session, decoder)
     assert len(received) == RETAINED_STEP
