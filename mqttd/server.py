@@ -85,7 +85,25 @@ async def serve(
         access = AccessControl(config)
     except ConfigError as exc:
         raise StartupError(str(exc)) from None
+    if config.cluster.enabled:
+        from mqttd.cluster.client import connect
+
+        assert config.cluster.redis_url is not None
+        async with connect(config.cluster.redis_url, config.cluster.node_timeout_s) as redis:
+            await _serve(config, access, None, redis, task_status=task_status)
+        return
     store = await _open_store(config)
+    await _serve(config, access, store, None, task_status=task_status)
+
+
+async def _serve(
+    config: Config,
+    access: AccessControl,
+    store: Store | None,
+    redis: Any,
+    *,
+    task_status: trio.TaskStatus[Server],
+) -> None:
     broker = Broker(config.limits, store)
     if store is not None:
         broker.restore(await trio.to_thread.run_sync(store.load))
@@ -98,6 +116,18 @@ async def serve(
         )
     state = ServerState(config=config, broker=broker, access=access)
     gate = ConnectionGate(config)
+    node = None
+    if redis is not None:
+        from mqttd.cluster.node import ClusterNode, default_node_id
+
+        node = ClusterNode(
+            config.cluster,
+            broker,
+            redis,
+            config.cluster.node_id or default_node_id(),
+            kick_client=state.kick_client,
+        )
+        state.cluster = node
 
     def handle(stream: trio.abc.Stream, info: ConnectionInfo) -> Coroutine[Any, Any, None]:
         # Returns the coroutine rather than awaiting it: spawned directly, an idle TCP
@@ -108,6 +138,8 @@ async def serve(
     async with trio.open_nursery() as background:
         if store is not None:
             await background.start(store.writer)
+        if node is not None:
+            await background.start(node.run)
         try:
             background.start_soon(state.flusher)
             background.start_soon(state.timeouts.run)
@@ -143,6 +175,9 @@ async def serve(
                 connections.cancel_scope.deadline = (
                     trio.current_time() + config.limits.graceful_timeout_s
                 )
+            if node is not None:  # a graceful shutdown: say so to the other nodes
+                with trio.move_on_after(config.limits.graceful_timeout_s):
+                    await node.leave()
         finally:
             if store is not None:
                 store.close()  # the writer commits what is recorded, then its thread ends

@@ -4,7 +4,8 @@
 #   bash scripts/test.sh [PYTEST ARGS...]
 #
 # 1. installs what is missing, and only that: the Debian packages the interop tests drive
-#    (mosquitto, mosquitto-clients, chromium), mqttd with its test extras (pip, editable), and
+#    (mosquitto, mosquitto-clients, chromium, redis-server: the tests start their own on free
+#    ports), mqttd with its test extras (pip, editable), and
 #    the JavaScript test clients (npm ci in tests/js/);
 # 2. runs every test (slow and interop included) with `python3 -bb -m pytest`, then `ruff check .`,
 #    then `mypy` (strict, over the files pyproject.toml's [tool.mypy] lists).
@@ -16,7 +17,7 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 PYTHON=${PYTHON:-python3}
-DEBIAN_PACKAGES=(mosquitto mosquitto-clients chromium)
+DEBIAN_PACKAGES=(mosquitto mosquitto-clients chromium redis-server)
 
 say() { printf '==> %s\n' "$*" >&2; }
 

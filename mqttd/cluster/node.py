@@ -1,0 +1,572 @@
+"""One node of an mqttd cluster: its link to Redis, its view of the other nodes, its inbox.
+
+Theory of operation. Every node runs the whole single-process broker for the clients connected
+to it, and Redis (through coredis) joins the nodes into one broker:
+
+* **Membership.** A node adds a heartbeat (Redis's own clock) to the ``nodes`` sorted set every
+  ``node_timeout_s / 5`` and is alive while its heartbeat is younger than ``node_timeout_s``.
+* **Routes.** The first subscription to a filter on a node registers the route (filter ->
+  node); the last one removes it (``mqttd.cluster.routes``). Routes live in one set per node and
+  every change is appended to the route log, which every node follows to keep its cached
+  route table. A SUBACK for a new route waits until every live node has applied it (each node
+  records how far it applied the log and says so on a pub/sub channel), so a message published
+  anywhere after the SUBACK reaches the new subscriber.
+* **Messages.** A message published here goes to the local subscribers and, once, to the inbox
+  stream of every other node with a matching route -- never to a node without one. Inbox
+  entries are written by the ``RedisStore`` writer in pipelines, in publication order, and the
+  receiving node routes them to its own sessions only. A PUBACK waits until Redis holds them.
+* **Retained messages** are a hash in Redis plus a log of changes every node applies to its own
+  copy; the retained messages of a new subscription wait until this node has applied every
+  change Redis held when the SUBSCRIBE was processed.
+* **Client ids.** ``clients`` maps a client id to the node of its connection and ``hosts`` to the
+  node that keeps its persistent session. A CONNECT asks both nodes (``take`` over the inbox)
+  to close the old connection and to let the session go -- everything recorded for it is
+  committed first -- then loads the session from Redis; only then is CONNACK sent.
+* **Dead nodes.** A node whose heartbeat is too old is cleaned up by one survivor (a lock):
+  the Wills of its clients are published, its routes removed, the persistent sessions it
+  hosted adopted (with the messages still in its inbox for them), its registry entries dropped.
+  A node that restarts under the same id first cleans up after its previous life.
+"""
+
+from __future__ import annotations
+
+import itertools
+import socket
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import structlog
+import trio
+
+from mqttd.broker import Broker
+from mqttd.cluster.client import PureToken
+from mqttd.cluster.redis_store import RedisStore
+from mqttd.cluster.routes import ClusterRoutes
+from mqttd.cluster.wire import Keys, unpack_message, unpack_will
+from mqttd.codec.packets import Will
+from mqttd.config import ClusterConfig
+from mqttd.message import Message
+from mqttd.session import OfferResult, Ready
+from mqttd.store import StoredSession
+
+log = structlog.get_logger("mqttd.cluster")
+
+#: How long a CONNECT waits for another node to close the old connection / release a session.
+TAKE_TIMEOUT_S = 5.0
+#: Entries read from a stream at once.
+READ_COUNT = 1000
+#: How long a blocking stream read waits before it looks again (ms).
+READ_BLOCK_MS = 1000
+#: Backoff while Redis is unreachable, seconds.
+RETRY_DELAYS_S = (0.05, 0.1, 0.2, 0.5, 1.0, 2.0)
+
+_HEARTBEAT = """
+local t = redis.call('TIME')
+local now = t[1] * 1000 + math.floor(t[2] / 1000)
+redis.call('ZADD', KEYS[1], now, ARGV[1])
+return redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now - tonumber(ARGV[2]))
+"""
+_LIVE = """
+local t = redis.call('TIME')
+local now = t[1] * 1000 + math.floor(t[2] / 1000)
+return redis.call('ZRANGEBYSCORE', KEYS[1], now - tonumber(ARGV[1]), '+inf')
+"""
+_CLAIM = """
+local prev = redis.call('HGET', KEYS[1], ARGV[1])
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+local host = redis.call('HGET', KEYS[2], ARGV[1])
+return {prev, host}
+"""
+_ADOPT = """
+if redis.call('HGET', KEYS[1], ARGV[1]) ~= ARGV[2] then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
+redis.call('SREM', KEYS[2], ARGV[1])
+redis.call('SADD', KEYS[3], ARGV[1])
+return 1
+"""
+_LAST_ID = """
+local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
+if #last == 0 then return '0-0' end
+return last[1][1]
+"""
+
+
+def default_node_id(worker: int | None = None) -> str:
+    """The host name, with the worker number when there are several workers."""
+    name = socket.gethostname() or "mqttd"
+    return name if worker is None else f"{name}-w{worker}"
+
+
+def _stream_id(value: Any) -> tuple[int, int]:
+    text = value.decode() if isinstance(value, bytes | bytearray) else str(value)
+    ms, _, seq = text.partition("-")
+    return int(ms), int(seq or 0)
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes | bytearray) else str(value)
+
+
+class ClusterNode:
+    """This process as a node of the cluster; also the broker's ``ClusterLink``.
+
+    Args:
+        config: the ``[cluster]`` section.
+        broker: this node's broker (its ``store`` and ``cluster`` are set here).
+        redis: an entered coredis client.
+        node_id: this node's id.
+        kick_client: closes this node's connection of a client id, if it has one, and waits
+            until it is closed (the server's registry does it).
+    """
+
+    def __init__(
+        self,
+        config: ClusterConfig,
+        broker: Broker,
+        redis: Any,
+        node_id: str,
+        *,
+        kick_client: Callable[[str], Awaitable[None]],
+    ) -> None:
+        self.config = config
+        self.broker = broker
+        self.redis = redis
+        self.node_id = node_id
+        self.keys = Keys(config.key_prefix)
+        self.epoch = uuid.uuid4().hex[:12]
+        self.store = RedisStore(redis, self.keys, node_id, self.epoch)
+        self.store.wait_routes = self.wait_routes_applied
+        self.store.wait_retained = self.wait_retained_applied
+        self.routes = ClusterRoutes(node_id)
+        self._kick_client = kick_client
+        self._timeout_ms = int(config.node_timeout_s * 1000)
+        self._heartbeat_s = config.node_timeout_s / 5
+        self._heartbeat = redis.register_script(_HEARTBEAT)
+        self._live = redis.register_script(_LIVE)
+        self._claim = redis.register_script(_CLAIM)
+        self._adopt = redis.register_script(_ADOPT)
+        self._last_id = redis.register_script(_LAST_ID)
+        self._route_log_id = "0-0"
+        self._retained_log_id = "0-0"
+        self._retained_applied = (0, 0)
+        self._retained_changed = trio.Event()
+        self._routes_changed = trio.Event()
+        self._requests: dict[str, trio.Event] = {}
+        self._request_ids = itertools.count(1)
+        #: (origin node, its epoch) -> the highest forward seq seen: drops copies of a
+        #: forward sent again after a connection error
+        self._seen: dict[tuple[bytes, bytes], int] = {}
+        self.forwarded = 0
+        self.received = 0
+        self.wills_published = 0
+        self.sessions_adopted = 0
+        self._nursery: trio.Nursery | None = None
+        broker.store = self.store  # type: ignore[assignment]
+        broker.cluster = self
+
+    # -- the broker's ClusterLink (synchronous) ---------------------------------------------------
+
+    def forward(self, message: Message) -> None:
+        for node_id in self.routes.nodes_for(message.topic):
+            self.store.forward(node_id, message)
+            self.forwarded += 1
+
+    def filter_added(self, topic_filter: str) -> None:
+        if self.routes.local_added(topic_filter):
+            self.store.route_added(topic_filter)
+
+    def filter_removed(self, topic_filter: str) -> None:
+        if self.routes.local_removed(topic_filter):
+            self.store.route_removed(topic_filter)
+
+    def retained_ready(self) -> Ready | None:
+        return self.store.retained_sync()
+
+    def client_attached(self, client_id: str, will: Will | None) -> None:
+        if will is not None:
+            self.store.will_set(client_id, will)
+
+    def client_detached(self, client_id: str) -> None:
+        self.store.will_removed(client_id)
+        self.store.client_gone(client_id)
+
+    def session_released(self, client_id: str) -> None:
+        self.store.session_released(client_id)
+
+    # -- start-up and the background tasks -------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Join the cluster, then keep this node's part of it going until cancelled."""
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            await nursery.start(self.store.writer)
+            await self._join()
+            nursery.start_soon(self._heartbeat_loop)
+            nursery.start_soon(self._follow_routes)
+            nursery.start_soon(self._follow_retained)
+            nursery.start_soon(self._follow_inbox)
+            nursery.start_soon(self._follow_applied)
+            log.info(
+                "cluster_joined",
+                node_id=self.node_id,
+                routes=len(self.routes),
+                retained=len(self.broker.retained),
+            )
+            task_status.started()
+
+    async def _join(self) -> None:
+        keys = self.keys
+        # A node restarting under the same id first cleans up after its previous life.
+        if await self.redis.zscore(keys.nodes, self.node_id) is not None:
+            await self._cleanup(self.node_id, previous_self=True)
+        await self._heartbeat(keys=[keys.nodes], args=[self.node_id, self._timeout_ms])
+        self._route_log_id = _text(await self._last_id(keys=[keys.route_log], args=[]))
+        self._retained_log_id = _text(await self._last_id(keys=[keys.retained_log], args=[]))
+        self._retained_applied = _stream_id(self._retained_log_id)
+        await self._load_routes()
+        for topic, packed in (await self.redis.hgetall(keys.retained)).items():
+            message = unpack_message(bytes(packed))
+            self.broker.apply_retained(_text(topic), message)
+
+    async def _load_routes(self) -> None:
+        live = await self.live_nodes()
+        pairs: list[tuple[str, str]] = []
+        for node_id in live:
+            if node_id == self.node_id:
+                continue
+            for topic_filter in await self.redis.smembers(self.keys.routes(node_id)):
+                pairs.append((node_id, _text(topic_filter)))
+        self.routes.replace(pairs)
+
+    async def live_nodes(self) -> list[str]:
+        """The nodes whose heartbeat is recent."""
+        nodes = await self._live(keys=[self.keys.nodes], args=[self._timeout_ms])
+        return [_text(n) for n in nodes]
+
+    async def _heartbeat_loop(self) -> None:
+        while True:
+            await trio.sleep(self._heartbeat_s)
+            try:
+                dead = await self._heartbeat(
+                    keys=[self.keys.nodes], args=[self.node_id, self._timeout_ms]
+                )
+            except Exception as exc:
+                log.warning("cluster_heartbeat_failed", error=str(exc))
+                continue
+            for node_id in dead or ():
+                name = _text(node_id)
+                if name != self.node_id and await self.redis.set(
+                    self.keys.cleanup(name), self.node_id, nx=True, px=30_000
+                ):
+                    try:
+                        await self._cleanup(name)
+                    except Exception:
+                        log.exception("cluster_cleanup_failed", dead_node=name)
+
+    async def _read(self, stream: str, last: str) -> tuple[str, list[Any]]:
+        """One blocking read of ``stream`` after ``last``; retries while Redis is away."""
+        attempt = 0
+        while True:
+            try:
+                result = await self.redis.xread(
+                    {stream: last}, count=READ_COUNT, block=READ_BLOCK_MS
+                )
+                break
+            except Exception as exc:
+                if attempt == 0:
+                    log.warning("cluster_read_failed", stream=stream, error=str(exc))
+                await trio.sleep(RETRY_DELAYS_S[min(attempt, len(RETRY_DELAYS_S) - 1)])
+                attempt += 1
+        if not result:
+            return last, []
+        entries = list(next(iter(result.values())))
+        return _text(entries[-1].identifier), entries
+
+    async def _follow_routes(self) -> None:
+        keys = self.keys
+        while True:
+            last, entries = await self._read(keys.route_log, self._route_log_id)
+            if not entries:
+                continue
+            for entry in entries:
+                fields = entry.field_values
+                node_id = _text(fields[b"node"])
+                topic_filter = _text(fields[b"filter"])
+                if fields[b"op"] == b"+":
+                    self.routes.add(node_id, topic_filter)
+                else:
+                    self.routes.remove(node_id, topic_filter)
+            self._route_log_id = last
+            try:
+                async with self.redis.pipeline(transaction=False) as pipe:
+                    pipe.hset(keys.applied, {self.node_id: last})
+                    pipe.xadd(
+                        keys.applied_log,
+                        {b"node": self.node_id.encode(), b"id": last.encode()},
+                        trim_strategy=PureToken.MAXLEN,
+                        threshold=1000,
+                        trim_operator=PureToken.APPROXIMATELY,
+                    )
+            except Exception as exc:
+                log.warning("cluster_applied_failed", error=str(exc))
+
+    async def _follow_applied(self) -> None:
+        """Wake route-barrier waiters whenever some node says it applied the route log."""
+        last = "$"
+        while True:
+            last, entries = await self._read(self.keys.applied_log, last)
+            if last == "$":
+                continue
+            if entries:
+                event, self._routes_changed = self._routes_changed, trio.Event()
+                event.set()
+
+    async def wait_routes_applied(self, stream_id: str) -> None:
+        """Return once every live node has applied the route log up to ``stream_id`` (a
+        node that dies meanwhile stops counting once its heartbeat is too old)."""
+        target = _stream_id(stream_id)
+        while True:
+            changed = self._routes_changed
+            try:
+                live = [n for n in await self.live_nodes() if n != self.node_id]
+                if not live:
+                    return
+                applied = await self.redis.hmget(self.keys.applied, live)
+            except Exception as exc:
+                log.warning("cluster_barrier_retry", error=str(exc))
+                await trio.sleep(RETRY_DELAYS_S[2])
+                continue
+            if all(a is not None and _stream_id(a) >= target for a in applied):
+                return
+            with trio.move_on_after(self._heartbeat_s):
+                await changed.wait()
+
+    async def _follow_retained(self) -> None:
+        while True:
+            last, entries = await self._read(self.keys.retained_log, self._retained_log_id)
+            for entry in entries:
+                fields = entry.field_values
+                packed = fields.get(b"message", b"")
+                topic = _text(fields[b"topic"])
+                self.broker.apply_retained(
+                    topic, unpack_message(bytes(packed)) if packed else None
+                )
+            self._retained_log_id = last
+            self._retained_applied = _stream_id(last)
+            event, self._retained_changed = self._retained_changed, trio.Event()
+            event.set()
+
+    async def wait_retained_applied(self, stream_id: str) -> None:
+        """Return once this node has applied the retained log up to ``stream_id``."""
+        target = _stream_id(stream_id)
+        while self._retained_applied < target:
+            await self._retained_changed.wait()
+
+    async def _follow_inbox(self) -> None:
+        inbox = self.keys.inbox(self.node_id)
+        last = "0-0"
+        while True:
+            last, entries = await self._read(inbox, last)
+            for entry in entries:
+                self._receive(entry.field_values)
+            if entries:
+                # Processed entries go once what they changed here is durable.
+                mark = self.store.recorded
+                trim_to = last
+                assert self._nursery is not None
+                self._nursery.start_soon(self._trim_after, inbox, mark, trim_to)
+
+    async def _trim_after(self, inbox: str, mark: int, stream_id: str) -> None:
+        await self.store.durable(mark)
+        try:
+            await self.redis.xtrim(inbox, PureToken.MINID, stream_id)
+            await self.redis.xdel(inbox, [stream_id])
+        except Exception as exc:
+            log.debug("cluster_trim_failed", error=str(exc))
+
+    def _receive(self, fields: dict[bytes, bytes], only: set[str] | None = None) -> None:
+        """One inbox entry: a forwarded message, or a control request or reply."""
+        packed = fields.get(b"m")
+        if packed is not None:
+            origin = (fields.get(b"o", b""), fields.get(b"e", b""))
+            seq = int(fields.get(b"s", b"0"))
+            if seq and seq <= self._seen.get(origin, 0):
+                return  # a copy of a forward sent again after a connection error
+            self._seen[origin] = seq
+            message = unpack_message(bytes(packed))
+            self.received += 1
+            if only is None:
+                self.broker.route(message, from_cluster=True)
+            else:
+                self._route_to(message, only)
+            return
+        kind = fields.get(b"k")
+        if kind == b"take":
+            assert self._nursery is not None
+            self._nursery.start_soon(
+                self._handle_take,
+                _text(fields[b"c"]),
+                _text(fields[b"f"]),
+                _text(fields[b"r"]),
+            )
+        elif kind == b"done":
+            event = self._requests.pop(_text(fields[b"r"]), None)
+            if event is not None:
+                event.set()
+
+    def _route_to(self, message: Message, client_ids: set[str]) -> None:
+        """Deliver ``message`` only to the sessions ``client_ids`` (adopted ones)."""
+        broker = self.broker
+        for client_id, granted in broker.tree.match(message.topic).items():
+            session = broker.sessions.get(client_id)
+            if client_id in client_ids and session is not None:
+                qos = granted if granted < message.qos else message.qos
+                if session.offer(message, qos) is OfferResult.DROPPED:
+                    broker.stats.messages_dropped += 1
+
+    # -- client ids across nodes -----------------------------------------------------------------
+
+    async def take_over(self, client_id: str, clean_session: bool) -> StoredSession | None:
+        """Make this node the one with ``client_id``'s connection ([MQTT-3.1.4-2]).
+
+        The nodes with its old connection and with its persistent session close the one and
+        release the other; the session is then loaded from Redis.
+
+        Returns:
+            The persistent session to resume here, or None (clean session, none stored, or
+            already here).
+        """
+        keys = self.keys
+        previous, host = await self._claim(
+            keys=[keys.clients, keys.hosts], args=[client_id, self.node_id]
+        )
+        others = {_text(n) for n in (previous, host) if n is not None} - {self.node_id}
+        if others:
+            live = set(await self.live_nodes())
+            for node_id in sorted(others & live):
+                await self._request(node_id, "take", client_id)
+        if client_id in self.broker.sessions or host is None:
+            return None
+        host_id = _text(host)
+        if host_id != self.node_id and host_id not in (await self.live_nodes()):
+            # The host died and no one adopted the session yet: take it from there.
+            await self._adopt(
+                keys=[keys.hosts, keys.hosted(host_id), keys.hosted(self.node_id)],
+                args=[client_id, host_id, self.node_id],
+            )
+        stored = await self.store.load_session(client_id)
+        if clean_session:
+            if stored is not None:
+                self.store.session_deleted(client_id, ())
+            return None
+        return stored
+
+    async def _request(self, node_id: str, kind: str, client_id: str) -> None:
+        request_id = f"{self.node_id}:{next(self._request_ids)}"
+        event = self._requests[request_id] = trio.Event()
+        self.store.control(
+            node_id,
+            {b"k": kind.encode(), b"c": client_id.encode(), b"f": self.node_id.encode(),
+             b"r": request_id.encode()},
+        )
+        with trio.move_on_after(TAKE_TIMEOUT_S) as scope:
+            await event.wait()
+        if scope.cancelled_caught:
+            self._requests.pop(request_id, None)
+            log.warning("cluster_take_timeout", node=node_id, client_id=client_id)
+
+    async def _handle_take(self, client_id: str, reply_to: str, request_id: str) -> None:
+        """Another node takes ``client_id`` over: close its connection here, let its session
+        go once everything recorded for it is in Redis, then say so."""
+        try:
+            await self._kick_client(client_id)
+            session = self.broker.sessions.get(client_id)
+            if session is not None:
+                await self.store.durable(self.store.recorded)
+                if session.clean_session:
+                    pass  # a clean session ends with its connection
+                else:
+                    self.broker.release_session(client_id)
+                    log.info("session_handed_over", client_id=client_id, to_node=reply_to)
+        finally:
+            self.store.control(reply_to, {b"k": b"done", b"r": request_id.encode()})
+
+    # -- dead nodes -------------------------------------------------------------------------------
+
+    async def _cleanup(self, dead: str, *, previous_self: bool = False) -> None:
+        """Clean up after a dead node (or this node's previous life): its Wills, routes,
+        registry entries and hosted sessions."""
+        keys = self.keys
+        redis = self.redis
+        log.warning("cluster_node_dead", dead_node=dead, previous_self=previous_self)
+        # Wills of its clients, once: a client that reconnected elsewhere took its Will along.
+        wills = await redis.hgetall(keys.wills(dead))
+        for client_id, packed in wills.items():
+            owner = await redis.hget(keys.clients, client_id)
+            if owner is not None and _text(owner) != dead:
+                continue
+            will = unpack_will(bytes(packed))
+            self.broker.publish(will.topic, will.message, will.qos, will.retain)
+            self.wills_published += 1
+        await redis.delete([keys.wills(dead)])
+        for topic_filter in await redis.smembers(keys.routes(dead)):
+            self.store.route_of_dead_node(dead, _text(topic_filter))
+        await self.store.durable(self.store.recorded)
+        await redis.delete([keys.routes(dead)])
+        await redis.hdel(keys.applied, [dead])
+        # Its hosted persistent sessions come here, with what its inbox still held for them.
+        adopted: set[str] = set()
+        for raw in await redis.smembers(keys.hosted(dead)):
+            client_id = _text(raw)
+            won = await self._adopt(
+                keys=[keys.hosts, keys.hosted(dead), keys.hosted(self.node_id)],
+                args=[client_id, dead, self.node_id],
+            )
+            if not won or client_id in self.broker.sessions:
+                continue
+            stored = await self.store.load_session(client_id)
+            if stored is not None:
+                self.broker.restore_session(stored)
+                adopted.add(client_id)
+        if adopted:
+            self.sessions_adopted += len(adopted)
+            entries = await redis.xrange(keys.inbox(dead), "-", "+")
+            for entry in entries:
+                self._receive(entry.field_values, only=adopted)
+        await redis.delete([keys.inbox(dead), keys.hosted(dead)])
+        if not previous_self:
+            await redis.zrem(keys.nodes, [dead])
+        log.info(
+            "cluster_node_cleaned",
+            dead_node=dead,
+            wills=len(wills),
+            sessions_adopted=len(adopted),
+        )
+
+    async def leave(self) -> None:
+        """Graceful shutdown: the Wills of this node's clients are not due (the server is
+        shutting down), and the other nodes may clean up at once -- remove the routes, adopt
+        the hosted sessions -- instead of waiting for the heartbeat to expire."""
+        try:
+            await self.store.durable(self.store.recorded)
+            await self.redis.delete([self.keys.wills(self.node_id)])
+            await self.redis.zadd(self.keys.nodes, {self.node_id: 0})
+        except Exception as exc:  # best effort: the heartbeat expires all the same
+            log.warning("cluster_leave_incomplete", error=str(exc))
+            return
+        log.info("cluster_left", node_id=self.node_id)
+
+    # -- figures for $SYS --------------------------------------------------------------------------
+
+    def figures(self) -> dict[str, int]:
+        """This node's cluster counters."""
+        return {
+            "routes": len(self.routes),
+            "forwarded": self.forwarded,
+            "received": self.received,
+            "forwards_dropped": self.store.forwards_dropped,
+            "wills_published": self.wills_published,
+            "sessions_adopted": self.sessions_adopted,
+        }
+

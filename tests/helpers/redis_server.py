@@ -1,0 +1,97 @@
+"""A private redis-server for tests: Debian's binary on a free loopback port, no files kept."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+#: How long redis-server may take to say it is ready.
+START_TIMEOUT_S = 10.0
+
+
+@dataclass
+class RedisServer:
+    """A running redis-server."""
+
+    process: subprocess.Popen[bytes]
+    port: int
+    directory: Path
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextmanager
+def redis_server(directory: Path, *extra: str) -> Iterator[RedisServer]:
+    """Start redis-server in ``directory`` on a free port; stop it on exit.
+
+    Raises:
+        RuntimeError: redis-server is not installed, or did not become ready in time.
+    """
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise RuntimeError("redis-server is not installed (scripts/test.sh installs it)")
+    directory.mkdir(parents=True, exist_ok=True)
+    port = _free_port()
+    args = [
+        binary,
+        "--port", str(port),
+        "--bind", "127.0.0.1",
+        "--dir", str(directory),
+        "--save", "",
+        "--appendonly", "no",
+        *extra,
+    ]  # fmt: skip
+    process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    drain = threading.Thread(target=_drain, args=(process,), daemon=True)
+    try:
+        _wait_ready(process)
+        # Keep reading its log so that a full pipe never blocks the server.
+        drain.start()
+        yield RedisServer(process, port, directory)
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        if drain.is_alive():
+            drain.join(timeout=10)
+        if process.stdout is not None:
+            process.stdout.close()
+
+
+def _wait_ready(process: subprocess.Popen[bytes]) -> None:
+    """Read redis-server's log until it says it accepts connections."""
+    assert process.stdout is not None
+    deadline = time.monotonic() + START_TIMEOUT_S
+    seen = b""
+    while time.monotonic() < deadline:
+        line = process.stdout.readline()
+        if not line:
+            break
+        seen += line
+        if b"Ready to accept connections" in line:
+            return
+    raise RuntimeError(f"redis-server did not start: {seen.decode(errors='replace')[-2000:]}")
+
+
+def _drain(process: subprocess.Popen[bytes]) -> None:
+    assert process.stdout is not None
+    for _line in process.stdout:
+        pass
