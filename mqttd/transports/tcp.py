@@ -142,14 +142,13 @@ class TcpStream(MqttStream, trio.abc.HalfCloseableStream):
     def try_send(self, data: bytes) -> int:
         """One non-blocking ``send``: how many bytes the socket took (0 when it is full, the
         stream is closed or broken, or a ``send_all`` is under way)."""
-        sock = self.raw_socket
-        if self._sending or not data or sock.fileno() == -1:
+        if self._sending or not data:
             return 0
         try:
-            return sock.send(data)
+            return self.raw_socket.send(data)
         except OSError:
-            # EAGAIN: nothing taken. Any other error: the next send_all meets it again and
-            # raises BrokenResourceError.
+            # EAGAIN: nothing taken. EBADF: closed. Any other error: the next send_all meets
+            # it again and raises BrokenResourceError.
             return 0
 
     @property
