@@ -367,6 +367,8 @@ class TlsStream(MqttStream):
                         data = b""  # a TCP EOF without close_notify: EOF all the same
                     if not data:
                         self._eof = True
+                    elif len(data) < size and self._incoming.pending:
+                        data = self._read_more(data, size)
                     if self._outgoing.pending:
                         # Records a read produced (a TLS 1.3 KeyUpdate answer, an alert) join
                         # the writer's queue, never overtake it.
@@ -376,6 +378,24 @@ class TlsStream(MqttStream):
                 return data
         finally:
             self._receiving = False
+
+    def _read_more(self, first: bytes, size: int) -> bytes:
+        """``first`` plus the plaintext of further records already received, up to ``size``
+        bytes: a client that writes each MQTT packet as its own record should not cost one
+        ``receive_some`` per packet. An error or EOF is left for the next read to meet."""
+        parts = [first]
+        total = len(first)
+        sslobj = self._ssl
+        while total < size:
+            try:
+                more = sslobj.read(size - total)
+            except ssl.SSLError:  # SSLWantReadError: nothing more yet
+                break
+            if not more:
+                break
+            parts.append(more)
+            total += len(more)
+        return b"".join(parts)
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         """Encrypt ``data`` and write it after any held ciphertext; ``b""`` writes only what is

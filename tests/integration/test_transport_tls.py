@@ -227,6 +227,20 @@ async def test_try_send_refuses_while_ciphertext_it_holds_does_not_fit(pair: Pai
     assert not server.has_unsent
 
 
+async def test_records_that_arrived_together_are_read_together(pair: Pair) -> None:
+    """Several small records already received come back from one receive_some (a client that
+    writes each MQTT packet as its own record), and max_bytes still bounds it."""
+    server, peer = pair
+    with trio.fail_after(TIMEOUT_S):
+        for packet in (b"\xc0\x00", b"\xc0\x00", b"\xe0\x00"):
+            await peer.send_all(packet)
+        assert await server.receive_some() == b"\xc0\x00\xc0\x00\xe0\x00"
+        for packet in (b"ab", b"cd"):
+            await peer.send_all(packet)
+        assert await server.receive_some(3) == b"abc"
+        assert await server.receive_some() == b"d"
+
+
 async def test_ragged_eof_reads_as_eof(pair: Pair) -> None:
     """A client that closes TCP without close_notify (as browsers do) reads as EOF, after the
     data it sent."""
