@@ -46,7 +46,7 @@ from mqttd.connection_protocol import (
 from mqttd.logging import bind_connection
 from mqttd.store import OutputGate, StoredSession, StoreError
 from mqttd.timeouts import TimeoutWatch
-from mqttd.transports import ConnectionInfo
+from mqttd.transports import ConnectionInfo, MqttStream, StreamAdapter
 
 if TYPE_CHECKING:
     from mqttd.cluster.node import ClusterNode
@@ -136,7 +136,9 @@ class Connection:
     )
 
     def __init__(self, stream: trio.abc.Stream, info: ConnectionInfo, state: ServerState) -> None:
-        self.stream = _Shim(stream)
+        self.stream: MqttStream = (
+            stream if isinstance(stream, MqttStream) else StreamAdapter(stream)
+        )
         self.info = info
         self.state = state
         self.conn_id = state.next_connection_id()
@@ -450,47 +452,3 @@ async def serve_connection(
     stream)."""
     await Connection(stream, info, state).run()
 
-
-class _Shim:
-    """TEMPORARY: the new send interface over today's streams (replaced by MqttStream)."""
-
-    def __init__(self, stream: trio.abc.Stream) -> None:
-        self.s = stream
-        self.raw = getattr(stream, "raw_socket", None)
-        self.ws = stream if getattr(stream, "can_send_now", False) else None
-
-    def try_send(self, data: bytes) -> int:
-        if self.raw is not None:
-            try:
-                return int(self.raw.send(data))
-            except OSError:
-                return 0
-        if self.ws is not None:
-            return len(data) if self.ws.send_now(data) else 0  # type: ignore[attr-defined]
-        return 0
-
-    @property
-    def has_unsent(self) -> bool:
-        return bool(self.ws is not None and self.ws.has_unsent)  # type: ignore[attr-defined]
-
-    async def send_all(self, data: bytes) -> None:
-        if not data:
-            if self.ws is not None:
-                await self.ws.flush()  # type: ignore[attr-defined]
-            else:
-                await trio.lowlevel.checkpoint()
-            return
-        await self.s.send_all(data)
-
-    async def receive_some(self, n: int) -> bytes:
-        return await self.s.receive_some(n)
-
-    def close_now(self) -> bool:
-        if self.raw is None:
-            return False
-        trio.lowlevel.notify_closing(self.raw)
-        self.raw.close()
-        return True
-
-    async def aclose(self) -> None:
-        await self.s.aclose()

@@ -248,7 +248,7 @@ class ConnectionProtocol:
 
     # -- input ------------------------------------------------------------------------------
 
-    def receive_data(self, data: bytes) -> None:
+    def receive_data(self, data: bytes | bytearray) -> None:
         """Bytes read from the client; ``b""`` when it closed its side (EOF)."""
         if self.state is State.CLOSED or self.state is State.CLOSING:
             return  # nothing more is read: a Close is under way

@@ -377,7 +377,7 @@ class Decoder:
         self._error: ProtocolError | None = None
         self._rules = _AWAIT_CONNECT if server else _CLIENT_311
 
-    def receive_data(self, data: bytes) -> None:
+    def receive_data(self, data: bytes | bytearray) -> None:
         """Buffer ``data`` from the peer; ``b""`` means the peer closed its side (EOF).
 
         Raises:
