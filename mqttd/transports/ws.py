@@ -56,7 +56,7 @@ from mqttd.transports.http import (
     serve_static,
 )
 from mqttd.transports.peer import IPNetwork, client_address, parse_trusted_proxies
-from mqttd.transports.tcp import BoundSocket, TcpStream, accept_connections, open_listeners
+from mqttd.transports.tcp import BoundSocket, accept_connections, open_listeners
 from mqttd.transports.tls import TlsContext, TlsStream, client_identity, running, tls_handshake
 from mqttd.transports.wsframes import (
     NEED_DATA,
@@ -233,42 +233,6 @@ class WebSocketStream(MqttStream):
                 frame, self._unsent = self._unsent + frame, b""
                 direct.try_send(frame)
         return direct.close_now()
-
-    # -- the previous non-blocking API, until the connection driver uses try_send --------------
-
-    @property
-    def can_send_now(self) -> bool:
-        """Whether ``send_now`` is available at all (plain ws over a ``TcpStream``)."""
-        return isinstance(self.transport, TcpStream)
-
-    def send_now(self, data: bytes) -> bool:
-        """Send ``data`` as one binary message without blocking, if nothing else is sending.
-
-        What the socket does not take at once (possibly all of it) is kept and written first
-        by the next ``flush``, ``send_all`` or control frame, so the byte stream stays in order.
-
-        Returns:
-            False if nothing was sent (another send in progress, left-over bytes, closing, or a
-            transport other than a ``TcpStream``): the caller must use ``send_all`` instead.
-        """
-        direct = self._direct
-        if (
-            not isinstance(direct, TcpStream)
-            or self._unsent
-            or self._closed
-            or not self._open
-            or self._writing()
-        ):
-            return False
-        frame = self._encode(data)
-        taken = direct.try_send(frame)
-        if taken != len(frame):
-            self._unsent = frame[taken:]
-        return True
-
-    async def flush(self) -> None:
-        """Write what ``send_now`` left over (``send_all(b"")``)."""
-        await self.send_all(b"")
 
     async def _send_close(self, code: int | None, reason: str = "") -> None:
         """Send a close frame (best effort, within ``CLOSE_TIMEOUT_S``) unless one was sent."""

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import socket
-import struct
 from collections.abc import Awaitable, Callable
 from functools import partial
 
@@ -363,73 +362,6 @@ async def test_client_role_masks_what_it_sends() -> None:
         (event,) = list(server.events())
         assert isinstance(event, BytesMessage)
         assert event.data == b"\xc0\x00"
-
-
-async def test_send_now_writes_to_the_raw_socket_of_a_tcp_stream() -> None:
-    """send_now writes a whole frame straight to a TcpStream's socket."""
-    with trio.fail_after(TIMEOUT_S):
-        ours, theirs = socket.socketpair()
-        ours.setblocking(False)
-        _client, server = handshaken_pair()
-        stream = WebSocketStream(TcpStream(ours), server)
-        assert stream.can_send_now
-        assert stream.send_now(b"\x30\x03\x00\x01t")
-        assert not stream.has_unsent
-        await trio.lowlevel.wait_readable(theirs)
-        assert theirs.recv(100) == b"\x82\x05\x30\x03\x00\x01t"
-        await stream.aclose()
-        theirs.close()
-
-
-async def test_send_now_is_unavailable_over_a_trio_socket_stream() -> None:
-    """Over a trio.SocketStream (the client twin's usual transport) send_now refuses, without
-    reaching into trio's private socket, and send_all still works."""
-    with trio.fail_after(TIMEOUT_S):
-        ours, theirs = socket.socketpair()
-        ours.setblocking(False)
-        transport = trio.SocketStream(trio.socket.from_stdlib_socket(ours))
-        _client, server = handshaken_pair()
-        stream = WebSocketStream(transport, server)
-        assert not stream.can_send_now
-        assert not stream.send_now(b"x")
-        await stream.send_all(b"\xc0\x00")
-        await trio.lowlevel.wait_readable(theirs)
-        assert theirs.recv(100) == b"\x82\x02\xc0\x00"
-        await stream.aclose()
-        theirs.close()
-
-
-async def test_send_now_is_unavailable_without_a_plain_socket() -> None:
-    """Over a memory (or TLS) stream send_now refuses and send_all must be used."""
-    stream, _client = make_server_stream()
-    assert not stream.can_send_now
-    assert not stream.send_now(b"x")
-
-
-async def test_send_now_keeps_what_the_socket_did_not_take_for_flush() -> None:
-    """A frame too large for the socket buffer is finished by flush(), in order."""
-    with trio.fail_after(TIMEOUT_S):
-        ours, theirs = socket.socketpair()
-        ours.setblocking(False)
-        theirs.setblocking(False)
-        ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
-        _client, server = handshaken_pair()
-        stream = WebSocketStream(TcpStream(ours), server)
-        payload = bytes(range(256)) * 1024
-        assert stream.send_now(payload)
-        assert stream.has_unsent
-        assert not stream.send_now(b"later")  # must not overtake the unsent bytes
-        received = bytearray()
-        expected = b"\x82\x7f" + struct.pack("!Q", len(payload)) + payload
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(stream.flush)
-            while len(received) < len(expected):
-                await trio.lowlevel.wait_readable(theirs)
-                received += theirs.recv(1 << 16)
-        assert bytes(received) == expected
-        assert not stream.has_unsent
-        await stream.aclose()
-        theirs.close()
 
 
 async def test_oversize_header_is_logged_and_closed_before_payload() -> None:
