@@ -9,7 +9,7 @@ is needed between trio checkpoints.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Container, Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
@@ -129,16 +129,33 @@ class Broker:
         self.sessions[stored.client_id] = session
         return session
 
-    def release_session(self, client_id: str) -> None:
+    def release_session(self, client_id: str, forwarder: Session | None = None) -> None:
         """Another node takes this persistent session over: forget it here, keeping what the
-        store holds of it (the other node loads it from there)."""
+        store holds of it (the other node loads it from there).
+
+        Args:
+            client_id: the session's client id.
+            forwarder: takes the session's place, with its subscriptions, until
+                ``drop_forwarder``: messages still routed here meanwhile go on to the new node.
+        """
         session = self.sessions.pop(client_id, None)
         if session is None:
             return
-        self._unsubscribe_all(session)
         session.store = None
         if self.cluster is not None:
             self.cluster.session_released(client_id)
+        if forwarder is None:
+            self._unsubscribe_all(session)
+            return
+        forwarder.subscriptions = session.subscriptions
+        session.subscriptions = {}
+        self.sessions[client_id] = forwarder
+
+    def drop_forwarder(self, client_id: str, forwarder: Session) -> None:
+        """The new node routes the session's messages itself now: the forwarder goes."""
+        if self.sessions.get(client_id) is forwarder:
+            del self.sessions[client_id]
+            self._unsubscribe_all(forwarder)
 
     def expire_sessions(self, max_age_s: float, now: float | None = None) -> int:
         """Remove persistent sessions offline for longer than ``max_age_s``; returns how many
@@ -302,10 +319,13 @@ class Broker:
         self.retained_bytes += cost - freed
         return True
 
-    def route(self, message: Message, *, from_cluster: bool = False) -> None:
+    def route(
+        self, message: Message, *, from_cluster: bool = False, skip: Container[str] = ()
+    ) -> None:
         """Offer ``message`` to every matching session, RETAIN=0 on the wire ([MQTT-3.3.1-9]);
         in a cluster also to the other nodes with matching subscribers, unless the message
-        came from one of them (``from_cluster``)."""
+        came from one of them (``from_cluster``). Sessions in ``skip`` already have it (a
+        cluster's session handover)."""
         if self.cluster is not None and not from_cluster:
             self.cluster.forward(message)
         matches = self.tree.matches(message.topic)
@@ -317,6 +337,8 @@ class Broker:
         stats.messages_routed += 1
         topic = message.topic
         for client_id, granted in matches.items():
+            if skip and client_id in skip:
+                continue
             session = sessions[client_id]
             if session.may_receive is not None and not session.may_receive(topic):
                 continue  # the ACL refuses this delivery (read access)

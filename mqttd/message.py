@@ -35,7 +35,16 @@ class Message:
     Instances are immutable by convention and shared by every session they are delivered to.
     """
 
-    __slots__ = ("_headers", "_topic_field", "payload", "qos", "retain", "store_id", "topic")
+    __slots__ = (
+        "_headers",
+        "_topic_field",
+        "cluster_id",
+        "payload",
+        "qos",
+        "retain",
+        "store_id",
+        "topic",
+    )
 
     def __init__(self, topic: str, payload: bytes, qos: int = 0, retain: bool = False) -> None:
         self.topic = topic
@@ -48,6 +57,10 @@ class Message:
         #: row id in the durable store while any persistent session or the retained store
         #: references the message (see ``mqttd.store``)
         self.store_id: int | None = None
+        #: in a cluster, the message's id across nodes (origin node, its run, a counter), set
+        #: when it is first sent to another node: a node receiving it twice during a session
+        #: handover delivers it once
+        self.cluster_id: bytes | None = None
 
     def __repr__(self) -> str:
         return (

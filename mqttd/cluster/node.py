@@ -45,9 +45,9 @@ from mqttd.cluster.redis_store import RedisStore
 from mqttd.cluster.routes import ClusterRoutes
 from mqttd.cluster.wire import Keys, unpack_message, unpack_will
 from mqttd.codec.packets import Will
-from mqttd.config import ClusterConfig
+from mqttd.config import ClusterConfig, LimitsConfig
 from mqttd.message import Message
-from mqttd.session import OfferResult, Ready
+from mqttd.session import OfferResult, Ready, Session
 from mqttd.store import StoredSession
 
 log = structlog.get_logger("mqttd.cluster")
@@ -58,6 +58,11 @@ TAKE_TIMEOUT_S = 5.0
 READ_COUNT = 1000
 #: How long a blocking stream read waits before it looks again (ms).
 READ_BLOCK_MS = 1000
+#: How long a node keeps deduplicating a session handed over to it after the old node
+#: stopped forwarding (copies of a message may still be on their way by the other path).
+HANDOVER_DEDUP_S = 10.0
+#: How long a node forwards a session handed over if the new node never says stop.
+FORWARDER_TIMEOUT_S = 30.0
 #: Backoff while Redis is unreachable, seconds.
 RETRY_DELAYS_S = (0.05, 0.1, 0.2, 0.5, 1.0, 2.0)
 
@@ -108,6 +113,24 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes | bytearray) else str(value)
 
 
+class ForwardingSession(Session):
+    """Stands in for a persistent session handed over to another node, with its
+    subscriptions: every message offered to it goes on to that node, aimed at the session."""
+
+    __slots__ = ("_cluster_store", "_target")
+
+    def __init__(
+        self, client_id: str, limits: LimitsConfig, store: RedisStore, target: str
+    ) -> None:
+        super().__init__(client_id, clean_session=True, limits=limits)
+        self._cluster_store = store
+        self._target = target
+
+    def offer(self, message: Message, qos: int, retain: bool = False) -> OfferResult:
+        self._cluster_store.forward_to(self._target, self.client_id, message, qos)
+        return OfferResult.SENT
+
+
 class ClusterNode:
     """This process as a node of the cluster; also the broker's ``ClusterLink``.
 
@@ -153,6 +176,12 @@ class ClusterNode:
         self._retained_changed = trio.Event()
         self._routes_changed = trio.Event()
         self._requests: dict[str, trio.Event] = {}
+        #: sessions being handed over to this node -> cluster ids of messages delivered
+        self._handover: dict[str, set[bytes]] = {}
+        #: sessions being loaded here -> messages aimed at them meanwhile
+        self._loading: dict[str, list[tuple[Message, int, bytes | None]]] = {}
+        #: sessions handed over to other nodes, still forwarding to them
+        self._forwarders: dict[str, ForwardingSession] = {}
         self._request_ids = itertools.count(1)
         #: (origin node, its epoch) -> the highest forward seq seen: drops copies of a
         #: forward sent again after a connection error
@@ -171,6 +200,10 @@ class ClusterNode:
         for node_id in self.routes.nodes_for(message.topic):
             self.store.forward(node_id, message)
             self.forwarded += 1
+        if self._handover:
+            # A session being handed over here gets this message now, locally: a copy coming
+            # back through its previous node must not be delivered again.
+            self._handed_over(message, self.store.message_id(message))
 
     def filter_added(self, topic_filter: str) -> None:
         if self.routes.local_added(topic_filter):
@@ -395,11 +428,22 @@ class ClusterNode:
                 return  # a copy of a forward sent again after a connection error
             self._seen[origin] = seq
             message = unpack_message(bytes(packed))
+            message_id = fields.get(b"i")
+            message.cluster_id = message_id
             self.received += 1
-            if only is None:
-                self.broker.route(message, from_cluster=True)
-            else:
+            target = fields.get(b"c")
+            if target is not None:
+                client_id = _text(target)
+                if only is None or client_id in only:
+                    self._deliver_to(client_id, message, int(fields[b"g"]), message_id)
+            elif only is not None:
                 self._route_to(message, only)
+            elif self._handover:
+                self.broker.route(
+                    message, from_cluster=True, skip=self._handed_over(message, message_id)
+                )
+            else:
+                self.broker.route(message, from_cluster=True)
             return
         kind = fields.get(b"k")
         if kind == b"take":
@@ -410,6 +454,9 @@ class ClusterNode:
                 _text(fields[b"f"]),
                 _text(fields[b"r"]),
             )
+        elif kind == b"stop":
+            self._drop_forwarder(_text(fields[b"c"]))
+            self.store.control(_text(fields[b"f"]), {b"k": b"done", b"r": fields[b"r"]})
         elif kind == b"done":
             event = self._requests.pop(_text(fields[b"r"]), None)
             if event is not None:
@@ -426,71 +473,157 @@ class ClusterNode:
                     broker.stats.messages_dropped += 1
 
     # -- client ids across nodes -----------------------------------------------------------------
+    #
+    # A persistent session moving from node B to node C must lose nothing and deliver nothing
+    # twice, although other nodes keep routing its messages to B until C's routes are in
+    # place. So B does not just drop the session: a ForwardingSession takes its place, with
+    # its subscriptions, and sends whatever is still routed there on to C, aimed at that one
+    # session. C loads the session, registers its routes and waits until every node has
+    # them, then tells B to stop forwarding. Meanwhile a message can reach C twice -- once by
+    # route, once through B -- so for a while C remembers the cluster ids of the messages it
+    # delivered to that session and delivers each once.
 
     async def take_over(self, client_id: str, clean_session: bool) -> StoredSession | None:
         """Make this node the one with ``client_id``'s connection ([MQTT-3.1.4-2]).
 
         The nodes with its old connection and with its persistent session close the one and
-        release the other; the session is then loaded from Redis.
+        hand the other over (see above); a persistent session is loaded from Redis and
+        resumed here before this returns, its routes in place on every live node.
 
         Returns:
-            The persistent session to resume here, or None (clean session, none stored, or
-            already here).
+            None: the session, if any, is in the broker already (``open_session`` finds it).
         """
         keys = self.keys
-        previous, host = await self._claim(
-            keys=[keys.clients, keys.hosts], args=[client_id, self.node_id]
-        )
-        others = {_text(n) for n in (previous, host) if n is not None} - {self.node_id}
-        if others:
-            live = set(await self.live_nodes())
-            for node_id in sorted(others & live):
-                await self._request(node_id, "take", client_id)
-        if client_id in self.broker.sessions or host is None:
-            return None
-        host_id = _text(host)
-        if host_id != self.node_id and host_id not in (await self.live_nodes()):
-            # The host died and no one adopted the session yet: take it from there.
-            await self._adopt(
-                keys=[keys.hosts, keys.hosted(host_id), keys.hosted(self.node_id)],
-                args=[client_id, host_id, self.node_id],
+        self._drop_forwarder(client_id)  # it comes back here: nothing more to forward
+        self._loading[client_id] = []
+        try:
+            previous, host = await self._claim(
+                keys=[keys.clients, keys.hosts], args=[client_id, self.node_id]
             )
-        stored = await self.store.load_session(client_id)
-        if clean_session:
-            if stored is not None:
+            others = {_text(n) for n in (previous, host) if n is not None} - {self.node_id}
+            host_id = _text(host) if host is not None else None
+            if others:
+                live = set(await self.live_nodes())
+                for node_id in sorted(others & live):
+                    await self._request(node_id, "take", client_id)
+                if host_id is not None and host_id != self.node_id and host_id not in live:
+                    # The host died and no one adopted the session yet: take it from there.
+                    await self._adopt(
+                        keys=[keys.hosts, keys.hosted(host_id), keys.hosted(self.node_id)],
+                        args=[client_id, host_id, self.node_id],
+                    )
+            if client_id in self.broker.sessions or host_id is None:
+                return None
+            stored = await self.store.load_session(client_id)
+            if stored is None:
+                return None
+            if clean_session:
                 self.store.session_deleted(client_id, ())
+                return None
+            seen = self._handover[client_id] = set()
+            first = self.store.recorded
+            self.broker.restore_session(stored)
+            for message, qos, message_id in self._loading.pop(client_id, ()):
+                self._deliver_to(client_id, message, qos, message_id)
+            # Its routes in place everywhere before CONNACK, then B may stop forwarding.
+            last = self.store.recorded
+            await self.store.durable(last)
+            await self.store.settled(first, last)
+            if host_id is not None and host_id != self.node_id:
+                assert self._nursery is not None
+                self._nursery.start_soon(self._end_handover, host_id, client_id, seen)
             return None
-        return stored
+        finally:
+            self._loading.pop(client_id, None)
+
+    async def _end_handover(self, old_host: str, client_id: str, seen: set[bytes]) -> None:
+        """Tell the old host to stop forwarding; keep deduplicating a little longer for
+        copies still on their way."""
+        await self._request(old_host, "stop", client_id)
+        await trio.sleep(HANDOVER_DEDUP_S)
+        if self._handover.get(client_id) is seen:
+            del self._handover[client_id]
 
     async def _request(self, node_id: str, kind: str, client_id: str) -> None:
         request_id = f"{self.node_id}:{next(self._request_ids)}"
         event = self._requests[request_id] = trio.Event()
-        self.store.control(
-            node_id,
-            {b"k": kind.encode(), b"c": client_id.encode(), b"f": self.node_id.encode(),
-             b"r": request_id.encode()},
-        )
+        fields = {
+            b"k": kind.encode(),
+            b"c": client_id.encode(),
+            b"f": self.node_id.encode(),
+            b"r": request_id.encode(),
+        }
+        self.store.control(node_id, fields)
         with trio.move_on_after(TAKE_TIMEOUT_S) as scope:
             await event.wait()
         if scope.cancelled_caught:
             self._requests.pop(request_id, None)
-            log.warning("cluster_take_timeout", node=node_id, client_id=client_id)
+            log.warning("cluster_request_timeout", node=node_id, request=kind, client_id=client_id)
 
-    async def _handle_take(self, client_id: str, reply_to: str, request_id: str) -> None:
-        """Another node takes ``client_id`` over: close its connection here, let its session
-        go once everything recorded for it is in Redis, then say so."""
+    async def _handle_take(self, client_id: str, new_node: str, request_id: str) -> None:
+        """Another node takes ``client_id`` over: close its connection here; once everything
+        recorded for its persistent session is in Redis, a forwarder takes the session's
+        place; then say so."""
         try:
             await self._kick_client(client_id)
             session = self.broker.sessions.get(client_id)
-            if session is not None:
+            if session is not None and not session.clean_session:
                 await self.store.durable(self.store.recorded)
-                if session.clean_session:
-                    pass  # a clean session ends with its connection
-                else:
-                    self.broker.release_session(client_id)
-                    log.info("session_handed_over", client_id=client_id, to_node=reply_to)
+                forwarder = ForwardingSession(client_id, self.broker.limits, self.store, new_node)
+                self.broker.release_session(client_id, forwarder)
+                self._forwarders[client_id] = forwarder
+                assert self._nursery is not None
+                self._nursery.start_soon(self._expire_forwarder, client_id, forwarder)
+                log.info("session_handed_over", client_id=client_id, to_node=new_node)
         finally:
-            self.store.control(reply_to, {b"k": b"done", b"r": request_id.encode()})
+            self.store.control(new_node, {b"k": b"done", b"r": request_id.encode()})
+
+    async def _expire_forwarder(self, client_id: str, forwarder: ForwardingSession) -> None:
+        """A forwarder whose new node never said stop (it died) goes after a while."""
+        await trio.sleep(FORWARDER_TIMEOUT_S)
+        if self._forwarders.get(client_id) is forwarder:
+            self._drop_forwarder(client_id)
+
+    def _drop_forwarder(self, client_id: str) -> None:
+        forwarder = self._forwarders.pop(client_id, None)
+        if forwarder is not None:
+            self.broker.drop_forwarder(client_id, forwarder)
+
+    def _deliver_to(
+        self, client_id: str, message: Message, qos: int, message_id: bytes | None
+    ) -> None:
+        """A message aimed at one session (forwarded by its previous node)."""
+        pending = self._loading.get(client_id)
+        if pending is not None and client_id not in self.broker.sessions:
+            pending.append((message, qos, message_id))  # delivered once the session is here
+            return
+        seen = self._handover.get(client_id)
+        if seen is not None and message_id is not None:
+            if message_id in seen:
+                return
+            seen.add(message_id)
+        session = self.broker.sessions.get(client_id)
+        if session is None or isinstance(session, ForwardingSession):
+            return
+        if session.may_receive is not None and not session.may_receive(message.topic):
+            return
+        if session.offer(message, qos) is OfferResult.DROPPED:
+            self.broker.stats.messages_dropped += 1
+
+    def _handed_over(self, message: Message, message_id: bytes | None) -> set[str]:
+        """The sessions being handed over here that already have ``message`` (and note the
+        others have it now)."""
+        skip: set[str] = set()
+        if message_id is None:
+            return skip
+        matches = self.broker.tree.matches(message.topic)
+        for client_id, seen in self._handover.items():
+            if client_id in matches:
+                if message_id in seen:
+                    skip.add(client_id)
+                else:
+                    seen.add(message_id)
+        return skip
 
     # -- dead nodes -------------------------------------------------------------------------------
 

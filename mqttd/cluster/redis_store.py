@@ -107,6 +107,8 @@ class RedisStore:
         self._failures: list[tuple[int, int]] = []
         self._commit_event = trio.Event()
         self._forward_seq = itertools.count(1)
+        self._message_ids = itertools.count(1)
+        self._id_prefix = f"{node_id}:{epoch}:".encode()
         #: operation number -> set once its late completion (a barrier) is done
         self._settling: dict[int, trio.Event] = {}
         self.link_up = True
@@ -188,8 +190,28 @@ class RedisStore:
         if not self.link_up and message.qos == 0:
             self.forwards_dropped += 1
             return
-        packed = pack_message(message.topic, message.payload, message.qos, False)
-        self._record("forward", (node_id, packed, next(self._forward_seq)))
+        self._record("forward", (node_id, self._fields(message)))
+
+    def forward_to(self, node_id: str, client_id: str, message: Message, qos: int) -> None:
+        """Send ``message`` to one session, ``client_id``, now hosted by ``node_id``, at the
+        QoS already decided (a session handed over: see ``ClusterNode``)."""
+        fields = self._fields(message)
+        fields[b"c"] = client_id.encode()
+        fields[b"g"] = b"%d" % qos
+        self._record("forward", (node_id, fields))
+
+    def message_id(self, message: Message) -> bytes:
+        """The message's cluster id, given here if it has none yet."""
+        cluster_id = message.cluster_id
+        if cluster_id is None:
+            cluster_id = message.cluster_id = self._id_prefix + b"%d" % next(self._message_ids)
+        return cluster_id
+
+    def _fields(self, message: Message) -> dict[bytes, bytes]:
+        return {
+            b"m": pack_message(message.topic, message.payload, message.qos, False),
+            b"i": self.message_id(message),
+        }
 
     def control(self, node_id: str, fields: dict[bytes, bytes]) -> None:
         """Send a control request or reply to ``node_id``'s inbox."""
@@ -365,11 +387,15 @@ class RedisStore:
         self, pipe: Any, keys: Keys, node: str, kind: str, params: tuple[Any, ...]
     ) -> Any:
         if kind == "forward":
-            target, packed, seq = params
-            return pipe.xadd(
-                keys.inbox(target),
-                {b"m": packed, b"o": node.encode(), b"e": self.epoch.encode(), b"s": b"%d" % seq},
-            )
+            target, fields = params
+            # Who sent it, in which run, with which sequence: the receiver drops a copy sent
+            # again when a pipeline is retried after a connection error.
+            # The sequence is given at the first attempt and kept for the retries.
+            if b"s" not in fields:
+                fields[b"o"] = node.encode()
+                fields[b"e"] = self.epoch.encode()
+                fields[b"s"] = b"%d" % next(self._forward_seq)
+            return pipe.xadd(keys.inbox(target), fields)
         if kind == "control":
             target, fields = params
             return pipe.xadd(keys.inbox(target), fields)

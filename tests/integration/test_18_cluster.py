@@ -17,7 +17,7 @@ import trio
 from mqttd.config import ClusterConfig, Config, LimitsConfig, ListenerConfig, StoreConfig
 from mqttd.server import Server, serve
 from tests.helpers import wire
-from tests.helpers.client import connect_client, subscribe, sync
+from tests.helpers.client import WireClient, connect_client, subscribe, sync
 from tests.helpers.redis_server import RedisServer, redis_server
 
 _prefixes = itertools.count(1)
@@ -167,3 +167,103 @@ async def test_clean_session_on_another_node_discards_the_old_one(nodes: Nodes) 
     await connect_client(b.port(), "phone", clean=True)
     again = await connect_client(a.port(), "phone", clean=False, session_present=False)
     await sync(again)
+
+
+class Qos2Receiver:
+    """Plays a QoS 2 subscriber: PUBREC for each PUBLISH, PUBCOMP for each PUBREL; records
+    every payload with its DUP flag."""
+
+    def __init__(self, milestone: int) -> None:
+        self.fresh: list[bytes] = []  # payloads received with DUP=0
+        self.resent: list[bytes] = []  # payloads received with DUP=1
+        self.done = trio.Event()
+        self.milestone = milestone
+        self.reached = trio.Event()  # set once ``milestone`` payloads arrived
+
+    async def run(self, client: WireClient, until: int) -> None:
+        try:
+            while len(set(self.fresh) | set(self.resent)) < until:
+                await self._answer(await client.read_packet(timeout=30), client)
+        except (EOFError, trio.BrokenResourceError, trio.ClosedResourceError):
+            return  # taken over: the test goes on with the next connection
+        self.done.set()
+
+    async def _answer(self, packet: bytes, client: WireClient) -> None:
+        kind = packet[0] >> 4
+        if kind == 3:
+            parsed = wire.parse(packet)
+            (self.resent if parsed.dup else self.fresh).append(parsed.payload)
+            if len(self.fresh) >= self.milestone:
+                self.reached.set()
+            assert parsed.pid is not None
+            await client.send(wire.pubrec(parsed.pid))
+        elif kind == 6:
+            await client.send(wire.pubcomp(int.from_bytes(packet[2:4], "big")))
+
+
+async def test_session_moves_between_nodes_while_qos2_messages_flow(
+    nodes: Nodes, nursery: trio.Nursery
+) -> None:
+    """A persistent QoS 2 subscriber moves from node A to node B while a publisher on B sends:
+    exactly one connection wins, every message arrives, and none arrives twice as new
+    (re-sends of unfinished flows carry DUP=1) [MQTT-4.3.3-2] [MQTT-4.4.0-1]."""
+    a = await nodes.start("a")
+    b = await nodes.start("b")
+    count = 200
+    first = await connect_client(a.port(), "s", clean=False)
+    await subscribe(first, 1, ("s/#", 2))
+    receiver = Qos2Receiver(count // 4)
+    nursery.start_soon(receiver.run, first, count)
+    pub = await connect_client(b.port(), "pub")
+    published = trio.Event()
+
+    async def publish() -> None:
+        for i in range(1, count + 1):
+            await pub.send(wire.publish("s/x", b"%d" % i, qos=2, pid=i))
+            await pub.expect(wire.pubrec(i))
+            await pub.send(wire.pubrel(i))
+            await pub.expect(wire.pubcomp(i))
+        published.set()
+
+    nursery.start_soon(publish)
+    with trio.fail_after(30):
+        await receiver.reached.wait()
+    second = await connect_client(b.port(), "s", clean=False, session_present=True)
+    await first.expect_closed()
+    nursery.start_soon(receiver.run, second, count)
+    with trio.fail_after(30):
+        await published.wait()
+        await receiver.done.wait()
+    assert len(receiver.fresh) == len(set(receiver.fresh)), "a message arrived twice as new"
+    assert set(receiver.fresh) | set(receiver.resent) == {b"%d" % i for i in range(1, count + 1)}
+
+
+async def test_two_nodes_racing_for_one_client_id(nodes: Nodes) -> None:
+    """Two CONNECTs with one client id at once on two nodes: exactly one connection stays
+    (the loser is closed before the winner's CONNACK) [MQTT-3.1.4-2]."""
+    a = await nodes.start("a")
+    b = await nodes.start("b")
+    accepted: list[WireClient] = []
+
+    async def connect(port: int) -> None:
+        client = await WireClient.open(port)
+        await client.send(wire.connect("twin", clean=False))
+        try:
+            packet = await client.read_packet()
+        except (EOFError, trio.BrokenResourceError):
+            return  # closed before its CONNACK: it lost
+        assert packet[0] == 0x20
+        accepted.append(client)
+
+    async with trio.open_nursery() as race:
+        race.start_soon(connect, a.port())
+        race.start_soon(connect, b.port())
+    alive = 0
+    for client in accepted:
+        await client.send(wire.pingreq())
+        try:
+            await client.expect(wire.pingresp())
+            alive += 1
+        except (EOFError, trio.BrokenResourceError):
+            pass
+    assert alive == 1
