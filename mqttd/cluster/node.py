@@ -33,11 +33,14 @@ from __future__ import annotations
 import itertools
 import socket
 import uuid
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections.abc import Awaitable, Callable, Mapping
+from typing import TYPE_CHECKING, Any
 
 import structlog
 import trio
+
+if TYPE_CHECKING:
+    from coredis import Redis
 
 from mqttd.broker import Broker
 from mqttd.cluster.client import PureToken
@@ -147,7 +150,7 @@ class ClusterNode:
         self,
         config: ClusterConfig,
         broker: Broker,
-        redis: Any,
+        redis: Redis[bytes],
         node_id: str,
         *,
         kick_client: Callable[[str], Awaitable[None]],
@@ -274,14 +277,14 @@ class ClusterNode:
 
     async def live_nodes(self) -> list[str]:
         """The nodes whose heartbeat is recent."""
-        nodes = await self._live(keys=[self.keys.nodes], args=[self._timeout_ms])
+        nodes: Any = await self._live(keys=[self.keys.nodes], args=[self._timeout_ms])
         return [_text(n) for n in nodes]
 
     async def _heartbeat_loop(self) -> None:
         while True:
             await trio.sleep(self._heartbeat_s)
             try:
-                dead = await self._heartbeat(
+                dead: Any = await self._heartbeat(
                     keys=[self.keys.nodes], args=[self.node_id, self._timeout_ms]
                 )
             except Exception as exc:
@@ -290,7 +293,7 @@ class ClusterNode:
             for node_id in dead or ():
                 name = _text(node_id)
                 if name != self.node_id and await self.redis.set(
-                    self.keys.cleanup(name), self.node_id, nx=True, px=30_000
+                    self.keys.cleanup(name), self.node_id, condition=PureToken.NX, px=30_000
                 ):
                     try:
                         await self._cleanup(name)
@@ -404,21 +407,12 @@ class ClusterNode:
             for entry in entries:
                 self._receive(entry.field_values)
             if entries:
-                # Processed entries go once what they changed here is durable.
-                mark = self.store.recorded
-                trim_to = last
-                assert self._nursery is not None
-                self._nursery.start_soon(self._trim_after, inbox, mark, trim_to)
+                # Processed entries leave the inbox in the same transaction as what they
+                # changed here: a node adopting this one's sessions after a crash finds in
+                # the inbox exactly what was not yet taken, nothing twice.
+                self.store.inbox_done(self.node_id, [_text(e.identifier) for e in entries])
 
-    async def _trim_after(self, inbox: str, mark: int, stream_id: str) -> None:
-        await self.store.durable(mark)
-        try:
-            await self.redis.xtrim(inbox, PureToken.MINID, stream_id)
-            await self.redis.xdel(inbox, [stream_id])
-        except Exception as exc:
-            log.debug("cluster_trim_failed", error=str(exc))
-
-    def _receive(self, fields: dict[bytes, bytes], only: set[str] | None = None) -> None:
+    def _receive(self, fields: Mapping[Any, Any], only: set[str] | None = None) -> None:
         """One inbox entry: a forwarded message, or a control request or reply."""
         packed = fields.get(b"m")
         if packed is not None:
@@ -497,21 +491,24 @@ class ClusterNode:
         self._drop_forwarder(client_id)  # it comes back here: nothing more to forward
         self._loading[client_id] = []
         try:
-            previous, host = await self._claim(
+            claimed: Any = await self._claim(
                 keys=[keys.clients, keys.hosts], args=[client_id, self.node_id]
             )
-            others = {_text(n) for n in (previous, host) if n is not None} - {self.node_id}
+            previous, host = claimed
             host_id = _text(host) if host is not None else None
-            if others:
+            live = set(await self.live_nodes())
+            if host_id is not None and host_id != self.node_id and host_id not in live:
+                # The host died: its cleanup adopts the session (with what its inbox still
+                # held for it) -- here, or on another node, which then hands it over.
+                await self._cleaned_up(host_id)
+                new_host = await self.redis.hget(keys.hosts, client_id)
+                host_id = _text(new_host) if new_host is not None else None
                 live = set(await self.live_nodes())
-                for node_id in sorted(others & live):
-                    await self._request(node_id, "take", client_id)
-                if host_id is not None and host_id != self.node_id and host_id not in live:
-                    # The host died and no one adopted the session yet: take it from there.
-                    await self._adopt(
-                        keys=[keys.hosts, keys.hosted(host_id), keys.hosted(self.node_id)],
-                        args=[client_id, host_id, self.node_id],
-                    )
+            others = {_text(n) for n in (previous,) if n is not None}
+            if host_id is not None:
+                others.add(host_id)
+            for node_id in sorted((others - {self.node_id}) & live):
+                await self._request(node_id, "take", client_id)
             if client_id in self.broker.sessions or host_id is None:
                 return None
             stored = await self.store.load_session(client_id)
@@ -628,31 +625,17 @@ class ClusterNode:
     # -- dead nodes -------------------------------------------------------------------------------
 
     async def _cleanup(self, dead: str, *, previous_self: bool = False) -> None:
-        """Clean up after a dead node (or this node's previous life): its Wills, routes,
-        registry entries and hosted sessions."""
+        """Clean up after a dead node (or this node's previous life): its hosted sessions
+        first (a client that sees its Will and reconnects must find its session), then its
+        routes and registry entries, then the Wills of its clients."""
         keys = self.keys
         redis = self.redis
         log.warning("cluster_node_dead", dead_node=dead, previous_self=previous_self)
-        # Wills of its clients, once: a client that reconnected elsewhere took its Will along.
-        wills = await redis.hgetall(keys.wills(dead))
-        for client_id, packed in wills.items():
-            owner = await redis.hget(keys.clients, client_id)
-            if owner is not None and _text(owner) != dead:
-                continue
-            will = unpack_will(bytes(packed))
-            self.broker.publish(will.topic, will.message, will.qos, will.retain)
-            self.wills_published += 1
-        await redis.delete([keys.wills(dead)])
-        for topic_filter in await redis.smembers(keys.routes(dead)):
-            self.store.route_of_dead_node(dead, _text(topic_filter))
-        await self.store.durable(self.store.recorded)
-        await redis.delete([keys.routes(dead)])
-        await redis.hdel(keys.applied, [dead])
         # Its hosted persistent sessions come here, with what its inbox still held for them.
         adopted: set[str] = set()
         for raw in await redis.smembers(keys.hosted(dead)):
             client_id = _text(raw)
-            won = await self._adopt(
+            won: Any = await self._adopt(
                 keys=[keys.hosts, keys.hosted(dead), keys.hosted(self.node_id)],
                 args=[client_id, dead, self.node_id],
             )
@@ -667,7 +650,21 @@ class ClusterNode:
             entries = await redis.xrange(keys.inbox(dead), "-", "+")
             for entry in entries:
                 self._receive(entry.field_values, only=adopted)
-        await redis.delete([keys.inbox(dead), keys.hosted(dead)])
+        for topic_filter in await redis.smembers(keys.routes(dead)):
+            self.store.route_of_dead_node(dead, _text(topic_filter))
+        await self.store.durable(self.store.recorded)
+        await redis.delete([keys.routes(dead), keys.inbox(dead), keys.hosted(dead)])
+        await redis.hdel(keys.applied, [dead])
+        # Wills of its clients, once: a client that reconnected elsewhere took its Will along.
+        wills = await redis.hgetall(keys.wills(dead))
+        for will_client, packed in wills.items():
+            owner = await redis.hget(keys.clients, will_client)
+            if owner is not None and _text(owner) != dead:
+                continue
+            will = unpack_will(bytes(packed))
+            self.broker.publish(will.topic, will.message, will.qos, will.retain)
+            self.wills_published += 1
+        await redis.delete([keys.wills(dead)])
         if not previous_self:
             await redis.zrem(keys.nodes, [dead])
         log.info(
@@ -676,6 +673,19 @@ class ClusterNode:
             wills=len(wills),
             sessions_adopted=len(adopted),
         )
+
+    async def _cleaned_up(self, dead: str) -> None:
+        """Make sure dead ``dead`` is cleaned up: here, or by whoever holds its lock (then wait
+        until it is gone from the nodes, bounded)."""
+        lock = await self.redis.set(
+            self.keys.cleanup(dead), self.node_id, condition=PureToken.NX, px=30_000
+        )
+        if lock:
+            await self._cleanup(dead)
+            return
+        with trio.move_on_after(TAKE_TIMEOUT_S):
+            while await self.redis.zscore(self.keys.nodes, dead) is not None:  # noqa: ASYNC110
+                await trio.sleep(self._heartbeat_s / 4)  # another node is cleaning up
 
     async def leave(self) -> None:
         """Graceful shutdown: the Wills of this node's clients are not due (the server is

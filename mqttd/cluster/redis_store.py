@@ -30,10 +30,13 @@ from __future__ import annotations
 import itertools
 import time
 from collections.abc import Awaitable, Callable, Iterable
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import structlog
 import trio
+
+if TYPE_CHECKING:
+    from coredis import Redis
 
 from mqttd.cluster.wire import Keys, pack_message, pack_will
 from mqttd.codec.packets import Will
@@ -91,7 +94,13 @@ class RedisStore:
     """
 
     def __init__(
-        self, redis: Any, keys: Keys, node_id: str, epoch: str, *, log_length: int = 100_000
+        self,
+        redis: Redis[bytes],
+        keys: Keys,
+        node_id: str,
+        epoch: str,
+        *,
+        log_length: int = 100_000,
     ) -> None:
         self.redis = redis
         self.keys = keys
@@ -216,6 +225,11 @@ class RedisStore:
     def control(self, node_id: str, fields: dict[bytes, bytes]) -> None:
         """Send a control request or reply to ``node_id``'s inbox."""
         self._record("control", (node_id, fields))
+
+    def inbox_done(self, node_id: str, entry_ids: list[str]) -> None:
+        """Entries of ``node_id``'s inbox were processed: they go in the same transaction as
+        the changes they caused."""
+        self._record("inbox_done", (node_id, entry_ids))
 
     def route_added(self, topic_filter: str) -> None:
         """This node has its first subscriber for ``topic_filter``: register the route; the
@@ -378,7 +392,8 @@ class RedisStore:
         keys = self.keys
         node = self.node_id
         requests: list[Any] = []
-        async with self.redis.pipeline(transaction=False) as pipe:
+        # One transaction per batch: after a crash, Redis holds all of it or none of it.
+        async with self.redis.pipeline(transaction=True) as pipe:
             for kind, params in batch:
                 requests.append(self._command(pipe, keys, node, kind, params))
         return [await request for request in requests]
@@ -399,6 +414,9 @@ class RedisStore:
         if kind == "control":
             target, fields = params
             return pipe.xadd(keys.inbox(target), fields)
+        if kind == "inbox_done":
+            inbox_of, entry_ids = params
+            return pipe.xdel(keys.inbox(inbox_of), entry_ids)
         if kind == "route":
             op, topic_filter = params
             return self._route_script(

@@ -9,11 +9,13 @@ from __future__ import annotations
 import dataclasses
 import itertools
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 import trio
 
+from conformance.broker_process import run_mqttd
 from mqttd.config import ClusterConfig, Config, LimitsConfig, ListenerConfig, StoreConfig
 from mqttd.server import Server, serve
 from tests.helpers import wire
@@ -267,3 +269,46 @@ async def test_two_nodes_racing_for_one_client_id(nodes: Nodes) -> None:
         except (EOFError, trio.BrokenResourceError):
             pass
     assert alive == 1
+
+
+@pytest.mark.slow
+async def test_a_killed_node_is_cleaned_up_by_a_survivor(
+    nodes: Nodes, redis: RedisServer, prefix: str, tmp_path: Path
+) -> None:
+    """kill -9 of a node (a real process): within its node timeout a survivor publishes the
+    Wills of its clients exactly once [MQTT-3.1.2-8], removes its routes, and adopts the
+    persistent sessions it hosted: their clients reconnect to the survivor and find their
+    subscriptions and every message acknowledged before and after the kill."""
+    config = tmp_path / "a.toml"
+    config.write_text(
+        '[[listeners]]\ntype = "tcp"\nhost = "127.0.0.1"\nport = 0\n'
+        '[store]\ndurability = "memory"\n'
+        f'[cluster]\nredis_url = "{redis.url}"\nnode_id = "a"\nkey_prefix = "{prefix}"\n'
+        "node_timeout_s = 1.5\n"
+    )
+    b = await nodes.start("b")
+    watcher = await connect_client(b.port(), "watcher")
+    await subscribe(watcher, 1, ("wills/#", 1))
+    pub = await connect_client(b.port(), "pub")
+    async with run_mqttd(config) as a:
+        port_a = a.ports["tcp"]
+        doomed = await connect_client(port_a, "doomed", will=("wills/doomed", b"gone", 1))
+        phone = await connect_client(port_a, "phone", clean=False)
+        await subscribe(phone, 1, ("p/#", 1))
+        await phone.send(wire.disconnect())
+        await phone.expect_closed()
+        await pub.send(wire.publish("p/1", b"before", qos=1, pid=1))
+        await pub.expect(wire.puback(1))
+        a.proc.kill()  # SIGKILL: no Will, no goodbye
+        await doomed.expect_closed()
+    with trio.fail_after(15):
+        await watcher.expect(wire.publish("wills/doomed", b"gone", qos=1, pid=1))
+    await pub.send(wire.publish("p/2", b"after", qos=1, pid=2))
+    await pub.expect(wire.puback(2))
+    phone = await connect_client(b.port(), "phone", clean=False, session_present=True)
+    await phone.expect(wire.publish("p/1", b"before", qos=1, pid=1))
+    await phone.expect(wire.publish("p/2", b"after", qos=1, pid=2))
+    await sync(watcher)  # the Will came once
+    node_b = b.state.cluster
+    assert node_b is not None
+    assert not list(node_b.routes.nodes_for("wills/doomed"))  # a's routes are gone
