@@ -270,8 +270,9 @@ class Broker:
         ([MQTT-3.3.1-5], [MQTT-3.3.1-7]); an empty payload deletes it instead
         ([MQTT-3.3.1-11]) but is still routed as normal ([MQTT-3.3.1-10]). RETAIN=0 leaves the
         store alone ([MQTT-3.3.1-12]). Retained messages outlive sessions ([MQTT-3.1.2-7]).
-        ``durable=False`` keeps a retained message out of the durable store (``$SYS`` values,
-        which are regenerated at start-up).
+        ``durable=False`` is for the broker's own values (``$SYS``): kept out of the durable
+        store (they are regenerated at start-up) and, in a cluster, not sent to other nodes
+        (each node publishes its own).
 
         Returns:
             False when a retained message was not kept because of ``max_retained_messages`` or
@@ -282,7 +283,7 @@ class Broker:
         kept = True
         if retain:
             kept = self._retain(message, durable)
-        self.route(message)
+        self.route(message, from_cluster=not durable)
         return kept
 
     def apply_retained(self, topic: str, message: Message | None) -> None:

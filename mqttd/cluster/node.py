@@ -702,6 +702,21 @@ class ClusterNode:
 
     # -- figures for $SYS --------------------------------------------------------------------------
 
+    async def totals(self, mine: dict[str, int]) -> tuple[dict[str, int], int]:
+        """Publish this node's figures; return the sums over every live node, and how many
+        live nodes there are."""
+        key = self.keys.stats(self.node_id)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hset(key, {name: str(value) for name, value in mine.items()})
+            pipe.pexpire(key, self._timeout_ms * 3)
+        live = await self.live_nodes()
+        totals: dict[str, int] = {}
+        for node_id in live:
+            figures = await self.redis.hgetall(self.keys.stats(node_id))
+            for name, value in figures.items():
+                totals[_text(name)] = totals.get(_text(name), 0) + int(value)
+        return totals, len(live)
+
     def figures(self) -> dict[str, int]:
         """This node's cluster counters."""
         return {

@@ -16,7 +16,14 @@ import pytest
 import trio
 
 from conformance.broker_process import run_mqttd
-from mqttd.config import ClusterConfig, Config, LimitsConfig, ListenerConfig, StoreConfig
+from mqttd.config import (
+    BrokerConfig,
+    ClusterConfig,
+    Config,
+    LimitsConfig,
+    ListenerConfig,
+    StoreConfig,
+)
 from mqttd.server import Server, serve
 from tests.helpers import wire
 from tests.helpers.client import WireClient, connect_client, subscribe, sync
@@ -46,10 +53,11 @@ class Nodes:
         self.prefix = prefix
         self.servers: dict[str, Server] = {}
 
-    async def start(self, node_id: str, **limits: Any) -> Server:
+    async def start(self, node_id: str, sys_interval_s: float = 10.0, **limits: Any) -> Server:
         config = Config(
             listeners=(ListenerConfig(type="tcp", host="127.0.0.1", port=0),),
             limits=dataclasses.replace(LimitsConfig(), **limits),
+            broker=BrokerConfig(sys_interval_s=sys_interval_s),
             store=StoreConfig(durability="memory"),
             cluster=ClusterConfig(
                 redis_url=self.redis.url, node_id=node_id, key_prefix=self.prefix,
@@ -312,3 +320,26 @@ async def test_a_killed_node_is_cleaned_up_by_a_survivor(
     node_b = b.state.cluster
     assert node_b is not None
     assert not list(node_b.routes.nodes_for("wills/doomed"))  # a's routes are gone
+
+
+async def test_sys_gives_node_figures_and_cluster_totals(nodes: Nodes) -> None:
+    """$SYS/broker/... is this node's; $SYS/broker/cluster/total/... sums every live node."""
+    a = await nodes.start("a", sys_interval_s=0.1)
+    b = await nodes.start("b", sys_interval_s=0.1)
+    await connect_client(b.port(), "on-b-1")
+    await connect_client(b.port(), "on-b-2")
+    watcher = await connect_client(a.port(), "watcher")
+    await subscribe(
+        watcher,
+        1,
+        ("$SYS/broker/cluster/total/clients/connected", 0),
+        ("$SYS/broker/cluster/nodes", 0),
+    )
+    seen: dict[str, bytes] = {}
+    with trio.fail_after(10):
+        while seen.get("$SYS/broker/cluster/total/clients/connected") != b"3" or seen.get(
+            "$SYS/broker/cluster/nodes"
+        ) != b"2":
+            packet = wire.parse(await watcher.read_packet())
+            if packet.type == 3 and packet.topic is not None:
+                seen[packet.topic.decode()] = packet.payload
