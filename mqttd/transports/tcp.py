@@ -46,6 +46,21 @@ ACCEPT_BATCH = 64
 #: listen() backlog: the kernel silently caps it at its own maximum (net.core.somaxconn on
 #: Linux), so ask for the most a 16-bit field holds, as trio.open_tcp_listeners does.
 LISTEN_BACKLOG = 0xFFFF
+#: Whether listening sockets get SO_REUSEPORT (``share_ports``).
+_share_ports = False
+
+
+def share_ports(enabled: bool = True) -> None:
+    """Give every listening socket this process opens from now on ``SO_REUSEPORT``.
+
+    A worker of ``mqttd --workers N`` calls it before it starts: the N workers then bind the
+    same ports and the kernel spreads new connections over them (``mqttd.supervisor``).
+
+    Args:
+        enabled: False goes back to exclusive ports.
+    """
+    global _share_ports
+    _share_ports = enabled
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,7 +77,7 @@ async def open_listeners(listener: ListenerConfig) -> list[BoundSocket]:
     A host name with both IPv4 and IPv6 addresses gets one socket per address (with port 0,
     each its own port); IPv6 sockets are IPv6-only, so ``::`` and ``0.0.0.0`` do not collide.
     The sockets are non-blocking and use ``SO_REUSEADDR`` (a restarted broker can bind while
-    old connections linger in TIME_WAIT).
+    old connections linger in TIME_WAIT), and ``SO_REUSEPORT`` after ``share_ports()``.
 
     Raises:
         StartupError: the address cannot be bound (in use, no permission, bad host), with a
@@ -95,6 +110,8 @@ async def _bind_all(host: str, port: int) -> list[BoundSocket]:
             try:
                 if sys.platform != "win32":
                     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                if _share_ports:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
                 if family == socket.AF_INET6:
                     sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
                 sock.setblocking(False)
