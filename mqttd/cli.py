@@ -1,20 +1,26 @@
 """The ``mqttd`` command: run the broker, check a configuration file, manage passwords.
 
-    mqttd --config FILE [--log-format console|json] [--log-level LEVEL]
+    mqttd --config FILE [--workers N] [--log-format console|json] [--log-level LEVEL]
     mqttd check-config FILE
     mqttd passwd ...
     mqttd --version
 
 Operator mistakes (a bad configuration, a port in use) end with one ``mqttd: <message>`` line on
 stderr and exit status 2, never a traceback. A graceful shutdown (SIGINT or SIGTERM) exits 0.
+
+With more than one worker (``--workers N`` or ``[broker] workers``) this process supervises N
+worker processes (``mqttd.supervisor``), each started as ``mqttd --config FILE --worker SPEC``;
+``--worker`` is for the supervisor only and not in ``--help``.
 """
 
 from __future__ import annotations
 
 import argparse
 import gc
+import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any
 
 from mqttd import __version__
 from mqttd.config import Config, load_config
@@ -27,6 +33,8 @@ __all__ = ["main"]
 EXIT_USAGE = 2
 #: Exit status when an interrupt (Ctrl-C) stops the process before a graceful shutdown.
 EXIT_INTERRUPTED = 130
+#: Bounds of ``--workers`` (those of ``[broker] workers``).
+MAX_WORKERS = 256
 
 _SUBCOMMANDS = """\
 other commands:
@@ -96,16 +104,45 @@ def _run(args: list[str]) -> int:
         choices=list(LEVELS),
         help="override [log] level",
     )
+    parser.add_argument(
+        "--workers",
+        type=_workers,
+        metavar="N",
+        help="override [broker] workers: N broker processes sharing every listener port, "
+        "one broker over Redis ([cluster] redis_url, or a private redis-server in data_dir)",
+    )
+    parser.add_argument("--worker", metavar="SPEC", help=argparse.SUPPRESS)
     ns = parser.parse_args(args)
 
+    if ns.worker is not None:
+        # A worker of a supervisor: a SIGHUP before its server handles signals must not end
+        # it (it loads its files after this point anyway).
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
     try:
         config = load_config(ns.config)
     except ConfigError as e:
         return _fail(e)
     log_format = ns.log_format or config.log.format
     log_level = ns.log_level or config.log.level
+    if ns.worker is not None:
+        return _run_worker(config, ns.worker, log_format=log_format, log_level=log_level)
+    workers = ns.workers or config.broker.workers
     configure_logging(json=log_format == "json", level=log_level)
+    if workers > 1:
+        return _supervise(config, workers, log_format=log_format, log_level=log_level)
     return _serve(config)
+
+
+def _workers(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if not 1 <= value <= MAX_WORKERS:
+        raise argparse.ArgumentTypeError(
+            f"expected a number of workers from 1 to {MAX_WORKERS}, got {text!r}"
+        )
+    return value
 
 
 #: Allocations between young-generation collections (CPython's default is 700).
@@ -128,16 +165,78 @@ def tune_gc() -> None:
 
 
 def _serve(config: Config) -> int:
-    import trio
-
     from mqttd import server
     from mqttd.logging import get_logger
 
     log = get_logger(__name__)
     log.info("mqttd_starting", version=__version__, config=str(config.source))
     tune_gc()
+    status = _run_trio(server.main, config)
+    if status == 0:
+        log.info("mqttd_stopped")
+    return status
+
+
+def _supervise(config: Config, workers: int, *, log_format: str, log_level: str) -> int:
+    from functools import partial
+
+    from mqttd import supervisor
+    from mqttd.logging import get_logger
+
     try:
-        trio.run(server.main, config)
+        supervisor.check(config, workers)  # before any output: an error is one line
+    except StartupError as e:
+        return _fail(e)
+    log = get_logger(__name__)
+    log.info("mqttd_starting", version=__version__, config=str(config.source), workers=workers)
+    status = _run_trio(
+        partial(supervisor.supervise, log_format=log_format, log_level=log_level),
+        config,
+        workers,
+    )
+    if status == 0:
+        log.info("mqttd_stopped")
+    return status
+
+
+def _run_worker(config: Config, spec_text: str, *, log_format: str, log_level: str) -> int:
+    from mqttd import supervisor
+    from mqttd.logging import get_logger
+    from mqttd.transports.tcp import share_ports
+
+    try:
+        spec = supervisor.WorkerSpec.from_json(spec_text)
+        config = supervisor.worker_config(config, spec)
+    except ConfigError as e:
+        return _fail(e)
+    configure_logging(json=log_format == "json", level=log_level)
+    share_ports()  # every worker binds the same ports: the kernel spreads the connections
+    log = get_logger(__name__)
+    log.info(
+        "mqttd_starting",
+        version=__version__,
+        config=str(config.source),
+        worker=spec.index,
+        node_id=config.cluster.node_id,
+    )
+    tune_gc()
+    status = _run_trio(supervisor.run_worker, config, spec)
+    if status == 0:
+        log.info("mqttd_stopped", worker=spec.index)
+    return status
+
+
+def _run_trio(function: Callable[..., Coroutine[Any, Any, int | None]], *args: Any) -> int:
+    """``trio.run(function, *args)``; operator errors become one line and exit status 2.
+
+    Returns:
+        What ``function`` returned (None counts as 0), 2 for an operator error, 130 for an
+        interrupt.
+    """
+    import trio
+
+    try:
+        status = trio.run(function, *args)
     except (ConfigError, StartupError) as e:
         return _fail(e)
     except BaseExceptionGroup as group:
@@ -149,8 +248,7 @@ def _serve(config: Config) -> int:
         if interrupts is not None and rest is None:
             return EXIT_INTERRUPTED
         raise
-    log.info("mqttd_stopped")
-    return 0
+    return status or 0
 
 
 def _first_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
