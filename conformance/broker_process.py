@@ -15,7 +15,12 @@ Two flavours, one behaviour:
   reads stderr into a bounded queue of records (``LogLines``); ``BrokerProcess.stop`` sends
   SIGTERM, then SIGKILL if the broker takes too long.
 - ``run_mqttd`` / ``spawn_mqttd`` (trio): ``TrioBrokerProcess`` reads stderr on demand
-  (``next_line``, ``wait_for_event``) or in a background task (``drain``).
+  (``next_line``, ``wait_for_event``) or in a background task (``drain``); ``records`` and
+  ``wait_for_record`` look through every line read so far, whoever read it, and the latter
+  reads more (taking turns with ``drain``), so a test misses no line while the pipe is drained.
+
+``mqttd --workers N`` logs ``listener_started`` once per worker and listener: pass
+``listeners=N * len(listeners)`` to wait for all of them (``ports`` is the same for each).
 
 Like the rest of ``conformance`` this never imports ``mqttd``: the broker is only ever a process.
 """
@@ -416,9 +421,14 @@ class TrioBrokerProcess:
         self.ports: dict[str, int] = {}
         self._buffer = b""
         self._eof = False
+        self._reading = trio.Lock()  # next_line's callers (drain, wait_for_record) take turns
 
     async def next_line(self) -> str | None:
         """The next stderr line, or None at EOF (the caller bounds the wait)."""
+        async with self._reading:
+            return await self._read_line()
+
+    async def _read_line(self) -> str | None:
         assert self.proc.stderr is not None
         while b"\n" not in self._buffer:
             chunk = b"" if self._eof else await self.proc.stderr.receive_some(65536)
@@ -433,6 +443,42 @@ class TrioBrokerProcess:
         line = raw.decode(errors="replace")
         self.lines.append(line)
         return line
+
+    def records(self, event: str | None = None, start: int = 0) -> list[Record]:
+        """The records of the lines read so far, from line ``start`` on; only those whose
+        ``event`` is ``event`` unless it is None."""
+        records = [parse_line(line) for line in self.lines[start:]]
+        return [r for r in records if event is None or r.get("event") == event]
+
+    async def wait_for_record(
+        self,
+        predicate: Callable[[Record], bool],
+        what: str,
+        timeout_s: float = START_TIMEOUT_S,
+        *,
+        start: int = 0,
+    ) -> tuple[int, Record]:
+        """The first line from index ``start`` on (lines already read included) whose record
+        matches ``predicate``, reading more lines as needed (``drain`` may run meanwhile).
+        Returns its index in ``lines`` and the record.
+
+        Raises:
+            LogWaitError: the output ended first.
+            trio.TooSlowError: nothing matched within ``timeout_s``.
+        """
+        index = start
+        with trio.fail_after(timeout_s):
+            while True:
+                while index < len(self.lines):
+                    record = parse_line(self.lines[index])
+                    if predicate(record):
+                        return index, record
+                    index += 1
+                if self._eof and not self._buffer:
+                    raise LogWaitError(f"mqttd exited before logging {what}: {self.lines[-5:]}")
+                async with self._reading:
+                    if index == len(self.lines):  # drain read nothing while we waited our turn
+                        await self._read_line()
 
     async def wait_for(
         self, predicate: Callable[[Record], bool], what: str, timeout_s: float = START_TIMEOUT_S
