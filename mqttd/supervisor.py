@@ -51,7 +51,6 @@ before it listened or loaded any file, and it is restarted like any worker that 
 from __future__ import annotations
 
 import errno
-import fcntl
 import json
 import os
 import shutil
@@ -61,7 +60,7 @@ import subprocess
 import sys
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Sequence
-from contextlib import ExitStack
+from contextlib import ExitStack, suppress
 from dataclasses import dataclass, replace
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -411,6 +410,8 @@ class PrivateRedis:
                 f"{exc.strerror or exc}: set cluster.redis_url or broker.data_dir"
             ) from None
         stack.callback(os.close, fd)
+        import fcntl  # POSIX only, as workers are (SO_REUSEPORT)
+
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -442,6 +443,10 @@ class PrivateRedis:
             # Not our child, so no wait(): a pidfd becomes readable when the process ends.
             pidfd = os.pidfd_open(pid)
         except ProcessLookupError:
+            return
+        except OSError:  # a kernel older than 5.3: ask it to stop, without waiting
+            with suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
             return
         try:
             for sig, wait_s in (
