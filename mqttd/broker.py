@@ -151,6 +151,12 @@ class Broker:
         session.subscriptions = {}
         self.sessions[client_id] = forwarder
 
+    def discard_session(self, client_id: str) -> None:
+        """End a session here and in the store (a clean session takes its client id)."""
+        session = self.sessions.get(client_id)
+        if session is not None:
+            self._discard(session)
+
     def drop_forwarder(self, client_id: str, forwarder: Session) -> None:
         """The new node routes the session's messages itself now: the forwarder goes."""
         if self.sessions.get(client_id) is forwarder:

@@ -23,16 +23,9 @@ its CONNECT and keepalive deadlines are watched by one task for all connections
 
 from __future__ import annotations
 
-import itertools
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
-
 import structlog
 import trio
 
-from mqttd.access import AccessControl
-from mqttd.broker import Broker
-from mqttd.config import Config
 from mqttd.connection_protocol import (
     NEED_DATA,
     WAIT_FOR_OUTPUT,
@@ -43,72 +36,17 @@ from mqttd.connection_protocol import (
     TakeOver,
     Throttle,
 )
+from mqttd.errors import TakeOverFailed
 from mqttd.logging import bind_connection
+from mqttd.shared import TAKEOVER_TIMEOUT_S, ServerState
 from mqttd.store import OutputGate, StoredSession, StoreError
-from mqttd.timeouts import TimeoutWatch
 from mqttd.transports import ConnectionInfo, MqttStream, StreamAdapter
-
-if TYPE_CHECKING:
-    from mqttd.cluster.node import ClusterNode
 
 log = structlog.get_logger("mqttd.connection")
 
 RECEIVE_SIZE = 65536
-#: How long a takeover waits for the old connection to finish its cleanup.
-TAKEOVER_TIMEOUT_S = 5.0
 #: How long closing a stream (e.g. a WebSocket close handshake) may take.
 CLOSE_TIMEOUT_S = 1.0
-
-
-@dataclass(eq=False)
-class ServerState:
-    """What every connection shares: config, broker, and who is connected."""
-
-    config: Config
-    broker: Broker
-    access: AccessControl
-    clients: dict[str, Connection] = field(default_factory=dict)
-    connections: set[Connection] = field(default_factory=set)
-    shutting_down: bool = False
-    _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
-    #: connections with new output and no writer task: written in one go (``flush_dirty``)
-    dirty: list[Connection] = field(default_factory=list)
-    flush_needed: trio.Event = field(default_factory=trio.Event)
-    #: where writer tasks run: the nursery of the connections (set by whoever serves them)
-    nursery: trio.Nursery | None = None
-    #: CONNECT and keepalive deadlines; whoever serves the connections runs ``timeouts.run``
-    timeouts: TimeoutWatch = field(default_factory=TimeoutWatch)
-    #: this broker's node of a cluster, if it is one
-    cluster: ClusterNode | None = None
-
-    def next_connection_id(self) -> int:
-        return next(self._ids)
-
-    async def kick_client(self, client_id: str) -> None:
-        """Close this broker's connection of ``client_id``, if any, and wait until it is
-        closed (another node of the cluster takes the client over)."""
-        connection = self.clients.get(client_id)
-        if connection is None:
-            return
-        connection.kick("session_taken_over")
-        with trio.move_on_after(TAKEOVER_TIMEOUT_S):
-            await connection.closed.wait()
-
-    def flush_dirty(self) -> None:
-        """Write every pending output of a connection without a writer task, without blocking."""
-        dirty = self.dirty
-        while dirty:
-            batch = dirty[:]
-            dirty.clear()
-            for connection in batch:
-                connection.flush_now()
-
-    async def flusher(self) -> None:
-        """Flush output produced outside a reader's batch (timers, Wills, takeovers)."""
-        while True:
-            await self.flush_needed.wait()
-            self.flush_needed = trio.Event()
-            self.flush_dirty()
 
 
 class Connection:
@@ -231,22 +169,31 @@ class Connection:
                 protocol.password_checked(ok)
             elif isinstance(action, TakeOver):
                 await self._take_over(action.client_id)
-                restored = None
-                if state.cluster is not None:  # the client id may be on another node
+                if state.cluster is None:
+                    self._connected(None)
+                    continue
+                try:  # the client id may be on another node
                     restored = await state.cluster.take_over(
                         action.client_id, action.clean_session
                     )
+                except TakeOverFailed as exc:
+                    log.warning("takeover_failed", reason=str(exc))
+                    await self._close_refused(protocol.refuse_unavailable("takeover_failed"))
+                    return
                 self._connected(restored)
             elif isinstance(action, Throttle):
                 state.flush_dirty()
                 await trio.sleep_until(action.until)
             else:
                 assert isinstance(action, Close)
-                self._note(action.reason)
-                if action.flush:  # the CONNACK refusing the client ([MQTT-3.2.2-5])
-                    with trio.move_on_after(state.config.limits.write_timeout_s):
-                        await stream.send_all(protocol.data_to_send())
+                await self._close_refused(action)
                 return
+
+    async def _close_refused(self, close: Close) -> None:
+        self._note(close.reason)
+        if close.flush:  # the CONNACK refusing the client ([MQTT-3.2.2-5])
+            with trio.move_on_after(self.state.config.limits.write_timeout_s):
+                await self.stream.send_all(self.protocol.data_to_send())
 
     async def _take_over(self, client_id: str) -> None:
         """Disconnect any existing connection with this client id ([MQTT-3.1.4-2])."""

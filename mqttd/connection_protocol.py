@@ -444,6 +444,13 @@ class ConnectionProtocol:
             will=connect.will is not None,
         )
 
+    def refuse_unavailable(self, reason: str) -> Close:
+        """The driver could not take the client id over (in a cluster, another node did not
+        answer): CONNACK 0x03 Server unavailable, then close; the client tries again."""
+        if self.state is not State.AUTHENTICATING:
+            raise LocalProtocolError("refuse_unavailable_out_of_turn")
+        return self._refuse(ConnackCode.SERVER_UNAVAILABLE, reason)
+
     def _refuse(self, code: int, reason: str) -> Close:
         """CONNACK with a non-zero code, then close ([MQTT-3.2.2-5]); what the client sends
         after is not read ([MQTT-3.1.4-5])."""

@@ -48,3 +48,8 @@ class StartupError(MQTTError):
 
     The message is one line for the operator: what failed, where, and why.
     """
+
+
+class TakeOverFailed(MQTTError):
+    """In a cluster, another node that has the client (alive, by its heartbeat) did not let
+    go of it in time: the CONNECT is refused with 0x03 and the client tries again."""

@@ -49,6 +49,7 @@ from mqttd.cluster.routes import ClusterRoutes
 from mqttd.cluster.wire import Keys, unpack_message, unpack_will
 from mqttd.codec.packets import Will
 from mqttd.config import ClusterConfig, LimitsConfig
+from mqttd.errors import TakeOverFailed
 from mqttd.message import Message
 from mqttd.session import OfferResult, Ready, Session
 from mqttd.store import StoredSession
@@ -73,7 +74,12 @@ _HEARTBEAT = """
 local t = redis.call('TIME')
 local now = t[1] * 1000 + math.floor(t[2] / 1000)
 redis.call('ZADD', KEYS[1], now, ARGV[1])
-return redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now - tonumber(ARGV[2]))
+local epoch = redis.call('GET', KEYS[2])
+if not epoch then
+  redis.call('SET', KEYS[2], ARGV[3], 'NX')
+  epoch = redis.call('GET', KEYS[2])
+end
+return {epoch, redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now - tonumber(ARGV[2]))}
 """
 _LIVE = """
 local t = redis.call('TIME')
@@ -174,6 +180,14 @@ class ClusterNode:
         self._adopt = redis.register_script(_ADOPT)
         self._last_id = redis.register_script(_LAST_ID)
         self._route_log_id = "0-0"
+        #: the Redis data's identity: a new one means Redis lost its data (restarted empty)
+        self._redis_epoch: str | None = None
+        #: the Wills of this node's connected clients, to store again if Redis loses them
+        self._wills: dict[str, Will] = {}
+        #: times this node put its state back into a Redis that lost its data; ``restored``
+        #: is set (and replaced) each time, once that state is committed
+        self.restorations = 0
+        self.restored = trio.Event()
         self._retained_log_id = "0-0"
         self._retained_applied = (0, 0)
         self._retained_changed = trio.Event()
@@ -221,11 +235,47 @@ class ClusterNode:
 
     def client_attached(self, client_id: str, will: Will | None) -> None:
         if will is not None:
+            self._wills[client_id] = will
             self.store.will_set(client_id, will)
 
     def client_detached(self, client_id: str) -> None:
+        self._wills.pop(client_id, None)
         self.store.will_removed(client_id)
         self.store.client_gone(client_id)
+
+    def _restore_into_redis(self) -> None:
+        """Redis came back empty: write this node's part of the cluster state again -- its
+        routes, the persistent sessions it hosts with everything queued or in flight, its
+        clients and their Wills, and the retained messages (where no node wrote them yet)."""
+        store = self.store
+        for topic_filter in self.routes.local_filters():
+            store.route_added(topic_filter)
+        for client_id, session in self.broker.sessions.items():
+            if session.connected:
+                store.client_here(client_id)
+            if session.clean_session or isinstance(session, ForwardingSession):
+                continue
+            store.session_saved(client_id, session.owner)
+            for topic_filter, qos in session.subscriptions.items():
+                store.subscription_set(client_id, topic_filter, qos)
+            for packet_id, outgoing in session.inflight.items():
+                store.delivery_added(
+                    client_id, outgoing.seq, outgoing.message, outgoing.qos, outgoing.retain,
+                    packet_id,
+                )  # fmt: skip
+                if outgoing.released:
+                    store.delivery_released(client_id, outgoing.seq)
+            for entry in session.queue:
+                if isinstance(entry, tuple) and entry[1]:
+                    message, qos, retain, seq = entry
+                    store.delivery_added(client_id, seq, message, qos, retain, None)
+            for packet_id in session.awaiting_release:
+                store.incoming_added(client_id, packet_id)
+        for client_id, will in self._wills.items():
+            store.will_set(client_id, will)
+        for topic, message in self.broker.retained.items():
+            if not topic.startswith("$"):
+                store.retained_restored(topic, message)
 
     def session_released(self, client_id: str) -> None:
         self.store.session_released(client_id)
@@ -256,11 +306,14 @@ class ClusterNode:
         # A node restarting under the same id first cleans up after its previous life.
         if await self.redis.zscore(keys.nodes, self.node_id) is not None:
             await self._cleanup(self.node_id, previous_self=True)
-        await self._heartbeat(keys=[keys.nodes], args=[self.node_id, self._timeout_ms])
+        await self._beat()
         self._route_log_id = _text(await self._last_id(keys=[keys.route_log], args=[]))
         self._retained_log_id = _text(await self._last_id(keys=[keys.retained_log], args=[]))
         self._retained_applied = _stream_id(self._retained_log_id)
         await self._load_routes()
+        # The snapshot covers the route log up to here: say so, or a SUBACK elsewhere would
+        # wait for this node to apply entries it will never read.
+        await self.redis.hset(keys.applied, {self.node_id: self._route_log_id})
         for topic, packed in (await self.redis.hgetall(keys.retained)).items():
             message = unpack_message(bytes(packed))
             self.broker.apply_retained(_text(topic), message)
@@ -280,17 +333,42 @@ class ClusterNode:
         nodes: Any = await self._live(keys=[self.keys.nodes], args=[self._timeout_ms])
         return [_text(n) for n in nodes]
 
+    async def _beat(self) -> list[Any]:
+        """One heartbeat; notices a Redis that lost its data (its epoch key is new) and puts
+        this node's part of the cluster state back. Returns the dead nodes."""
+        beat: Any = await self._heartbeat(
+            keys=[self.keys.nodes, self.keys.epoch],
+            args=[self.node_id, self._timeout_ms, uuid.uuid4().hex],
+        )
+        epoch, dead = _text(beat[0]), beat[1]
+        if self._redis_epoch is None:
+            self._redis_epoch = epoch
+        elif epoch != self._redis_epoch:
+            self._redis_epoch = epoch
+            log.warning("redis_lost_its_data", node_id=self.node_id, restoring=True)
+            self._restore_into_redis()
+            await self.store.durable(self.store.recorded)
+            await self._load_routes()
+            self.restorations += 1
+            event, self.restored = self.restored, trio.Event()
+            event.set()
+        return list(dead or ())
+
     async def _heartbeat_loop(self) -> None:
+        failing = False
         while True:
             await trio.sleep(self._heartbeat_s)
             try:
-                dead: Any = await self._heartbeat(
-                    keys=[self.keys.nodes], args=[self.node_id, self._timeout_ms]
-                )
+                dead = await self._beat()
             except Exception as exc:
-                log.warning("cluster_heartbeat_failed", error=str(exc))
+                if not failing:  # once per outage, not every heartbeat
+                    log.warning("cluster_heartbeat_failed", error=str(exc))
+                failing = True
                 continue
-            for node_id in dead or ():
+            if failing:
+                log.info("cluster_heartbeat_restored")
+                failing = False
+            for node_id in dead:
                 name = _text(node_id)
                 if name != self.node_id and await self.redis.set(
                     self.keys.cleanup(name), self.node_id, condition=PureToken.NX, px=30_000
@@ -360,9 +438,14 @@ class ClusterNode:
 
     async def wait_routes_applied(self, stream_id: str) -> None:
         """Return once every live node has applied the route log up to ``stream_id`` (a
-        node that dies meanwhile stops counting once its heartbeat is too old)."""
+        node that dies meanwhile stops counting once its heartbeat is too old; one that is
+        alive but does not answer within two node timeouts is logged and not waited for)."""
         target = _stream_id(stream_id)
+        deadline = trio.current_time() + 2 * self.config.node_timeout_s
         while True:
+            if trio.current_time() > deadline:
+                log.warning("cluster_route_barrier_timeout", route_log_id=stream_id)
+                return
             changed = self._routes_changed
             try:
                 live = [n for n in await self.live_nodes() if n != self.node_id]
@@ -447,6 +530,7 @@ class ClusterNode:
                 _text(fields[b"c"]),
                 _text(fields[b"f"]),
                 _text(fields[b"r"]),
+                fields.get(b"n") == b"1",
             )
         elif kind == b"stop":
             self._drop_forwarder(_text(fields[b"c"]))
@@ -508,7 +592,10 @@ class ClusterNode:
             if host_id is not None:
                 others.add(host_id)
             for node_id in sorted((others - {self.node_id}) & live):
-                await self._request(node_id, "take", client_id)
+                if not await self._request(node_id, "take", client_id, clean=clean_session):
+                    # A node that looks alive did not let go of the client: taking its
+                    # session anyway could leave two nodes with it. The client tries again.
+                    raise TakeOverFailed(f"node {node_id} did not answer")
             if client_id in self.broker.sessions or host_id is None:
                 return None
             stored = await self.store.load_session(client_id)
@@ -537,11 +624,18 @@ class ClusterNode:
         """Tell the old host to stop forwarding; keep deduplicating a little longer for
         copies still on their way."""
         await self._request(old_host, "stop", client_id)
+        await self._forget_handover(client_id, seen)
+
+    async def _forget_handover(self, client_id: str, seen: set[bytes]) -> None:
         await trio.sleep(HANDOVER_DEDUP_S)
         if self._handover.get(client_id) is seen:
             del self._handover[client_id]
 
-    async def _request(self, node_id: str, kind: str, client_id: str) -> None:
+    async def _request(
+        self, node_id: str, kind: str, client_id: str, *, clean: bool = False
+    ) -> bool:
+        """Ask ``node_id`` to do ``kind`` for ``client_id``; True once it answered, False
+        after ``TAKE_TIMEOUT_S`` without an answer."""
         request_id = f"{self.node_id}:{next(self._request_ids)}"
         event = self._requests[request_id] = trio.Event()
         fields = {
@@ -549,6 +643,7 @@ class ClusterNode:
             b"c": client_id.encode(),
             b"f": self.node_id.encode(),
             b"r": request_id.encode(),
+            b"n": b"1" if clean else b"0",
         }
         self.store.control(node_id, fields)
         with trio.move_on_after(TAKE_TIMEOUT_S) as scope:
@@ -556,15 +651,23 @@ class ClusterNode:
         if scope.cancelled_caught:
             self._requests.pop(request_id, None)
             log.warning("cluster_request_timeout", node=node_id, request=kind, client_id=client_id)
+            return False
+        return True
 
-    async def _handle_take(self, client_id: str, new_node: str, request_id: str) -> None:
+    async def _handle_take(
+        self, client_id: str, new_node: str, request_id: str, clean: bool
+    ) -> None:
         """Another node takes ``client_id`` over: close its connection here; once everything
         recorded for its persistent session is in Redis, a forwarder takes the session's
-        place; then say so."""
+        place (or, when the new connection starts a clean session, the session ends here and
+        its messages with it [MQTT-3.1.2-6]); then say so."""
         try:
             await self._kick_client(client_id)
             session = self.broker.sessions.get(client_id)
-            if session is not None and not session.clean_session:
+            if session is not None and not session.clean_session and clean:
+                self.broker.discard_session(client_id)
+                log.info("session_discarded", client_id=client_id, reason="clean_session_elsewhere")
+            elif session is not None and not session.clean_session:
                 await self.store.durable(self.store.recorded)
                 forwarder = ForwardingSession(client_id, self.broker.limits, self.store, new_node)
                 self.broker.release_session(client_id, forwarder)
@@ -595,7 +698,9 @@ class ClusterNode:
             pending.append((message, qos, message_id))  # delivered once the session is here
             return
         seen = self._handover.get(client_id)
-        if seen is not None and message_id is not None:
+        if seen is None:
+            return  # not a session handed over here (any more): a stale forward
+        if message_id is not None:
             if message_id in seen:
                 return
             seen.add(message_id)
@@ -647,6 +752,10 @@ class ClusterNode:
                 adopted.add(client_id)
         if adopted:
             self.sessions_adopted += len(adopted)
+            for client_id in adopted:  # forwards still aimed at the dead node's sessions
+                seen = self._handover[client_id] = set()
+                assert self._nursery is not None
+                self._nursery.start_soon(self._forget_handover, client_id, seen)
             entries = await redis.xrange(keys.inbox(dead), "-", "+")
             for entry in entries:
                 self._receive(entry.field_values, only=adopted)

@@ -491,3 +491,38 @@ async def test_one_worker_without_cluster_is_todays_single_process(
 def child_pids(pid: int) -> list[str]:
     """The pids of ``pid``'s children (Linux's /proc view of its main thread)."""
     return Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+
+
+@pytest.mark.slow
+async def test_reconnecting_right_after_a_worker_is_killed(data_dir: Path) -> None:
+    """The client of a persistent session hosted by a worker killed with -9 reconnects at
+    once, before the worker is back: it is refused with 0x03 (Server unavailable) while the
+    dead worker still looks alive, or served; retrying, it gets its session with every
+    message acknowledged before the kill."""
+    config = write_config(data_dir)
+    async with run_mqttd(config, "--workers", str(WORKERS), listeners=WORKERS) as broker:
+        pids = list(started(broker)["pids"])
+        port = broker.ports["tcp"]
+        client = await connect_client(port, "keeper", clean=False)
+        await subscribe(client, 1, ("k/t", 1))
+        victim = serving_pid(client, port, pids)
+        await client.send(wire.disconnect())
+        await client.expect_closed()
+        publisher = await connect_client(port, "pub")
+        for i in range(1, 4):
+            await publisher.send(wire.publish("k/t", f"q{i}".encode(), qos=1, pid=i))
+            await publisher.expect(wire.puback(i))
+        os.kill(victim, signal.SIGKILL)
+        with trio.fail_after(60):
+            while True:  # a client's reconnect loop
+                retry = await WireClient.open(port)
+                try:
+                    await retry.send(wire.connect("keeper", clean=False))
+                    connack = await retry.read_packet()
+                except (EOFError, trio.BrokenResourceError):
+                    continue  # reached the dying worker's last moments: try again
+                if connack == wire.connack(1, 0):
+                    break
+                assert connack == wire.connack(0, 3), connack.hex()
+            got = [await read_publish(retry) for _ in range(3)]
+        assert [p.payload for p in got] == [b"q1", b"q2", b"q3"]
