@@ -21,8 +21,9 @@ from mqttd.access import AccessControl
 from mqttd.admission import Admission
 from mqttd.broker import Broker
 from mqttd.config import Config, ListenerConfig
-from mqttd.connection import Connection, ServerState
+from mqttd.connection import Connection
 from mqttd.errors import ConfigError, StartupError
+from mqttd.shared import ServerState
 from mqttd.store import Store
 from mqttd.sysinfo import publish_status
 from mqttd.transports import ConnectionInfo, serve_listener

@@ -13,7 +13,7 @@ import trio
 
 from mqttd import __version__
 from mqttd.broker import Broker
-from mqttd.connection import ServerState
+from mqttd.shared import ServerState
 
 log = structlog.get_logger("mqttd.sysinfo")
 

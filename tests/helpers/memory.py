@@ -10,7 +10,8 @@ import trio.testing
 from mqttd.access import AccessControl
 from mqttd.broker import Broker
 from mqttd.config import Config, LimitsConfig, ListenerConfig
-from mqttd.connection import Connection, ServerState
+from mqttd.connection import Connection
+from mqttd.shared import ServerState
 from mqttd.transports import ConnectionInfo
 from tests.helpers import wire
 from tests.helpers.client import WireClient
