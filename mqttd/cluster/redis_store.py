@@ -247,6 +247,15 @@ class RedisStore:
     def will_removed(self, client_id: str) -> None:
         self._record("will_del", (client_id,))
 
+    def client_here(self, client_id: str) -> None:
+        """Register a client connected here again (after Redis lost its data)."""
+        self._record("client_put", (client_id,))
+
+    def retained_restored(self, topic: str, message: Message) -> None:
+        """Put a retained message back where no node put it yet (after Redis lost its data)."""
+        packed = pack_message(topic, message.payload, message.qos, True)
+        self._record("retained_nx", (topic, packed))
+
     def client_gone(self, client_id: str) -> None:
         """A client's connection here ended: forget it in the registry (if it is still ours)."""
         self._record("client_del", (client_id,))
@@ -485,6 +494,10 @@ class RedisStore:
             return pipe.hset(keys.wills(node), {client_id: params[1]})
         if kind == "will_del":
             return pipe.hdel(keys.wills(node), [client_id])
+        if kind == "client_put":
+            return pipe.hset(keys.clients, {client_id: node})
+        if kind == "retained_nx":
+            return pipe.hsetnx(keys.retained, client_id, params[1])
         if kind == "client_del":
             # Only if the entry is still this node's: the client may be on another one now.
             return self._client_gone_script(

@@ -64,6 +64,11 @@ class Keys:
     # -- cluster-wide (one hash tag, so Lua scripts may combine them) ---------------------------
 
     @property
+    def epoch(self) -> str:
+        """STRING: a random id set once per Redis data set: a new one means Redis lost it."""
+        return f"{{{self.prefix}}}:epoch"
+
+    @property
     def nodes(self) -> str:
         """ZSET node id -> last heartbeat (Redis time, ms)."""
         return f"{{{self.prefix}}}:nodes"

@@ -36,8 +36,17 @@ def _free_port() -> int:
 
 
 @contextmanager
-def redis_server(directory: Path, *extra: str) -> Iterator[RedisServer]:
-    """Start redis-server in ``directory`` on a free port; stop it on exit.
+def redis_server(
+    directory: Path, *extra: str, port: int | None = None, persistent: bool = False
+) -> Iterator[RedisServer]:
+    """Start redis-server in ``directory`` on a free port (or ``port``); stop it on exit.
+
+    Args:
+        directory: its working directory (where an append-only file goes).
+        extra: more redis-server options.
+        port: the port, to start a server again where a stopped one was.
+        persistent: keep data in an append-only file synced on every write, so a server
+            started again in the same directory has it all.
 
     Raises:
         RuntimeError: redis-server is not installed, or did not become ready in time.
@@ -46,14 +55,17 @@ def redis_server(directory: Path, *extra: str) -> Iterator[RedisServer]:
     if binary is None:
         raise RuntimeError("redis-server is not installed (scripts/test.sh installs it)")
     directory.mkdir(parents=True, exist_ok=True)
-    port = _free_port()
+    port = port or _free_port()
+    persistence = (
+        ["--appendonly", "yes", "--appendfsync", "always"] if persistent else ["--appendonly", "no"]
+    )
     args = [
         binary,
         "--port", str(port),
         "--bind", "127.0.0.1",
         "--dir", str(directory),
         "--save", "",
-        "--appendonly", "no",
+        *persistence,
         *extra,
     ]  # fmt: skip
     process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
