@@ -13,17 +13,54 @@ from conformance.runner import FAIL, print_live, run_all, select, summary_text, 
 from conformance.transport import Target
 
 
+def port_list(text: str) -> tuple[int, ...]:
+    """``--port 1883`` or ``--port 1883,1884,1885`` (the ports of one broker's nodes)."""
+    try:
+        ports = tuple(int(item) for item in text.split(","))
+    except ValueError:
+        message = f"not a port or a comma-separated port list: {text!r}"
+        raise argparse.ArgumentTypeError(message) from None
+    if not all(0 < port < 65536 for port in ports):
+        raise argparse.ArgumentTypeError(f"a port is out of range in {text!r}")
+    return ports
+
+
+def url_list(text: str) -> tuple[str, ...]:
+    """``--ws URL`` or ``--ws URL,URL,...`` (the WebSocket URLs of one broker's nodes)."""
+    urls = tuple(item.strip() for item in text.split(","))
+    if not all(urls):
+        raise argparse.ArgumentTypeError(f"an empty URL in {text!r}")
+    return urls
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m conformance",
         description="Test an MQTT 3.1.1 broker against the spec, statement by statement.",
     )
     p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=None, help="default 1883, or 8883 with --tls")
+    p.add_argument(
+        "--port",
+        type=port_list,
+        default=None,
+        metavar="PORT[,PORT...]",
+        help="default 1883, or 8883 with --tls; with several (the nodes of one broker), "
+        "each case's connections take them in turn",
+    )
     p.add_argument("--tls", action="store_true", help="connect with TLS")
     p.add_argument("--cafile", help="CA bundle to verify the broker's certificate")
-    p.add_argument("--ws", metavar="URL", help="run over WebSocket, e.g. ws://127.0.0.1:8080/mqtt")
-    p.add_argument("--wss", metavar="URL", help="run over secure WebSocket (wss://…)")
+    p.add_argument(
+        "--ws",
+        metavar="URL[,URL...]",
+        type=url_list,
+        help="run over WebSocket, e.g. ws://127.0.0.1:8080/mqtt (several: taken in turn)",
+    )
+    p.add_argument(
+        "--wss",
+        metavar="URL[,URL...]",
+        type=url_list,
+        help="run over secure WebSocket (wss://…; several: taken in turn)",
+    )
     p.add_argument("--username")
     p.add_argument("--password")
     p.add_argument(
@@ -46,13 +83,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.coverage_table:
         print(coverage.table(cases), end="")
         return 0
-    ws_url = args.wss or args.ws
+    ports: tuple[int, ...] = args.port or ((8883 if args.tls else 1883),)
+    ws_urls: tuple[str, ...] = args.wss or args.ws or ()
     target = Target(
         host=args.host,
-        port=args.port or (8883 if args.tls else 1883),
+        port=ports[0],
+        ports=ports if len(ports) > 1 else (),
         tls=args.tls,
         cafile=args.cafile,
-        ws_url=ws_url,
+        ws_url=ws_urls[0] if ws_urls else None,
+        ws_urls=ws_urls if len(ws_urls) > 1 else (),
         username=args.username,
         password=args.password,
         timeout=args.timeout,

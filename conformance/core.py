@@ -103,10 +103,18 @@ def case(
 class Client:
     """One scripted connection. Packets that arrive while waiting for something else are kept."""
 
-    def __init__(self, ctx: Context, stream: RawStream | WebSocketStream, name: str) -> None:
+    def __init__(
+        self,
+        ctx: Context,
+        stream: RawStream | WebSocketStream,
+        name: str,
+        endpoint: str | None = None,
+    ) -> None:
         self.ctx = ctx
         self.stream = stream
         self.name = name
+        #: Where this connection goes, when the target has several endpoints (else None).
+        self.endpoint = endpoint
         self.decoder = wire.Decoder()
         self.backlog: list[wire.Packet] = []
         self.auto_ack = True
@@ -119,6 +127,12 @@ class Client:
     async def send(self, data: bytes) -> None:
         await self.stream.send(data)
 
+    @property
+    def label(self) -> str:
+        """How failures name this connection: its name, and its endpoint when the target has
+        several (so a failure says which node each connection talked to)."""
+        return self.name if self.endpoint is None else f"{self.name}@{self.endpoint}"
+
     def pid(self) -> int:
         """A fresh non-zero packet identifier for this connection."""
         self._next_pid = self._next_pid % 65535 + 1
@@ -129,7 +143,7 @@ class Client:
             try:
                 pkt = self.decoder.next()
             except wire.WireError as exc:
-                raise Fail(f"{self.name}: broker sent an unparsable packet: {exc}") from exc
+                raise Fail(f"{self.label}: broker sent an unparsable packet: {exc}") from exc
             if pkt is not None:
                 if self.auto_ack:
                     await self._auto_ack(pkt)
@@ -160,9 +174,9 @@ class Client:
                 return await self._read_packet()
             except Closed as exc:
                 raise Fail(
-                    f"{self.name}: connection closed while waiting for {what} ({exc})"
+                    f"{self.label}: connection closed while waiting for {what} ({exc})"
                 ) from exc
-        raise Fail(f"{self.name}: no {what} within {self.ctx.timeout}s")
+        raise Fail(f"{self.label}: no {what} within {self.ctx.timeout}s")
 
     async def wait_for(
         self, pred: Callable[[wire.Packet], bool], what: str, timeout: float | None = None
@@ -178,14 +192,14 @@ class Client:
                 except Closed as exc:
                     got = ", ".join(p.describe() for p in self.backlog) or "nothing"
                     raise Fail(
-                        f"{self.name}: connection closed while waiting for {what} "
+                        f"{self.label}: connection closed while waiting for {what} "
                         f"(received before: {got})"
                     ) from exc
                 if pred(pkt):
                     return pkt
                 self.backlog.append(pkt)
         got = ", ".join(p.describe() for p in self.backlog) or "nothing"
-        raise Fail(f"{self.name}: no {what} within {self.ctx.timeout}s (received: {got})")
+        raise Fail(f"{self.label}: no {what} within {self.ctx.timeout}s (received: {got})")
 
     async def expect_type(self, kind: int, pid: int | None = None) -> wire.Packet:
         name = wire.NAMES[kind] + (f" pid={pid}" if pid is not None else "")
@@ -196,7 +210,7 @@ class Client:
         pkt = await self.recv(what=what or expected.hex(" "))
         if pkt.raw != expected:
             raise Fail(
-                f"{self.name}: expected {what or ''} bytes {expected.hex(' ')}, "
+                f"{self.label}: expected {what or ''} bytes {expected.hex(' ')}, "
                 f"got {pkt.raw.hex(' ')} ({pkt.describe()})"
             )
         return pkt
@@ -216,13 +230,13 @@ class Client:
             except Closed:
                 if seen and not allow_packets:
                     raise Fail(
-                        f"{self.name}: connection closed, but only after sending "
+                        f"{self.label}: connection closed, but only after sending "
                         + ", ".join(p.describe() for p in seen)
                     ) from None
                 return seen
         got = ", ".join(p.describe() for p in seen)
         raise Fail(
-            f"{self.name}: connection still open {grace + self.ctx.timeout:g}s later"
+            f"{self.label}: connection still open {grace + self.ctx.timeout:g}s later"
             + (f" (received: {got})" if got else "")
         )
 
@@ -257,9 +271,9 @@ class Client:
         await self.send(wire.connect(client_id, clean, keepalive, will, username, password, proto))
         pkt = await self.recv(what="CONNACK")
         if pkt.type != wire.CONNACK or len(pkt.raw) != 4:
-            raise Fail(f"{self.name}: expected CONNACK, got {pkt.describe()}")
+            raise Fail(f"{self.label}: expected CONNACK, got {pkt.describe()}")
         if expect_code is not None and pkt.raw[3] != expect_code:
-            raise Fail(f"{self.name}: CONNACK code {pkt.raw[3]:#04x}, expected {expect_code:#04x}")
+            raise Fail(f"{self.label}: CONNACK code {pkt.raw[3]:#04x}, expected {expect_code:#04x}")
         return pkt
 
     async def subscribe(
@@ -272,7 +286,7 @@ class Client:
         suback = await self.expect_type(wire.SUBACK, pid)
         if check and list(suback.codes) != [q for _, q in filters]:
             raise Fail(
-                f"{self.name}: SUBACK codes {[hex(c) for c in suback.codes]} for requested "
+                f"{self.label}: SUBACK codes {[hex(c) for c in suback.codes]} for requested "
                 f"{[q for _, q in filters]}"
             )
         return suback
@@ -361,6 +375,8 @@ class Context:
     persistent_ids: set[tuple[str, bool]] = field(default_factory=set)
     choices: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    #: Connections opened so far (the next one goes to ``target.endpoint(connections)``).
+    connections: int = 0
     _n: int = 0
 
     @property
@@ -382,13 +398,17 @@ class Context:
         self.choices.append(text)
 
     async def client(self, name: str = "c", *, subprotocols: list[str] | None = None) -> Client:
-        """Open a new connection (no CONNECT sent yet)."""
+        """Open a new connection (no CONNECT sent yet); with several endpoints, the case's
+        connections take them in turn (``Target.endpoint``)."""
+        target = self.target.endpoint(self.connections)
+        self.connections += 1
         try:
             with trio.fail_after(self.timeout):
-                stream = await open_connection(self.target, subprotocols=subprotocols)
+                stream = await open_connection(target, subprotocols=subprotocols)
         except (OSError, trio.TooSlowError, Closed) as exc:
-            raise Fail(f"cannot connect to {self.target.describe()}: {exc!r}") from exc
-        c = Client(self, stream, name)
+            raise Fail(f"cannot connect to {target.describe()}: {exc!r}") from exc
+        several = target is not self.target
+        c = Client(self, stream, name, target.describe() if several else None)
         self.clients.append(c)
         return c
 

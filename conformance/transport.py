@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import ssl
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from urllib.parse import urlsplit
 
 import trio
@@ -29,7 +29,14 @@ class Closed(Exception):
 
 @dataclass(frozen=True, slots=True)
 class Target:
-    """Where the broker under test listens and how to reach it."""
+    """Where the broker under test listens and how to reach it.
+
+    A broker made of several processes (cluster nodes, each on its own port) is one target with
+    several endpoints: ``ports`` (or ``ws_urls``) lists them all, and the connections of a case
+    take them in turn (``endpoint``), so a case's publisher and subscriber, or the two
+    connections of a takeover, talk to different nodes. With one endpoint (``ports`` and
+    ``ws_urls`` empty) only ``port`` (or ``ws_url``) is used, as before.
+    """
 
     host: str = "127.0.0.1"
     port: int = 1883
@@ -40,12 +47,34 @@ class Target:
     password: str | None = None
     timeout: float = 5.0
     denied_topic: str | None = None  # a topic this identity may not publish to (ACL cases)
+    #: Every port of the broker, in the order connections take them; empty: ``port`` only.
+    ports: tuple[int, ...] = ()
+    #: Every WebSocket URL of the broker, in the order connections take them; empty:
+    #: ``ws_url`` only.
+    ws_urls: tuple[str, ...] = ()
 
     @property
     def is_ws(self) -> bool:
-        return self.ws_url is not None
+        return self.ws_url is not None or bool(self.ws_urls)
+
+    def endpoints(self) -> tuple[Target, ...]:
+        """One single-endpoint target per port (or WebSocket URL), in round-robin order."""
+        if self.ws_urls:
+            return tuple(replace(self, ws_url=url, ws_urls=(), ports=()) for url in self.ws_urls)
+        if self.ports and self.ws_url is None:
+            return tuple(replace(self, port=port, ports=()) for port in self.ports)
+        return (self,)
+
+    def endpoint(self, index: int) -> Target:
+        """Where a case's connection number ``index`` (from 0) goes: endpoint ``index`` modulo
+        their number, so consecutive connections of a case reach different endpoints."""
+        endpoints = self.endpoints()
+        return endpoints[index % len(endpoints)]
 
     def describe(self) -> str:
+        endpoints = self.endpoints()
+        if endpoints[0] is not self:  # a list of endpoints, each described on its own
+            return ", ".join(e.describe() for e in endpoints)
         if self.ws_url:
             return self.ws_url
         return f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}"
@@ -167,7 +196,9 @@ class WebSocketStream:
 async def open_connection(
     target: Target, *, subprotocols: list[str] | None = None
 ) -> RawStream | WebSocketStream:
-    """Open a fresh connection to ``target`` (for WebSocket: handshake done)."""
+    """Open a fresh connection to ``target`` (for WebSocket: handshake done); a target with
+    several endpoints is reached at its first (``Target.endpoint`` picks another)."""
+    target = target.endpoint(0)
     if target.ws_url is None:
         return RawStream(await _open_tcp(target.host, target.port, target.tls, target.cafile))
     url = urlsplit(target.ws_url)

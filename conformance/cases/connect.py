@@ -92,7 +92,7 @@ async def empty_id_clean(ctx: Context) -> None:
     for c in (a, b):
         got = await c.publishes(1)
         if got[0].payload != b"both":
-            raise Fail(f"{c.name} received {got[0].describe()}")
+            raise Fail(f"{c.label} received {got[0].describe()}")
     ctx.choice("zero-byte ClientIds are accepted with a unique assigned id")
 
 

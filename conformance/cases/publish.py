@@ -316,7 +316,7 @@ async def fanout(ctx: Context) -> None:
     for s in subs:
         got = (await s.publishes(1))[0]
         if got.topic != f"{base}/a/b".encode() or got.payload != b"fan":
-            raise Fail(f"{s.name} got {got.describe()}")
+            raise Fail(f"{s.label} got {got.describe()}")
 
 
 @case(

@@ -39,7 +39,7 @@ async def _answer(c: Client, what: str) -> wire.Packet | None:
 async def _refused_then_closed(c: Client, pkt: wire.Packet, codes: tuple[int, ...]) -> str:
     """A CONNACK refusing the CONNECT with one of ``codes``, which must then close."""
     if pkt.type != wire.CONNACK or len(pkt.raw) != 4 or pkt.raw[3] not in codes:
-        raise Fail(f"{c.name}: CONNECT answered with {pkt.describe()}")
+        raise Fail(f"{c.label}: CONNECT answered with {pkt.describe()}")
     await c.expect_closed()
     return f"refused with CONNACK {pkt.raw[3]:#04x}"
 
