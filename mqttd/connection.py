@@ -281,14 +281,17 @@ class Connection:
     def flush_now(self) -> None:
         """Write pending output with one non-blocking send; what is left goes to a writer task."""
         self._dirty = False
-        protocol = self.protocol
-        if self._writer_running or self._finished or not protocol.has_output:
+        if self._writer_running or self._finished:
             return
+        protocol = self.protocol
         gate = self.gate
         if gate is not None and gate.must_wait(protocol.store_mark):
-            self._start_writer()  # durability first: the writer waits for the commit
+            if protocol.has_output:
+                self._start_writer()  # durability first: the writer waits for the commit
             return
         data = protocol.data_to_send()
+        if not data:
+            return
         sent = self.stream.try_send(data)
         self.bytes_out += sent
         if sent < len(data):

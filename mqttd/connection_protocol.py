@@ -228,6 +228,7 @@ class ConnectionProtocol:
             server=True,
             max_packet_size=limits.max_packet_size,
             max_connect_packet_size=limits.max_connect_packet_size,
+            counts=server.broker.stats.traffic_in,
         )
         self.state = State.AWAIT_CONNECT
         self.client_id: str | None = None
@@ -430,6 +431,8 @@ class ConnectionProtocol:
         self._tokens_at = now
         # CONNACK is the first packet the server sends ([MQTT-3.2.0-1], [MQTT-3.1.4-4]); the
         # session's re-sends follow it once attached ([MQTT-4.4.0-1]).
+        connects = broker.stats.connects
+        connects["accepted"] = connects.get("accepted", 0) + 1
         session.send_packet(connack_bytes(present, ConnackCode.ACCEPTED))
         session.attach(self.wake)
         self.wake()  # CONNACK is output even when the session had nothing to re-send
@@ -455,6 +458,8 @@ class ConnectionProtocol:
         """CONNACK with a non-zero code, then close ([MQTT-3.2.2-5]); what the client sends
         after is not read ([MQTT-3.1.4-5])."""
         log.info("connect_refused", reason=reason, return_code=code, client_id=self.client_id)
+        connects = self.server.broker.stats.connects
+        connects[reason] = connects.get(reason, 0) + 1
         self._early = connack_bytes(False, code)
         self.state = State.CLOSING
         return Close(reason, flush=True)
@@ -483,15 +488,17 @@ class ConnectionProtocol:
 
     def data_to_send(self) -> bytes:
         """Everything there is to write now, as one buffer (b"" after ``close``)."""
-        if self.state is State.CLOSED:
+        session = self.session
+        if session is not None:
+            # After close the session is detached (its outbox cleared) or belongs to a new
+            # connection: never take its output then.
+            if session.outbox and self.state is not State.CLOSED:
+                return session.take_outbox()
             return b""
-        if self._early:
+        if self._early and self.state is not State.CLOSED:
             data, self._early = self._early, b""
             return data
-        session = self.session
-        if session is None or not session.outbox:
-            return b""
-        return session.take_outbox()
+        return b""
 
     def unsend(self, data: bytes) -> None:
         """Bytes ``data_to_send`` returned that the transport did not take: they go first
@@ -521,9 +528,10 @@ class ConnectionProtocol:
 
     @property
     def resume_wanted(self) -> bool:
-        """A retained batch waits for the output to be written before its next step."""
+        """A retained batch waits for the output to be written before its next step (never
+        after close: detaching the session clears it)."""
         session = self.session
-        return session is not None and session.resume_wanted and self.state is not State.CLOSED
+        return session is not None and session.resume_wanted
 
     def resume(self) -> None:
         """Take the next step of a waiting retained batch (see ``Session.resume``)."""
@@ -563,6 +571,8 @@ class ConnectionProtocol:
         self.state = State.CLOSED
         self._early = b""
         server = self.server
+        disconnects = server.broker.stats.disconnects
+        disconnects[reason] = disconnects.get(reason, 0) + 1
         client = self._client
         session = self.session
         if reason == "connect_timeout":

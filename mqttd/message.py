@@ -12,6 +12,19 @@ from typing import Final
 
 _VARINT_LIMIT: Final = 268_435_455
 
+#: Packet identifiers as the two bytes on the wire, made once each and shared by every
+#: delivery (at most 65,535 small objects), so a QoS 1/2 delivery in an outbox costs list
+#: slots only, never an object of its own.
+_PACKET_ID_BYTES: list[bytes | None] = [None] * 65536
+
+
+def packet_id_bytes(packet_id: int) -> bytes:
+    """The two bytes of ``packet_id`` (1..65535), shared."""
+    cached = _PACKET_ID_BYTES[packet_id]
+    if cached is None:
+        cached = _PACKET_ID_BYTES[packet_id] = packet_id.to_bytes(2, "big")
+    return cached
+
 
 def _remaining_length(n: int) -> bytes:
     # Local copy of the 2.2.3 varint so this hot path needs no import of the codec module's
@@ -97,4 +110,4 @@ class Message:
         """
         if qos == 0:
             return (self._header(0, retain, False), self.payload)
-        return (self._header(qos, retain, dup), packet_id.to_bytes(2, "big"), self.payload)
+        return (self._header(qos, retain, dup), packet_id_bytes(packet_id), self.payload)

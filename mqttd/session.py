@@ -10,10 +10,11 @@ room, queued when it does not, and dropped -- counted, and reported once per epi
 queue is full. Publishers never wait for subscribers. The connection installs a ``wake`` callback
 that is called whenever the outbox gains bytes.
 
-The outbox counts what it really holds: small packets (acknowledgements, PINGRESP, headers) are
-copied into one growing ``bytearray`` at its tail instead of each being a Python object of its
-own, so a client that floods PINGREQ and never reads costs ``max_outbox_bytes``, not ten times
-that; only large payloads are kept by reference (shared with the other subscribers).
+The outbox counts what it really holds: control packets (acknowledgements, PINGRESP) are copied
+into one growing ``bytearray`` at its tail instead of each being a Python object of its own, so a
+client that floods PINGREQ and never reads costs ``max_outbox_bytes``, not ten times that; a
+delivery's chunks (cached header, shared packet-id bytes, payload) are references shared with
+the other subscribers, counted with their list slots.
 
 Retained messages for a new subscription are a ``RetainedBatch`` in the queue: a lazy walk of
 the retained store, drained in steps of at most ``RETAINED_STEP`` messages while the window and
@@ -50,9 +51,12 @@ _PUBCOMP = b"\x70\x02"
 #: the shared empty ``awaiting_release`` until a QoS 2 message arrives (an empty set is 216 B)
 _NONE_AWAITING = cast("set[int]", frozenset())
 
-#: Writes shorter than this are copied into the outbox's tail ``bytearray``; longer ones (large
-#: payloads, shared by every subscriber) are kept by reference.
+#: Control packets (acknowledgements, PINGRESP) shorter than this are copied into the outbox's
+#: tail ``bytearray``; longer ones are kept by reference.
 COALESCE_BYTES = 512
+#: What one referenced chunk costs an outbox beyond its bytes (a list slot), counted against
+#: ``max_outbox_bytes`` so the cap holds for tiny deliveries too.
+CHUNK_SLOT_BYTES = 8
 #: Most retained messages one ``_pump`` step sends: bounds how long a subscription matching a
 #: huge retained set holds the event loop.
 RETAINED_STEP = 256
@@ -164,11 +168,22 @@ class Session:
         "store",
         "store_mark",
         "subscriptions",
+        "traffic",
         "wake",
     )
 
-    def __init__(self, client_id: str, *, clean_session: bool, limits: LimitsConfig) -> None:
+    def __init__(
+        self,
+        client_id: str,
+        *,
+        clean_session: bool,
+        limits: LimitsConfig,
+        traffic: list[int] | None = None,
+    ) -> None:
         self.client_id = client_id
+        #: the broker's count of packets and bytes queued for clients (``BrokerStats.traffic_out``:
+        #: ``[type]`` packets, ``[16 + type]`` bytes, ``[32]`` PUBLISH payload bytes)
+        self.traffic = traffic if traffic is not None else [0] * 33
         self.clean_session = clean_session
         self.limits = limits
         #: topic filter -> granted QoS, mirrored in the broker's TopicTree
@@ -282,14 +297,29 @@ class Session:
         self.outbox_bytes += len(data)
 
     def _write(self, data: bytes) -> None:
+        """Queue one control packet (never a PUBLISH: those go through ``_write_chunks``)."""
         self._append(data)
+        kind = data[0] >> 4
+        traffic = self.traffic
+        traffic[kind] += 1
+        traffic[16 + kind] += len(data)
         if self.wake is not None:
             self.wake()
 
     def _write_chunks(self, chunks: tuple[bytes, ...]) -> None:
-        append = self._append
+        """Queue one PUBLISH, as ``Message.publish_chunks`` made it (the payload last)."""
+        # A delivery's chunks (header, packet id, payload) are shared objects: the outbox
+        # keeps references, and counts each list slot besides the bytes.
+        outbox = self.outbox
+        size = CHUNK_SLOT_BYTES * len(chunks)
         for chunk in chunks:
-            append(chunk)
+            outbox.append(chunk)
+            size += len(chunk)
+        self.outbox_bytes += size
+        traffic = self.traffic
+        traffic[3] += 1
+        traffic[19] += size - CHUNK_SLOT_BYTES * len(chunks)
+        traffic[32] += len(chunks[-1])
         if self.wake is not None:
             self.wake()
 

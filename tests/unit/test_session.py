@@ -105,7 +105,9 @@ def test_window_queue_and_redelivery_hold_their_invariants(steps: list[tuple[str
 def test_qos0_not_kept_offline_and_dropped_when_outbox_full() -> None:
     """QoS 0 is not queued for an offline client; online, it is dropped (counted) once the
     unsent bytes exceed max_outbox_bytes, never blocking the publisher."""
-    limits = replace(LimitsConfig(), max_outbox_bytes=100)
+    # Each delivery counts 45 bytes plus two 8-byte list slots: the third one passes the
+    # 150-byte cap, the fourth and fifth are dropped.
+    limits = replace(LimitsConfig(), max_outbox_bytes=150)
     session = Session("c", clean_session=False, limits=limits)
     assert session.offer(Message("t", b"x"), 0) is OfferResult.NOT_KEPT
     session.attach(lambda: None)
