@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Container, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
 import structlog
@@ -28,18 +28,45 @@ if TYPE_CHECKING:
 log = structlog.get_logger("mqttd.broker")
 
 
+#: Size of a traffic counter list (``BrokerStats.traffic_in`` / ``traffic_out``): ``[t]``
+#: counts MQTT control packets of type ``t`` (1-14), ``[16 + t]`` their bytes (fixed header
+#: included), ``[TRAFFIC_PUBLISH_PAYLOAD]`` the payload bytes of PUBLISH packets.
+TRAFFIC_SLOTS = 33
+TRAFFIC_PUBLISH_PAYLOAD = 32
+
+
+def new_traffic() -> list[int]:
+    """A zeroed traffic counter list (layout: ``TRAFFIC_SLOTS``)."""
+    return [0] * TRAFFIC_SLOTS
+
+
 @dataclass(slots=True)
 class BrokerStats:
-    """Counters a monitoring system (and ``$SYS``) can read."""
+    """Counters a monitoring system (and ``$SYS``) can read; ``mqttd.metrics`` and
+    ``mqttd.sysinfo`` read them when asked, nothing is pushed."""
 
     messages_received: int = 0
     messages_routed: int = 0
     deliveries: int = 0
     messages_dropped: int = 0
+    #: ``messages_dropped`` by reason: the session's queue was full (max_queued_messages or
+    #: max_queued_bytes), or an online client's unsent output was (max_outbox_bytes)
+    dropped_queue_full: int = 0
+    dropped_outbox_full: int = 0
     #: retained messages not kept for max_retained_messages / max_retained_bytes
     retained_refused: int = 0
     #: persistent sessions discarded because another user took their client id over
     sessions_reowned: int = 0
+    #: persistent sessions removed by persistent_client_expiration
+    sessions_expired: int = 0
+    #: CONNECTs by outcome: "accepted", or the reason of the refusing CONNACK
+    connects: dict[str, int] = field(default_factory=dict)
+    #: ended MQTT connections by close reason
+    disconnects: dict[str, int] = field(default_factory=dict)
+    #: packets and bytes read from clients, counted by the decoders (layout: TRAFFIC_SLOTS)
+    traffic_in: list[int] = field(default_factory=new_traffic)
+    #: packets and bytes queued for clients, counted by the sessions (layout: TRAFFIC_SLOTS)
+    traffic_out: list[int] = field(default_factory=new_traffic)
 
 
 #: What one topic level costs the retained store (a trie node and its dict entry), counted
@@ -110,7 +137,12 @@ class Broker:
     def restore_session(self, stored: StoredSession) -> Session:
         """Rebuild one persistent session loaded from the store (or handed over by another
         node of the cluster)."""
-        session = Session(stored.client_id, clean_session=False, limits=self.limits)
+        session = Session(
+            stored.client_id,
+            clean_session=False,
+            limits=self.limits,
+            traffic=self.stats.traffic_out,
+        )
         session.store = self.store
         session.last_seen = stored.last_seen
         session.owner = stored.owner
@@ -174,6 +206,7 @@ class Broker:
         ]
         for session in expired:
             self._discard(session)
+        self.stats.sessions_expired += len(expired)
         return len(expired)
 
     # -- sessions ---------------------------------------------------------------------------
@@ -218,7 +251,12 @@ class Broker:
                     discarded_messages=len(existing.inflight) + len(existing.queue),
                 )
             self._discard(existing)
-        session = Session(client_id, clean_session=clean_session, limits=self.limits)
+        session = Session(
+            client_id,
+            clean_session=clean_session,
+            limits=self.limits,
+            traffic=self.stats.traffic_out,
+        )
         session.owner = owner
         self.sessions[client_id] = session
         if not clean_session:
@@ -356,7 +394,12 @@ class Broker:
                 stats.deliveries += 1
 
     def _dropped(self, session: Session) -> None:
-        self.stats.messages_dropped += 1
+        stats = self.stats
+        stats.messages_dropped += 1
+        if not session.queue and session.outbox_bytes > self.limits.max_outbox_bytes:
+            stats.dropped_outbox_full += 1  # QoS 0 to an online client that does not read
+        else:
+            stats.dropped_queue_full += 1
         if session.on_overflow is not None and session.connected:
             session.on_overflow()  # slow_consumer = "disconnect"
         if session.drop_episode_started():

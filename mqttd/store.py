@@ -23,6 +23,7 @@ row; it is deleted when the last reference goes.
 
 from __future__ import annotations
 
+import bisect
 import sqlite3
 import threading
 import time
@@ -124,6 +125,10 @@ _SQL: Final = {
 #: Most operations one transaction applies; more wait for the next commit.
 MAX_BATCH_OPS: Final = 50_000
 
+#: Upper bounds, in seconds, of the buckets of the commit latency histogram
+#: (``Store.commit_buckets``): what one transaction took, sync included.
+COMMIT_BUCKETS_S: Final = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
+
 
 class StoreError(MQTTError):
     """A commit failed: the state it carried is not durable and must not be acknowledged."""
@@ -188,6 +193,13 @@ class Store:
         self._refs: dict[int, int] = {}  # message id -> delivery rows + retained rows
         self.commits = 0
         self.failures = 0
+        #: commit latency (written by the writer thread, read by monitoring): ``[i]`` counts
+        #: the commits that took at most ``COMMIT_BUCKETS_S[i]`` seconds, the last slot the
+        #: longer ones; ``commit_seconds`` is the time all of them took
+        self.commit_buckets = [0] * (len(COMMIT_BUCKETS_S) + 1)
+        self.commit_seconds = 0.0
+        #: whether the most recent commit failed (``/readyz`` reports the store unwritable)
+        self.last_commit_failed = False
 
     # -- opening and loading ----------------------------------------------------------------
 
@@ -424,6 +436,7 @@ class Store:
                 del self._ops[:MAX_BATCH_OPS]
             error: BaseException | None = None
             db = self._db
+            started = time.perf_counter()
             try:
                 db.execute("BEGIN")
                 try:
@@ -446,6 +459,10 @@ class Store:
                     error=str(exc),
                     operations=len(batch),
                 )
+            elapsed = time.perf_counter() - started
+            self.commit_seconds += elapsed
+            self.commit_buckets[bisect.bisect_left(COMMIT_BUCKETS_S, elapsed)] += 1
+            self.last_commit_failed = error is not None
             total += len(batch)
             try:
                 token.run_sync_soon(self._on_commit, total, error)

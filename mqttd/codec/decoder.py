@@ -335,6 +335,9 @@ class Decoder:
             ``ProtocolViolation("packet_too_large")`` as soon as their fixed header is read.
         max_connect_packet_size: the same for the first packet of a server-side decoder (the
             CONNECT): nothing is known of the client yet, so it may be held to less.
+        counts: a list of at least 33 ints, shared by every decoder of a broker, that counts
+            what was decoded: ``[type]`` packets of each type, ``[16 + type]`` their bytes,
+            ``[32]`` PUBLISH payload bytes (default: a list of this decoder's own).
 
     Attributes:
         protocol_level: ``None`` until a CONNECT was decoded, then 4 (MQTT 3.1.1) or 3 (MQTT 3.1).
@@ -343,6 +346,7 @@ class Decoder:
     # An idle connection keeps its decoder: no per-instance __dict__.
     __slots__ = (
         "_buf",
+        "_counts",
         "_eof",
         "_error",
         "_limit",
@@ -359,6 +363,7 @@ class Decoder:
         server: bool = True,
         max_packet_size: int = MAX_REMAINING_LENGTH,
         max_connect_packet_size: int | None = None,
+        counts: list[int] | None = None,
     ) -> None:
         if not 0 <= max_packet_size <= MAX_REMAINING_LENGTH:
             raise LocalProtocolError("max_packet_size_out_of_range")
@@ -376,6 +381,7 @@ class Decoder:
         self._eof = False
         self._error: ProtocolError | None = None
         self._rules = _AWAIT_CONNECT if server else _CLIENT_311
+        self._counts = counts if counts is not None else [0] * 33
 
     def receive_data(self, data: bytes | bytearray) -> None:
         """Buffer ``data`` from the peer; ``b""`` means the peer closed its side (EOF).
@@ -454,6 +460,11 @@ class Decoder:
             else:
                 packet = _DECODERS[kind](first & 0x0F, buf, i, end)  # type: ignore[misc]
             self._pos = end
+            counts = self._counts
+            counts[kind] += 1
+            counts[16 + kind] += end - pos
+            if kind == 3:
+                counts[32] += len(packet.payload)  # type: ignore[union-attr]
             return packet
         except ProtocolError as exc:
             self._error = exc
