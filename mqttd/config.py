@@ -43,10 +43,11 @@ __all__ = [
     "parse_config",
 ]
 
-ListenerType = Literal["tcp", "tls", "ws", "wss"]
+ListenerType = Literal["tcp", "tls", "ws", "wss", "http"]
 
-#: Default port per listener type (Mosquitto's for tcp/tls; 8080/8443 for ws/wss).
-DEFAULT_PORTS: dict[str, int] = {"tcp": 1883, "tls": 8883, "ws": 8080, "wss": 8443}
+#: Default port per listener type (Mosquitto's for tcp/tls; 8080/8443 for ws/wss; 9883 for the
+#: monitoring endpoints of http).
+DEFAULT_PORTS: dict[str, int] = {"tcp": 1883, "tls": 8883, "ws": 8080, "wss": 8443, "http": 9883}
 
 #: Listener types that speak TLS and so need a certificate.
 TLS_TYPES = frozenset({"tls", "wss"})
@@ -57,7 +58,8 @@ class ListenerConfig:
     """One ``[[listeners]]`` table.
 
     Attributes:
-        type: transport: tcp, tls (MQTT over TLS), ws (WebSocket), wss (WebSocket over TLS).
+        type: transport: tcp, tls (MQTT over TLS), ws (WebSocket), wss (WebSocket over TLS),
+            or http: no MQTT, only the monitoring endpoints /metrics, /healthz and /readyz.
         host: address to listen on; 0.0.0.0 or :: listens on every interface.
         port: TCP port to listen on; 0 picks a free port (the bound port is logged as
             listener_started).
@@ -70,6 +72,9 @@ class ListenerConfig:
         tls_handshake_timeout_s: tls/wss: seconds allowed for the TLS handshake.
         path: ws/wss: URL path of the MQTT WebSocket endpoint; must start with /.
         web_root: ws/wss: directory of static files served over HTTP GET on the same port.
+        metrics_path: ws/wss: URL path where the Prometheus metrics are served on this listener
+            (with /healthz and /readyz beside it), behind the listener's auth like MQTT
+            clients (HTTP Basic); unset serves none of them (an http listener always does).
         allowed_origins: ws/wss: accepted Origin headers; empty accepts any origin.
         trusted_proxies: ws/wss: proxy addresses whose X-Forwarded-For is believed.
         ws_handshake_timeout_s: ws/wss: seconds allowed for the HTTP upgrade handshake.
@@ -95,6 +100,7 @@ class ListenerConfig:
     # ws / wss
     path: str = "/mqtt"
     web_root: Path | None = None
+    metrics_path: str | None = None
     allowed_origins: tuple[str, ...] = ()
     trusted_proxies: tuple[str, ...] = ()
     ws_handshake_timeout_s: float = 10.0
@@ -616,6 +622,22 @@ class _Loader:
             )
         if not lc.path.startswith("/"):
             raise self.fail(f"{path}.path", f"must start with '/', got {lc.path!r}")
+        if lc.metrics_path is not None:
+            if lc.type not in ("ws", "wss"):
+                raise self.fail(
+                    f"{path}.metrics_path",
+                    f"only ws and wss listeners take it (an http listener serves /metrics), "
+                    f"not {lc.type}",
+                )
+            if not lc.metrics_path.startswith("/"):
+                raise self.fail(
+                    f"{path}.metrics_path", f"must start with '/', got {lc.metrics_path!r}"
+                )
+            if lc.metrics_path in (lc.path, "/healthz", "/readyz"):
+                raise self.fail(
+                    f"{path}.metrics_path",
+                    f"{lc.metrics_path!r} is already the path of another endpoint",
+                )
 
     def check_listeners(self, listeners: tuple[ListenerConfig, ...]) -> None:
         """Rules across listeners: no two may bind the same host and port."""

@@ -23,9 +23,11 @@ from mqttd.broker import Broker
 from mqttd.config import Config, ListenerConfig
 from mqttd.connection import Connection
 from mqttd.errors import ConfigError, StartupError
+from mqttd.health import MonitoringEndpoints
+from mqttd.metrics import new_registry
 from mqttd.shared import ServerState
 from mqttd.store import Store
-from mqttd.sysinfo import publish_status
+from mqttd.sysinfo import Monitor, publish_status
 from mqttd.transports import ConnectionInfo, serve_listener
 from mqttd.transports.tls import reload_certificates
 
@@ -48,6 +50,8 @@ class Server:
     state: ServerState
     addresses: list[BoundAddress]
     _stop: trio.Event = field(default_factory=trio.Event)
+    #: the figures behind $SYS, /metrics and the health endpoints
+    monitor: Monitor | None = None
 
     @property
     def broker(self) -> Broker:
@@ -117,6 +121,8 @@ async def _serve(
         )
     state = ServerState(config=config, broker=broker, access=access)
     gate = ConnectionGate(config)
+    monitor = Monitor(state, gate)
+    endpoints = MonitoringEndpoints(monitor, new_registry(monitor), access)
     node = None
     if redis is not None:
         from mqttd.cluster.node import ClusterNode, default_node_id
@@ -145,7 +151,9 @@ async def _serve(
             background.start_soon(state.flusher)
             background.start_soon(state.timeouts.run)
             if config.broker.sys_interval_s:
-                background.start_soon(publish_status, state, config.broker.sys_interval_s)
+                background.start_soon(
+                    publish_status, state, config.broker.sys_interval_s, monitor
+                )
             expiration = config.store.expiration_s
             if expiration is not None:
                 background.start_soon(_expire_sessions, broker, expiration)
@@ -161,10 +169,13 @@ async def _serve(
                                 data_dir=config.broker.data_dir,
                                 handler_nursery=connections,
                                 gate=gate,
+                                endpoints=endpoints,
                             )
                         )
-                        addresses.extend(_log_started(listener, sockets))
-                    server = Server(state, addresses)
+                        started = _log_started(listener, sockets)
+                        monitor.listener_started(listener, [(a.host, a.port) for a in started])
+                        addresses.extend(started)
+                    server = Server(state, addresses, monitor=monitor)
                     task_status.started(server)
                     await server._stop.wait()
                     listening.cancel_scope.cancel()
@@ -196,6 +207,9 @@ class ConnectionGate:
         self.admission = Admission(config.limits)
         self.total = 0
         self.per_listener: dict[int, int] = {}
+        #: for monitoring: connections admitted since start per listener, refusals by reason
+        self.accepted: dict[int, int] = {}
+        self.refused: dict[str, int] = {}
 
     def enter(self, listener: ListenerConfig, ip: str) -> bool:
         refusal = self.admission.refuse(ip, trio.current_time())
@@ -209,11 +223,13 @@ class ConnectionGate:
         ):
             refusal = "max_connections"
         if refusal is not None:
+            self.refused[refusal] = self.refused.get(refusal, 0) + 1
             if self.admission.first_refusal(ip, refusal):
                 log.warning("connection_refused", reason=refusal, peer=ip, transport=listener.type)
             return False
         self.total += 1
         self.per_listener[key] = self.per_listener.get(key, 0) + 1
+        self.accepted[key] = self.accepted.get(key, 0) + 1
         self.admission.opened(ip)
         return True
 

@@ -2,7 +2,9 @@
 
 ``serve_listener`` starts the listener a ``ListenerConfig`` describes and calls the broker's
 connection handler with a plain byte stream and a ``ConnectionInfo`` -- so one MQTT framer
-serves TCP, TLS, WebSocket and secure WebSocket alike.
+serves TCP, TLS, WebSocket and secure WebSocket alike. The ``http`` listener carries no MQTT: it
+serves the monitoring endpoints it is given (``mqttd.transports.httpd``), as ws/wss listeners
+do at their ``metrics_path``.
 
 ``MqttStream`` is the one send interface the connection driver relies on: a ``trio.abc.Stream``
 plus a non-blocking ``try_send``, ``has_unsent`` and a synchronous ``close_now``. Most output
@@ -25,6 +27,7 @@ import trio
 from mqttd.config import ListenerConfig
 
 if TYPE_CHECKING:
+    from mqttd.transports.http import Endpoints
     from mqttd.transports.tcp import BoundSocket
 
 
@@ -32,7 +35,7 @@ if TYPE_CHECKING:
 class ConnectionInfo:
     """What the broker knows about a connection before MQTT starts."""
 
-    transport: str  # "tcp" | "tls" | "ws" | "wss"
+    transport: str  # "tcp" | "tls" | "ws" | "wss" | "http"
     peer: str  # "host:port"; for ws/wss behind a trusted proxy, from X-Forwarded-For
     listener: ListenerConfig
     tls_identity: str | None = None  # verified client-certificate CN, when one was presented
@@ -172,12 +175,15 @@ async def serve_listener(
     data_dir: Path,
     handler_nursery: trio.Nursery,
     gate: Gate | None = None,
+    endpoints: Endpoints | None = None,
     task_status: trio.TaskStatus[list[BoundSocket]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run the listener ``listener`` describes until cancelled.
 
     Calls ``task_status.started`` with the bound sockets (``BoundSocket``; port 0 picks a free
     port) and ``handler(stream, info)`` in ``handler_nursery`` for every accepted connection.
+    ``endpoints`` are the monitoring endpoints an ``http`` listener (or a ws/wss listener with
+    a ``metrics_path``) serves; an ``http`` listener without them answers 404 to everything.
 
     Raises:
         StartupError: the listener cannot start (address in use, unreadable certificate...).
@@ -187,6 +193,17 @@ async def serve_listener(
 
         await serve_tcp_listener(
             listener, handler, handler_nursery=handler_nursery, gate=gate, task_status=task_status
+        )
+    elif listener.type == "http":
+        from mqttd.transports.http import NO_ENDPOINTS
+        from mqttd.transports.httpd import serve_http_listener
+
+        await serve_http_listener(
+            listener,
+            endpoints if endpoints is not None else NO_ENDPOINTS,
+            handler_nursery=handler_nursery,
+            gate=gate,
+            task_status=task_status,
         )
     elif listener.type == "tls":
         from mqttd.transports.tls import serve_tls_listener
@@ -208,5 +225,6 @@ async def serve_listener(
             data_dir=data_dir,
             handler_nursery=handler_nursery,
             gate=gate,
+            endpoints=endpoints,
             task_status=task_status,
         )

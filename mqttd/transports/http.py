@@ -11,21 +11,30 @@ protocol-relative ``//host/``. A request path is percent-decoded once, ``..`` an
 segments are refused, and the resolved file (symlinks followed) must still lie inside
 ``web_root``: nothing outside it is ever opened. Connections are kept alive between requests as
 h11 allows.
+
+The monitoring endpoints (``/metrics``, ``/healthz``, ``/readyz``) are served through the
+``Endpoints`` interface: the transport only knows which paths a listener answers and sends the
+``Reply`` it is given (``serve_endpoint``); what the reply says is ``mqttd.health``'s business.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import email.utils
 import mimetypes
 import os
 import stat
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import quote, unquote
 
 import h11
 import trio
+
+if TYPE_CHECKING:
+    from mqttd.config import ListenerConfig
 
 MAX_HEAD_BYTES = 16 * 1024
 MAX_HEADERS = 64
@@ -412,3 +421,100 @@ async def serve_static(
         return 304, None
     await http.send_file(request, found, head_only=head_only)
     return 200, None
+
+
+# --------------------------------------------------------------------------------------------
+# Monitoring endpoints
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """A complete response with a small in-memory body."""
+
+    status: int
+    content_type: str
+    body: bytes
+    headers: tuple[tuple[str, str], ...] = ()
+
+
+class Endpoints(Protocol):
+    """The monitoring endpoints a listener serves besides (or instead of) its static files."""
+
+    def handles(self, listener: ListenerConfig, path: str) -> bool:
+        """Whether ``path`` (as requested, not decoded) is an endpoint on ``listener``."""
+
+    async def respond(self, listener: ListenerConfig, path: str, request: h11.Request) -> Reply:
+        """The reply to a GET of ``path`` (authorization included)."""
+
+
+class _NoEndpoints:
+    """No monitoring endpoints at all (a listener started without them)."""
+
+    def handles(self, listener: ListenerConfig, path: str) -> bool:
+        """Never: every path is someone else's."""
+        return False
+
+    async def respond(self, listener: ListenerConfig, path: str, request: h11.Request) -> Reply:
+        """Not reached (``handles`` is always False)."""
+        raise AssertionError("no endpoints")
+
+
+NO_ENDPOINTS: Endpoints = _NoEndpoints()
+
+
+def basic_credentials(request: h11.Request) -> tuple[str, bytes] | None:
+    """The user name and password of an ``Authorization: Basic`` header (RFC 7617).
+
+    Returns:
+        ``(username, password)``; None when there is no such header, or it is not valid
+        base64 of UTF-8 ``user:password``.
+    """
+    for value in header_values(request, b"authorization"):
+        scheme, _, token = value.strip().partition(" ")
+        if scheme.lower() != "basic":
+            continue
+        try:
+            decoded = base64.b64decode(token.strip(), validate=True)
+        except (binascii.Error, ValueError):
+            return None
+        username, colon, password = decoded.partition(b":")
+        if not colon:
+            return None
+        try:
+            return username.decode("utf-8"), password
+        except UnicodeDecodeError:
+            return None
+    return None
+
+
+async def serve_endpoint(
+    http: HttpConnection,
+    request: h11.Request,
+    endpoints: Endpoints,
+    listener: ListenerConfig,
+    path: str,
+) -> tuple[int, str | None]:
+    """Answer a request for a monitoring endpoint: GET or HEAD only, no body.
+
+    Returns:
+        ``(status, reason)``: the status sent, and a short reason for errors.
+    """
+    method = request.method.upper()
+    head_only = method == b"HEAD"
+    body_complete = await http.finish_request_body()
+    if method not in (b"GET", b"HEAD"):
+        await http.send_error(405, "method not allowed", close=not body_complete)
+        return 405, "method_not_allowed"
+    if not body_complete:
+        await http.send_error(413, "request body not allowed", head_only=head_only)
+        return 413, "body_too_large"
+    reply = await endpoints.respond(listener, path, request)
+    headers = [
+        ("Content-Type", reply.content_type),
+        ("Cache-Control", "no-store"),
+        ("X-Content-Type-Options", "nosniff"),
+        *reply.headers,
+    ]
+    await http.send_response(reply.status, headers, reply.body, head_only=head_only)
+    return reply.status, None if reply.status < 400 else "endpoint_refused"

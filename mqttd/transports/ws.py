@@ -5,7 +5,8 @@ under ``ws_handshake_timeout_s``. A WebSocket upgrade to the listener's ``path``
 origin and subprotocol checks is accepted by wsproto, and from then on the connection is a
 ``WebSocketStream`` -- a ``trio.abc.Stream`` of MQTT bytes -- handed to the broker's handler,
 so the same MQTT framer serves TCP, TLS, WS and WSS. Any other request is a static-file request
-(``mqttd.transports.http``) and never reaches the handler. ws and wss share the TCP listener's
+(``mqttd.transports.http``), or one for a monitoring endpoint (``metrics_path``, ``/healthz``,
+``/readyz``), and never reaches the handler. ws and wss share the TCP listener's
 accept loop; wss wraps each accepted stream in TLS with the listener's current ``TlsContext``.
 Frame bytes that arrive in the same read as the end of a handshake (behind the request on the
 server, behind the 101 response in the client twin) are split off with public APIs only (h11's
@@ -49,10 +50,12 @@ from mqttd.config import ListenerConfig
 from mqttd.errors import StartupError
 from mqttd.transports import ConnectionInfo, Gate, Handler, MqttStream
 from mqttd.transports.http import (
+    Endpoints,
     HttpConnection,
     header_tokens,
     header_values,
     request_path,
+    serve_endpoint,
     serve_static,
 )
 from mqttd.transports.peer import IPNetwork, client_address, parse_trusted_proxies
@@ -524,8 +527,10 @@ class _WsListenerContext:
         handler: Handler,
         tls: TlsContext | None,
         proxies: tuple[IPNetwork, ...],
+        endpoints: Endpoints | None = None,
     ) -> None:
         self.listener = listener
+        self.endpoints = endpoints  # monitoring endpoints (metrics_path), if any
         self.handler = handler
         self.tls = tls  # wss: the listener's TLS context, read by each new connection
         self.transport = "wss" if tls is not None else "ws"
@@ -676,6 +681,12 @@ async def _upgrade(
                 await http.finish_request_body()
                 await http.send_error(426, "WebSocket upgrade required", close=False)
                 status, reason = 426, "upgrade_required"
+            elif (
+                ctx.endpoints is not None
+                and path is not None
+                and ctx.endpoints.handles(listener, path)
+            ):
+                status, reason = await serve_endpoint(http, request, ctx.endpoints, listener, path)
             else:
                 status, reason = await serve_static(http, request, listener.web_root)
             if ws_stream is None:
@@ -720,6 +731,7 @@ async def serve_ws_listener(
     data_dir: Path,
     handler_nursery: trio.Nursery,
     gate: Gate | None = None,
+    endpoints: Endpoints | None = None,
     task_status: trio.TaskStatus[list[BoundSocket]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve MQTT over WebSocket (``ws``) or secure WebSocket (``wss``) until cancelled.
@@ -733,6 +745,8 @@ async def serve_ws_listener(
         data_dir: where development certificates live (wss with ``tls_dev_certs``).
         handler_nursery: where connection tasks run.
         gate: admission control, applied before any TLS or HTTP work.
+        endpoints: the monitoring endpoints, served at ``listener.metrics_path`` (and
+            ``/healthz``, ``/readyz``) when it is set.
         task_status: receives the list of bound sockets (``BoundSocket``).
 
     Raises:
@@ -751,7 +765,7 @@ async def serve_ws_listener(
             f"web_root {listener.web_root} is not a directory"
         )
     tls = TlsContext(listener, data_dir, alpn=["http/1.1"]) if secure else None
-    ctx = _WsListenerContext(listener, handler, tls, proxies)
+    ctx = _WsListenerContext(listener, handler, tls, proxies, endpoints)
     sockets = await open_listeners(listener)
     if listener.web_root is not None:
         port = sockets[0].socket.getsockname()[1]
