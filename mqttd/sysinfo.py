@@ -510,11 +510,15 @@ class SysTree:
         """Take new figures (every ``sys_interval_s``): move the load averages on, and return
         the topics whose payload changed since the last update, plus ``uptime``."""
         previous = self._previous
+        moved: set[str] = set()
         if previous is not None:
             elapsed = figures.uptime_s - previous.uptime_s
             before, now = _load_counters(previous), _load_counters(figures)
-            for (name, _suffix), load in self._loads.items():
-                load.update(now[name] - before[name], elapsed)
+            for (name, suffix), load in self._loads.items():
+                old_value = load.value
+                # Mosquitto's threshold, on the unrounded values: small moves are not sent.
+                if abs(load.update(now[name] - before[name], elapsed) - old_value) >= 0.01:
+                    moved.add(f"{self.PREFIX}load/{name}/{suffix}")
         values = self.values(figures)
         self._previous = figures
         changed = {}
@@ -522,12 +526,8 @@ class SysTree:
             old = self._last.get(topic)
             if old == value and not topic.endswith("/uptime"):
                 continue
-            if (
-                old is not None
-                and topic.startswith(self.PREFIX + "load/")
-                and abs(float(value) - float(old)) < 0.01
-            ):
-                continue  # Mosquitto's threshold: small moves are not published
+            if old is not None and topic not in moved and topic.startswith(self.PREFIX + "load/"):
+                continue
             changed[topic] = value
             self._last[topic] = value
         return changed
