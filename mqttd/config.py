@@ -28,11 +28,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from mqttd.errors import ConfigError
+from mqttd.errors import ConfigError, MalformedPacket
+from mqttd.topics import validate_topic_filter
 
 __all__ = [
     "DEFAULT_PORTS",
     "AuthConfig",
+    "BridgeConfig",
+    "BridgeTopicConfig",
     "BrokerConfig",
     "ClusterConfig",
     "Config",
@@ -320,6 +323,145 @@ class ClusterConfig:
         return self.redis_url is not None
 
 
+BridgeTransport = Literal["tcp", "tls", "ws", "wss"]
+
+#: Default remote port per bridge transport, when an address gives none.
+BRIDGE_DEFAULT_PORTS: dict[str, int] = {"tcp": 1883, "tls": 8883, "ws": 80, "wss": 443}
+
+
+@dataclass(frozen=True, slots=True)
+class BridgeTopicConfig:
+    """One ``[[bridges.topics]]`` table: Mosquitto's
+    ``topic pattern direction qos local-prefix remote-prefix`` line.
+
+    Attributes:
+        pattern: topic filter to bridge (wildcards allowed); left out, the two prefixes are
+            whole topic names mapped onto each other (Mosquitto's ``topic "" ...``).
+        direction: "out" (local to remote), "in" (remote to local) or "both".
+        qos: QoS of the bridge's subscriptions on both sides (0, 1 or 2); a message travels at
+            the lower of its own QoS and this one.
+        local_prefix: put in front of pattern on the local broker (left out: none).
+        remote_prefix: put in front of pattern on the remote broker (left out: none).
+    """
+
+    pattern: str = ""
+    direction: Literal["out", "in", "both"] = "out"
+    qos: int = 0
+    local_prefix: str = ""
+    remote_prefix: str = ""
+
+    @property
+    def local_filter(self) -> str:
+        """The filter on the local broker: local_prefix + pattern."""
+        return self.local_prefix + self.pattern
+
+    @property
+    def remote_filter(self) -> str:
+        """The filter on the remote broker: remote_prefix + pattern."""
+        return self.remote_prefix + self.pattern
+
+
+@dataclass(frozen=True, slots=True)
+class BridgeConfig:
+    """One ``[[bridges]]`` table: a connection from this broker, as a client, to another
+    broker (Mosquitto's ``connection`` section; see the README's "Bridges").
+
+    Attributes:
+        name: the bridge's name (Mosquitto's ``connection``): unique, one topic level; names
+            its link-state topic $SYS/broker/connection/<name>/state and its log lines.
+        address: the remote broker as "host:port" strings, tried in order on every
+            (re)connection, so the first one is preferred; the port defaults to 1883 (tcp),
+            8883 (tls), 80 (ws), 443 (wss).
+        transport: tcp, tls (MQTT over TLS), ws (WebSocket) or wss (WebSocket over TLS).
+        ws_path: ws/wss: URL path of the remote's MQTT WebSocket endpoint.
+        cafile: tls/wss: PEM CA bundle that verifies the remote's certificate (and its host
+            name); unset uses the system's trusted CAs.
+        certfile: tls/wss: PEM client certificate chain, for remotes that require one.
+        keyfile: tls/wss: PEM private key of certfile (unset: certfile holds it).
+        protocol: MQTT version spoken to the remote: "3.1.1" or "3.1".
+        try_private: tell the remote this is a bridge (protocol level with its high bit set,
+            as Mosquitto does), so it does not send the bridge's own messages back; turn off
+            for remotes that refuse such a CONNECT.
+        client_id: the client id on the remote broker; default "<name>.<host name>".
+        username: user name on the remote broker.
+        password: password on the remote broker (requires username).
+        keepalive: Keep Alive in seconds: a PINGREQ after this long without traffic, and the
+            link is dropped when its PINGRESP does not come within as long again; 0 turns it
+            off.
+        clean_session: CleanSession on the remote: false keeps the bridge's subscriptions and
+            the messages for it on the remote while the link is down.
+        topics: [[bridges.topics]] tables, each with the keys pattern, direction, qos,
+            local_prefix and remote_prefix (see the README's "Bridges"); at least one.
+        max_inflight_messages: QoS 1/2 messages sent to the remote and not yet acknowledged;
+            unset: limits.max_inflight_messages.
+        max_queued_messages: messages queued for the remote (while it is away, or beyond the
+            inflight window); more are dropped, counted and logged; unset:
+            limits.max_queued_messages.
+        max_queued_bytes: payload bytes queued for the remote; unset: limits.max_queued_bytes.
+        connect_timeout_s: seconds to connect, finish the TLS and WebSocket handshakes and get
+            the remote's CONNACK.
+        reconnect_delay_s: seconds before the first reconnection attempt; each failed attempt
+            doubles the delay (with random jitter) up to reconnect_delay_max_s (Mosquitto's
+            ``restart_timeout base cap``).
+        reconnect_delay_max_s: the longest delay between reconnection attempts, in seconds.
+    """
+
+    name: str = ""
+    address: tuple[str, ...] = ()
+    transport: BridgeTransport = "tcp"
+    ws_path: str = "/mqtt"
+    cafile: Path | None = None
+    certfile: Path | None = None
+    keyfile: Path | None = None
+    protocol: Literal["3.1.1", "3.1"] = "3.1.1"
+    try_private: bool = True
+    client_id: str | None = None
+    username: str | None = None
+    password: str | None = None
+    keepalive: int = 60
+    clean_session: bool = False
+    topics: tuple[BridgeTopicConfig, ...] = ()
+    max_inflight_messages: int | None = None
+    max_queued_messages: int | None = None
+    max_queued_bytes: int | None = None
+    connect_timeout_s: float = 10.0
+    reconnect_delay_s: float = 5.0
+    reconnect_delay_max_s: float = 30.0
+
+    def endpoints(self) -> list[tuple[str, int]]:
+        """``address`` as (host, port) pairs, with the transport's default port.
+
+        Raises:
+            ValueError: an address is not "host", "host:port" or "[v6 address]:port".
+        """
+        return [parse_address(text, BRIDGE_DEFAULT_PORTS[self.transport]) for text in self.address]
+
+
+def parse_address(text: str, default_port: int) -> tuple[str, int]:
+    """``"host:port"``, ``"host"`` or ``"[::1]:port"`` as (host, port).
+
+    Raises:
+        ValueError: an empty host, or a port that is not a number from 1 to 65535.
+    """
+    host, port_text = text, ""
+    if text.startswith("["):
+        close = text.find("]")
+        if close < 0 or text[close + 1 : close + 2] not in ("", ":"):
+            raise ValueError(f"expected [IPv6 address]:port, got {text!r}")
+        host, port_text = text[1:close], text[close + 2 :]
+    elif text.count(":") == 1:
+        host, port_text = text.split(":")
+    elif ":" in text:
+        raise ValueError(f"write an IPv6 address in brackets, as [{text}]:port")
+    if not host:
+        raise ValueError(f"expected host:port, got {text!r}")
+    if not port_text:
+        return host, default_port
+    if not port_text.isdigit() or not 0 < int(port_text) <= 65535:
+        raise ValueError(f"expected a port from 1 to 65535 in {text!r}")
+    return host, int(port_text)
+
+
 @dataclass(frozen=True, slots=True)
 class Config:
     """The whole configuration; ``source`` is the file it was loaded from, if any."""
@@ -331,6 +473,7 @@ class Config:
     broker: BrokerConfig = field(default_factory=BrokerConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    bridges: tuple[BridgeConfig, ...] = ()
     source: Path | None = None
 
 
@@ -356,6 +499,9 @@ _BOUNDS: dict[tuple[type, str], tuple[float | None, float | None]] = {
     (LimitsConfig, "max_keepalive"): (0, 65535),
     (LimitsConfig, "max_connect_rate_per_ip"): (0, None),
     (LimitsConfig, "max_publish_rate"): (0, None),
+    (BridgeTopicConfig, "qos"): (0, 2),
+    (BridgeConfig, "keepalive"): (0, 65535),
+    (BridgeConfig, "max_inflight_messages"): (1, 65535),
 }
 
 
@@ -477,6 +623,7 @@ class _Loader:
                 "cluster.redis_url",
                 f"expected redis://, rediss:// or unix:// URL, got {url!r}",
             )
+        self.check_bridges(cfg)
         if cfg.store.path is None:
             cfg = dataclasses.replace(
                 cfg, store=dataclasses.replace(cfg.store, path=cfg.broker.data_dir / "mqttd.db")
@@ -591,6 +738,8 @@ class _Loader:
         """Build one element of an array of tables (``[[listeners]]``)."""
         if cls is ListenerConfig:
             return self.listener(data, path)
+        if cls is BridgeConfig:
+            return self.bridge(data, path)
         return cls(**self.table(cls, data, path))
 
     def listener(self, data: Any, path: str) -> ListenerConfig:
@@ -638,6 +787,76 @@ class _Loader:
                     f"{path}.metrics_path",
                     f"{lc.metrics_path!r} is already the path of another endpoint",
                 )
+
+    def bridge(self, data: Any, path: str) -> BridgeConfig:
+        """Build one ``[[bridges]]`` table and check the rules between its fields."""
+        bc = BridgeConfig(**self.table(BridgeConfig, data, path))
+        if not bc.name:
+            raise self.fail(f"{path}.name", "required: the bridge's name")
+        if any(c in bc.name for c in "/+#") or not bc.name.isprintable():
+            raise self.fail(f"{path}.name", f"must be one topic level (no / + #), got {bc.name!r}")
+        if not bc.address:
+            raise self.fail(f"{path}.address", 'required: the remote as ["host:port", ...]')
+        for i, text in enumerate(bc.address):
+            try:
+                parse_address(text, 0)
+            except ValueError as exc:
+                raise self.fail(f"{path}.address[{i}]", str(exc)) from None
+        if bc.transport not in TLS_TYPES:
+            for key in ("cafile", "certfile", "keyfile"):
+                if getattr(bc, key) is not None:
+                    raise self.fail(f"{path}.{key}", "only for a tls or wss bridge")
+        if bc.keyfile is not None and bc.certfile is None:
+            raise self.fail(f"{path}.certfile", "required with keyfile")
+        if bc.password is not None and bc.username is None and bc.protocol == "3.1.1":
+            raise self.fail(f"{path}.password", "requires username")  # [MQTT-3.1.2-22]
+        if not bc.ws_path.startswith("/"):
+            raise self.fail(f"{path}.ws_path", f"must start with '/', got {bc.ws_path!r}")
+        if bc.reconnect_delay_max_s < bc.reconnect_delay_s:
+            raise self.fail(
+                f"{path}.reconnect_delay_max_s",
+                f"must be at least reconnect_delay_s ({bc.reconnect_delay_s})",
+            )
+        if not bc.topics:
+            raise self.fail(f"{path}.topics", "at least one [[bridges.topics]] table is required")
+        for i, topic in enumerate(bc.topics):
+            self.check_bridge_topic(topic, f"{path}.topics[{i}]")
+        return bc
+
+    def check_bridge_topic(self, topic: BridgeTopicConfig, path: str) -> None:
+        """A topic's prefixes are plain levels and what they make are valid filters."""
+        for key in ("local_prefix", "remote_prefix"):
+            prefix = getattr(topic, key)
+            if "+" in prefix or "#" in prefix:
+                raise self.fail(f"{path}.{key}", f"must not contain wildcards, got {prefix!r}")
+        if not topic.pattern and not (topic.local_prefix and topic.remote_prefix):
+            raise self.fail(
+                f"{path}.pattern",
+                "required (or set both local_prefix and remote_prefix to map one topic)",
+            )
+        for key, value in (("pattern", topic.local_filter), ("pattern", topic.remote_filter)):
+            try:
+                validate_topic_filter(value)
+            except MalformedPacket as exc:
+                raise self.fail(
+                    f"{path}.{key}", f"{value!r} is not a valid topic filter ({exc.reason})"
+                ) from None
+
+    def check_bridges(self, cfg: Config) -> None:
+        """Rules across bridges, and with the rest of the file."""
+        seen: dict[str, int] = {}
+        for i, bc in enumerate(cfg.bridges):
+            if bc.name in seen:
+                raise self.fail(
+                    f"bridges[{i}].name", f"{bc.name!r} is already used by bridges[{seen[bc.name]}]"
+                )
+            seen[bc.name] = i
+        if cfg.bridges and (cfg.cluster.enabled or cfg.broker.workers > 1):
+            raise self.fail(
+                "bridges",
+                "not supported in cluster mode ([cluster] redis_url or [broker] workers > 1): "
+                "run the bridges in a separate mqttd that connects to the cluster",
+            )
 
     def check_listeners(self, listeners: tuple[ListenerConfig, ...]) -> None:
         """Rules across listeners: no two may bind the same host and port."""

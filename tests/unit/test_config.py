@@ -132,6 +132,8 @@ def test_every_key_accepts_its_own_default(write_config: Any) -> None:
     for f in dataclasses.fields(Config):
         tp = hints[f.name]
         if typing.get_origin(tp) is tuple:  # an array of tables: one element
+            if not getattr(Config(), f.name):
+                continue  # empty by default ([[bridges]]): one element would add something
             text += f"[[{f.name}]]\n" + _explicit_defaults(typing.get_args(tp)[0])
         elif dataclasses.is_dataclass(tp):
             text += f"[{f.name}]\n" + _explicit_defaults(tp)
