@@ -142,3 +142,36 @@ def test_basic_credentials() -> None:
     no_colon = base64.b64encode(b"user").decode()
     assert basic_credentials(_request(("Authorization", f"Basic {no_colon}"))) is None
     assert basic_credentials(_request(("Authorization", "Bearer abc"))) is None
+
+
+def test_readme_lists_every_topic_and_metric() -> None:
+    """README.md's Monitoring tables name every $SYS topic and every mqttd_* metric."""
+    import re
+    from pathlib import Path
+
+    from mqttd.access import AccessControl
+    from mqttd.broker import Broker
+    from mqttd.config import Config, LimitsConfig
+    from mqttd.metrics import BrokerCollector
+    from mqttd.shared import ServerState
+    from mqttd.sysinfo import ListenerFigures, Monitor, StoreFigures
+
+    readme = (Path(__file__).resolve().parent.parent.parent / "README.md").read_text()
+    store = StoreFigures(1, 0, 0, 0.0, (0,) * 12, False)
+    listener = ListenerFigures("tcp", "127.0.0.1", 1883, 0, 0, 0)
+    topics = SysTree().values(figures(store=store, listeners=(listener,)))
+    missing = set()
+    for topic in topics:
+        documented = re.sub(r"/(1min|5min|15min)$", "/+", topic)
+        documented = documented.replace("/listener/1883/", "/listener/<port>/")
+        if f"`{documented}`" not in readme and f"`{documented}`," not in readme:
+            missing.add(documented)
+    assert not missing, f"$SYS topics missing from README.md: {sorted(missing)}"
+
+    config = Config()
+    state = ServerState(config=config, broker=Broker(LimitsConfig()), access=AccessControl(config))
+    names = {
+        family.name + ("_total" if family.type == "counter" else "")
+        for family in BrokerCollector(Monitor(state)).collect()
+    }
+    assert not {n for n in names if f"`{n}`" not in readme}, "metrics missing from README.md"
