@@ -423,7 +423,9 @@ class ConnectionProtocol:
         if limits.slow_consumer == "disconnect" and kick is not None:
             session.on_overflow = lambda: kick("slow_consumer")
         self.session = session
-        self._client = ClientProtocol(broker, session, connect.protocol_level, acl)
+        self._client = ClientProtocol(
+            broker, session, connect.protocol_level, acl, bridge=self.decoder.bridge
+        )
         self._connect = None  # only the Will is kept ([MQTT-3.1.2-8])
         self._client.will = connect.will
         self.state = State.CONNECTED
@@ -443,6 +445,7 @@ class ConnectionProtocol:
             session_present=present,
             keepalive=connect.keepalive,
             protocol_level=connect.protocol_level,
+            bridge=self.decoder.bridge,
             username=self.username,
             will=connect.will is not None,
         )

@@ -43,6 +43,11 @@ log = structlog.get_logger("mqttd.protocol")
 _PINGRESP = b"\xd0\x00"
 
 
+def _refuse(topic: str) -> bool:
+    """A ``may_receive`` that refuses everything."""
+    return False
+
+
 def connack_bytes(session_present: bool, return_code: int) -> bytes:
     """CONNACK; Session Present is 0 whenever the return code is non-zero ([MQTT-3.2.2-4])."""
     return encode(Connack(session_present and return_code == 0, return_code))
@@ -56,10 +61,13 @@ class ClientProtocol:
         session: the session this connection is attached to.
         protocol_level: 4 for MQTT 3.1.1, 3 for MQTT 3.1.
         acl: what this client may publish, subscribe to and receive.
+        bridge: the client is another broker's bridge (its CONNECT had the protocol level's
+            high bit set): its own messages are never routed back to it.
     """
 
     __slots__ = (
         "acl",
+        "bridge",
         "broker",
         "disconnected",
         "logs",
@@ -71,9 +79,16 @@ class ClientProtocol:
     )
 
     def __init__(
-        self, broker: Broker, session: Session, protocol_level: int, acl: ClientAcl
+        self,
+        broker: Broker,
+        session: Session,
+        protocol_level: int,
+        acl: ClientAcl,
+        *,
+        bridge: bool = False,
     ) -> None:
         self.broker = broker
+        self.bridge = bridge
         self.session = session
         self.protocol_level = protocol_level
         self.acl = acl
@@ -119,9 +134,20 @@ class ClientProtocol:
             self._route(packet.topic, packet.payload, 2, packet.retain)
 
     def _route(self, topic: str, payload: bytes, qos: int, retain: bool) -> None:
-        if not self.broker.publish(topic, payload, qos, retain) and self.logs.first(
-            "retained_refused"
-        ):
+        if self.bridge:
+            # A bridge does not get its own messages back (Mosquitto's no-local for try_private
+            # connections): otherwise two brokers bridging the same topics both ways would
+            # pass every message to and fro for ever. Routing is synchronous, so the session
+            # refuses deliveries exactly while its own message is routed.
+            session = self.session
+            may_receive, session.may_receive = session.may_receive, _refuse
+            try:
+                kept = self.broker.publish(topic, payload, qos, retain)
+            finally:
+                session.may_receive = may_receive
+        else:
+            kept = self.broker.publish(topic, payload, qos, retain)
+        if not kept and self.logs.first("retained_refused"):
             # [limits] max_retained_messages / max_retained_bytes: delivered, not retained.
             log.warning(
                 "retained_refused",

@@ -341,6 +341,8 @@ class Decoder:
 
     Attributes:
         protocol_level: ``None`` until a CONNECT was decoded, then 4 (MQTT 3.1.1) or 3 (MQTT 3.1).
+        bridge: whether that CONNECT came from a bridge: its protocol level had the high bit
+            set (0x84, 0x83), Mosquitto's ``try_private``.
     """
 
     # An idle connection keeps its decoder: no per-instance __dict__.
@@ -354,6 +356,7 @@ class Decoder:
         "_pos",
         "_rules",
         "_server",
+        "bridge",
         "protocol_level",
     )
 
@@ -372,6 +375,7 @@ class Decoder:
         if not 0 <= max_connect_packet_size <= MAX_REMAINING_LENGTH:
             raise LocalProtocolError("max_connect_packet_size_out_of_range")
         self.protocol_level: int | None = None
+        self.bridge = False
         self._server = server
         self._max_packet_size = max_packet_size
         #: the Remaining Length limit in force: the CONNECT's until one has been decoded
@@ -486,6 +490,12 @@ class Decoder:
         name = bytes(buf[start + 2 : pos])
         level = buf[pos]
         pos += 1
+        # A bridge sets the level's high bit (0x84, 0x83: Mosquitto's try_private) so that the
+        # broker does not send its own messages back to it; it is otherwise a 3.1.1/3.1 client.
+        # Outside [MQTT-3.1.2-2], as Mosquitto accepts it; see README "Bridges".
+        bridge = level > 0x80
+        if bridge:
+            level -= 0x80
         if name == _MQTT_311_NAME:
             expected = _MQTT_311_LEVEL
         elif name == _MQTT_31_NAME:
@@ -551,6 +561,7 @@ class Decoder:
                     connack_code=ConnackCode.IDENTIFIER_REJECTED,
                 )
         self.protocol_level = level
+        self.bridge = bridge
         self._limit = self._max_packet_size
         if self._server:
             self._rules = _SERVER_31 if mqtt31 else _SERVER_311
