@@ -19,6 +19,7 @@ import trio
 
 from mqttd.access import AccessControl
 from mqttd.admission import Admission
+from mqttd.bridge.link import Bridge, run_bridges
 from mqttd.broker import Broker
 from mqttd.config import Config, ListenerConfig
 from mqttd.connection import Connection
@@ -52,6 +53,8 @@ class Server:
     _stop: trio.Event = field(default_factory=trio.Event)
     #: the figures behind $SYS, /metrics and the health endpoints
     monitor: Monitor | None = None
+    #: the running bridges ([[bridges]])
+    bridges: list[Bridge] = field(default_factory=list)
 
     @property
     def broker(self) -> Broker:
@@ -148,6 +151,7 @@ async def _serve(
         if node is not None:
             await background.start(node.run)
         try:
+            bridges = await background.start(run_bridges, state) if config.bridges else []
             background.start_soon(state.flusher)
             background.start_soon(state.timeouts.run)
             if config.broker.sys_interval_s:
@@ -175,7 +179,7 @@ async def _serve(
                         started = _log_started(listener, sockets)
                         monitor.listener_started(listener, [(a.host, a.port) for a in started])
                         addresses.extend(started)
-                    server = Server(state, addresses, monitor=monitor)
+                    server = Server(state, addresses, monitor=monitor, bridges=bridges)
                     task_status.started(server)
                     await server._stop.wait()
                     listening.cancel_scope.cancel()

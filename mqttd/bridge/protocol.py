@@ -1,0 +1,502 @@
+"""The client side of one bridge connection, pure and synchronous: bytes in, actions out.
+
+Theory of operation. ``LinkProtocol`` is to a bridge's connection what
+``mqttd.connection_protocol.ConnectionProtocol`` is to a client's: it does no I/O, reads no
+clock and starts no task. Its driver (``mqttd.bridge.link``) opens the transport, writes what
+``data_to_send()`` returns, feeds what it reads to ``receive_data`` and asks ``next_action(now)``
+what to do next, until ``NEED_DATA``:
+
+* ``LinkUp`` -- the remote accepted the CONNECT and (when the bridge has ``in`` topics)
+  granted the SUBSCRIBE: the link carries messages now (publish the link state);
+* ``WAIT_FOR_OUTPUT`` / ``WAIT_FOR_STORE`` -- read nothing more until the output drained or the
+  durable store caught up (what the remote sends is published here, and must not outrun the
+  disk);
+* ``Close`` -- the link is over: refused (``return_code``), a protocol error, EOF.
+
+The session. What travels to the remote comes out of the bridge's local ``BridgeSession``: its
+deliveries (queued while the link was down, renamed for the remote), their PUBRELs, and the
+acknowledgements of what the remote sends (PUBACK, PUBREC, PUBCOMP), so every QoS 1/2 rule of a
+client session applies, both ways. The session is attached only once the link is up -- after
+the SUBACK, so the SUBSCRIBE's packet id cannot collide with a PUBLISH's ([MQTT-2.3.1-2]) --
+and it then re-sends what is unacknowledged, DUP=1 and in order ([MQTT-4.4.0-1]).
+``close()`` detaches it: QoS 1/2 messages wait in it (durably) for the next link.
+
+The rules of the client role ([MQTT-7.0.0-1]: a bridging broker is a client to the remote):
+
+* CONNECT first; the first packet back must be CONNACK ([MQTT-3.2.0-1]); a non-zero code ends
+  the link ([MQTT-3.2.2-5]). With ``try_private``, the protocol level has its high bit set
+  (0x84 / 0x83) -- Mosquitto's way to tell the remote this is a bridge, so it never sends the
+  bridge its own messages back; a 3.1.1 broker that does not know it answers 0x01.
+* Session Present 0 means the remote kept nothing: the QoS 2 packet ids of the remote's
+  unreleased messages are forgotten, or new messages reusing those ids would be taken for
+  duplicates and lost.
+* Incoming PUBLISH: renamed (``TopicMap.to_local``), published to the local broker while the
+  bridge's own session refuses it (no loop), and acknowledged through the session, whose
+  output waits for the store ([MQTT-4.3.2-2], [MQTT-4.3.3-2]): the remote lets go of a message
+  only once this broker holds it durably.
+* Keep Alive: a PINGREQ when nothing was sent or received for ``keepalive`` seconds
+  ([MQTT-3.1.2-23]); no PINGRESP within ``keepalive`` more ends the link, as does no CONNACK
+  within ``connect_timeout_s``.
+* Packets only a client sends (CONNECT, SUBSCRIBE, UNSUBSCRIBE, PINGREQ, DISCONNECT) coming
+  from the remote are protocol errors that close the link ([MQTT-4.8.0-1]).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Final, Protocol, TypeAlias
+
+import structlog
+
+from mqttd.codec.decoder import CLOSED, Decoder
+from mqttd.codec.decoder import NEED_DATA as DECODER_NEED_DATA
+from mqttd.codec.encoder import encode
+from mqttd.codec.packets import (
+    PROTOCOL_MQTT_31,
+    PROTOCOL_MQTT_311,
+    SUBACK_FAILURE,
+    Connack,
+    ConnackCode,
+    Connect,
+    Disconnect,
+    Packet,
+    Pingreq,
+    Pingresp,
+    Puback,
+    Pubcomp,
+    Publish,
+    Pubrec,
+    Pubrel,
+    Suback,
+    Subscribe,
+    Unsuback,
+)
+from mqttd.errors import LocalProtocolError, ProtocolError
+from mqttd.logging import LogBudget
+
+if TYPE_CHECKING:
+    from mqttd.bridge.session import BridgeSession
+    from mqttd.broker import Broker
+
+__all__ = [
+    "NEED_DATA",
+    "WAIT_FOR_OUTPUT",
+    "WAIT_FOR_STORE",
+    "Close",
+    "LinkProtocol",
+    "LinkSettings",
+    "LinkState",
+    "LinkUp",
+    "connect_bytes",
+]
+
+log = structlog.get_logger("mqttd.bridge")
+
+#: The protocol level's high bit: "this client is a bridge" (Mosquitto's try_private).
+BRIDGE_BIT: Final = 0x80
+
+_PINGREQ: Final = encode(Pingreq())
+_DISCONNECT: Final = encode(Disconnect())
+
+
+class LinkState(enum.Enum):
+    """Where a bridge connection is in its life."""
+
+    CONNECTING = "connecting"  # CONNECT sent, waiting for CONNACK
+    SUBSCRIBING = "subscribing"  # CONNACK 0, SUBSCRIBE sent, waiting for SUBACK
+    UP = "up"  # the session is attached: messages flow both ways
+    CLOSED = "closed"
+
+
+class _Signal(enum.Enum):
+    NEED_DATA = "NEED_DATA"
+    WAIT_FOR_OUTPUT = "WAIT_FOR_OUTPUT"
+    WAIT_FOR_STORE = "WAIT_FOR_STORE"
+
+    def __repr__(self) -> str:
+        return self.value
+
+
+#: Read more bytes and pass them to ``receive_data``.
+NEED_DATA: Final = _Signal.NEED_DATA
+#: Read nothing more until the output is back under ``max_outbox_bytes``.
+WAIT_FOR_OUTPUT: Final = _Signal.WAIT_FOR_OUTPUT
+#: Read nothing more until the store has caught up (``store_backlog_limit``).
+WAIT_FOR_STORE: Final = _Signal.WAIT_FOR_STORE
+
+
+@dataclass(frozen=True, slots=True)
+class LinkUp:
+    """The link carries messages now; ``session_present`` is the remote's CONNACK flag."""
+
+    session_present: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Close:
+    """The link is over. ``return_code`` is the CONNACK code when the remote refused it."""
+
+    reason: str
+    return_code: int | None = None
+
+
+Action: TypeAlias = "_Signal | LinkUp | Close"
+
+
+@dataclass(frozen=True, slots=True)
+class LinkSettings:
+    """What one connection of a bridge needs to know of its configuration.
+
+    Attributes:
+        client_id: the client id on the remote.
+        username: user name (None: none).
+        password: password (None: none).
+        keepalive: Keep Alive in seconds (0: none).
+        clean_session: CleanSession on the remote.
+        protocol: "3.1.1" or "3.1".
+        try_private: set the bridge bit in the protocol level.
+        connect_timeout_s: how long to wait for CONNACK.
+        subscriptions: (remote filter, QoS) of the ``in`` topics.
+    """
+
+    client_id: str
+    username: str | None = None
+    password: str | None = None
+    keepalive: int = 60
+    clean_session: bool = False
+    protocol: str = "3.1.1"
+    try_private: bool = True
+    connect_timeout_s: float = 10.0
+    subscriptions: tuple[tuple[str, int], ...] = ()
+
+
+def connect_bytes(settings: LinkSettings) -> bytes:
+    """The CONNECT packet of a bridge connection.
+
+    With ``try_private`` the protocol level byte gets the bridge bit: the codec encodes
+    standard levels only, and the level sits right after the protocol name.
+    """
+    name, level = PROTOCOL_MQTT_31 if settings.protocol == "3.1" else PROTOCOL_MQTT_311
+    packet = encode(
+        Connect(
+            settings.client_id,
+            clean_session=settings.clean_session,
+            keepalive=settings.keepalive,
+            username=settings.username,
+            password=settings.password.encode() if settings.password is not None else None,
+            protocol_name=name,
+            protocol_level=level,
+        )
+    )
+    if not settings.try_private:
+        return packet
+    # Fixed header (1 byte + Remaining Length), then the protocol name (2 + len), then level.
+    header = 2
+    while packet[header - 1] & 0x80:
+        header += 1
+    at = header + 2 + len(name)
+    if packet[at] != level:
+        raise LocalProtocolError("connect_level_not_found")
+    return packet[:at] + bytes((level | BRIDGE_BIT,)) + packet[at + 1 :]
+
+
+class OutputGate(Protocol):
+    """The store's view of the link (``mqttd.store.OutputGate``)."""
+
+    def begin(self) -> int:
+        """Input is about to be processed; returns a token for ``end``."""
+
+    def end(self, token: int) -> None:
+        """Input processing that began with ``token`` is over."""
+
+    def overloaded(self) -> bool:
+        """The store lags so far behind that reading must slow down."""
+
+
+class LinkProtocol:
+    """One connection of a bridge to its remote, from CONNECT to close.
+
+    Args:
+        settings: the connection's settings.
+        broker: the local broker (what the remote sends is published there).
+        session: the bridge's local session.
+        now: when the connection was opened (trio clock).
+        wake: called whenever there is new output for ``data_to_send``.
+        gate: the store's durability gate for this link, when a store is in use.
+        max_packet_size: the largest packet accepted from the remote.
+    """
+
+    __slots__ = (
+        "_decoder",
+        "_early",
+        "_gate",
+        "_last_in",
+        "_last_out",
+        "_logs",
+        "_ping_sent_at",
+        "_subscribe_id",
+        "broker",
+        "opened_at",
+        "packets_in",
+        "session",
+        "session_present",
+        "settings",
+        "state",
+        "wake",
+    )
+
+    def __init__(
+        self,
+        settings: LinkSettings,
+        broker: Broker,
+        session: BridgeSession,
+        now: float,
+        wake: Callable[[], None],
+        *,
+        gate: OutputGate | None = None,
+        max_packet_size: int | None = None,
+    ) -> None:
+        self.settings = settings
+        self.broker = broker
+        self.session = session
+        self.wake = wake
+        self._gate = gate
+        self._decoder = Decoder(
+            server=False, max_packet_size=max_packet_size or broker.limits.max_packet_size
+        )
+        self.state = LinkState.CONNECTING
+        self.opened_at = now
+        self._last_in = now
+        self._last_out = now
+        self._ping_sent_at: float | None = None
+        self._subscribe_id = 0
+        self.session_present = False
+        self.packets_in = 0
+        self._logs = LogBudget()
+        #: output that is not the session's: CONNECT, SUBSCRIBE, PINGREQ, DISCONNECT
+        self._early = connect_bytes(settings)
+
+    # -- input ------------------------------------------------------------------------------
+
+    def receive_data(self, data: bytes | bytearray) -> None:
+        """Bytes read from the remote; ``b""`` when it closed its side (EOF)."""
+        if self.state is not LinkState.CLOSED:
+            self._decoder.receive_data(data)
+
+    def next_action(self, now: float) -> Action:
+        """Process what was received; return what the driver must do next.
+
+        Raises:
+            LocalProtocolError: called after ``close``.
+        """
+        if self.state is LinkState.CLOSED:
+            raise LocalProtocolError("next_action_when_closed")
+        gate = self._gate
+        token = gate.begin() if gate is not None else 0
+        try:
+            while True:
+                try:
+                    packet = self._decoder.next_packet()
+                except ProtocolError as exc:
+                    return self._fail(exc.reason)
+                if packet is DECODER_NEED_DATA:
+                    break
+                if packet is CLOSED:
+                    return Close("peer_closed")
+                self._last_in = now
+                self.packets_in += 1
+                try:
+                    action = self._handle(packet)
+                except ProtocolError as exc:
+                    return self._fail(exc.reason)
+                if action is not None:
+                    return action
+        finally:
+            if gate is not None:
+                gate.end(token)
+            if self.has_output:
+                self.wake()
+        if self.session.outbox_bytes > self.broker.limits.max_outbox_bytes:
+            return WAIT_FOR_OUTPUT
+        if gate is not None and gate.overloaded():
+            return WAIT_FOR_STORE
+        return NEED_DATA
+
+    def _handle(self, packet: Packet) -> LinkUp | Close | None:
+        state = self.state
+        if state is LinkState.CONNECTING:
+            if not isinstance(packet, Connack):
+                return self._fail("first_packet_not_connack")  # [MQTT-3.2.0-1]
+            return self._connack(packet)
+        session = self.session
+        if isinstance(packet, Publish):
+            self._publish(packet)
+        elif isinstance(packet, Puback):
+            session.on_puback(packet.packet_id)
+        elif isinstance(packet, Pubrec):
+            session.on_pubrec(packet.packet_id)
+        elif isinstance(packet, Pubcomp):
+            session.on_pubcomp(packet.packet_id)
+        elif isinstance(packet, Pubrel):
+            session.release_qos2(packet.packet_id)
+        elif isinstance(packet, Pingresp):
+            self._ping_sent_at = None
+        elif isinstance(packet, Suback):
+            return self._suback(packet)
+        elif isinstance(packet, Unsuback):
+            pass  # the bridge sends no UNSUBSCRIBE; a stray one is harmless
+        elif isinstance(packet, Connack):
+            return self._fail("second_connack")
+        else:  # CONNECT, SUBSCRIBE, UNSUBSCRIBE, PINGREQ, DISCONNECT: a client's packets
+            return self._fail("client_packet_from_server")  # [MQTT-4.8.0-1]
+        return None
+
+    def _connack(self, connack: Connack) -> LinkUp | Close | None:
+        if connack.return_code != ConnackCode.ACCEPTED:
+            return Close("connect_refused", connack.return_code)  # [MQTT-3.2.2-5]
+        self.session_present = connack.session_present
+        if not connack.session_present:
+            self._forget_incoming()
+        subscriptions = self.settings.subscriptions
+        if not subscriptions:
+            return self._up()
+        self._subscribe_id = 1
+        self._early += encode(Subscribe(self._subscribe_id, subscriptions))
+        self.state = LinkState.SUBSCRIBING
+        return None
+
+    def _suback(self, suback: Suback) -> LinkUp | None:
+        if self.state is not LinkState.SUBSCRIBING or suback.packet_id != self._subscribe_id:
+            return None  # not ours: ignore, as a client does
+        refused = [
+            f
+            for (f, _), code in zip(self.settings.subscriptions, suback.return_codes, strict=False)
+            if code == SUBACK_FAILURE
+        ]
+        if refused:
+            log.warning("bridge_subscribe_refused", count=len(refused), first=refused[0])
+        return self._up()
+
+    def _up(self) -> LinkUp:
+        self.state = LinkState.UP
+        self.session.attach(self.wake)  # re-sends what is unacknowledged ([MQTT-4.4.0-1])
+        self.wake()
+        return LinkUp(self.session_present)
+
+    def _forget_incoming(self) -> None:
+        """The remote has no session: its unreleased QoS 2 packet ids are void."""
+        session = self.session
+        pending = session.awaiting_release
+        if not pending:
+            return
+        store = session.store
+        for packet_id in list(pending):
+            pending.discard(packet_id)
+            if store is not None:
+                store.incoming_removed(session.client_id, packet_id)
+                session.store_mark = store.recorded
+
+    def _publish(self, packet: Publish) -> None:
+        session = self.session
+        qos = packet.qos
+        topic = self.session.topics.to_local(packet.topic)
+        if topic is None and self._logs.first("bridge_topic_not_mapped"):
+            log.warning("bridge_topic_not_mapped", topic=packet.topic)
+        if qos == 1:
+            # The PUBACK is queued in the same synchronous step as the publish, and waits for
+            # the store like any client's ([MQTT-4.3.2-2]).
+            session.acknowledge_qos1(packet.packet_id)  # type: ignore[arg-type]
+        elif qos == 2 and not session.receive_qos2(packet.packet_id):  # type: ignore[arg-type]
+            return  # a re-sent packet id awaiting PUBREL: already published ([MQTT-4.3.3-2])
+        if topic is None:
+            return
+        session.publishing = True  # no loop: not back into the bridge's own session
+        try:
+            self.broker.publish(topic, packet.payload, qos, packet.retain)
+        finally:
+            session.publishing = False
+
+    def _fail(self, reason: str) -> Close:
+        log.warning("bridge_protocol_error", reason=reason)
+        return Close(reason)
+
+    # -- keepalive --------------------------------------------------------------------------
+
+    def deadline(self) -> float | None:
+        """When ``tick`` has something to do: the CONNACK timeout, the next PINGREQ, or the
+        PINGRESP timeout; None when nothing is due (Keep Alive 0, closed)."""
+        state = self.state
+        if state is LinkState.CLOSED:
+            return None
+        if state is LinkState.CONNECTING:
+            return self.opened_at + self.settings.connect_timeout_s
+        keepalive = self.settings.keepalive
+        if not keepalive:
+            return None
+        if self._ping_sent_at is not None:
+            return self._ping_sent_at + keepalive
+        return min(self._last_in, self._last_out) + keepalive
+
+    def tick(self, now: float) -> Close | None:
+        """Time passed: send a PINGREQ when one is due; end the link when the CONNACK or the
+        PINGRESP is late."""
+        due = self.deadline()
+        if due is None or now < due:
+            return None
+        if self.state is LinkState.CONNECTING:
+            return Close("connack_timeout")
+        if self._ping_sent_at is not None:
+            return Close("keepalive_timeout")
+        self._ping_sent_at = now  # [MQTT-3.1.2-23]
+        self._early += _PINGREQ
+        self.wake()
+        return None
+
+    # -- output -----------------------------------------------------------------------------
+
+    @property
+    def has_output(self) -> bool:
+        """Whether ``data_to_send`` has anything."""
+        return self.state is not LinkState.CLOSED and bool(self._early or self.session.outbox)
+
+    def data_to_send(self) -> bytes:
+        """Everything there is to write now, as one buffer (b"" after ``close``)."""
+        if self.state is LinkState.CLOSED:
+            return b""
+        data = b""
+        if self._early:
+            data, self._early = self._early, b""
+        if self.session.outbox:
+            data += self.session.take_outbox()
+        return data
+
+    def sent(self, now: float) -> None:
+        """The driver wrote output at ``now`` (the Keep Alive counts from the last write)."""
+        self._last_out = now
+
+    @property
+    def store_mark(self) -> int:
+        """The store position the session's output depends on (see ``OutputGate``)."""
+        return self.session.store_mark
+
+    @property
+    def output_drained(self) -> bool:
+        """Whether the output is back under ``max_outbox_bytes``."""
+        return self.session.outbox_bytes <= self.broker.limits.max_outbox_bytes
+
+    def disconnect(self) -> bytes:
+        """The DISCONNECT to write before closing on purpose (shutdown)."""
+        return _DISCONNECT
+
+    # -- the end ----------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """The connection ended (for any reason): detach the session; its QoS 1/2 messages
+        wait for the next link. Calling it again does nothing."""
+        if self.state is LinkState.CLOSED:
+            return
+        self.state = LinkState.CLOSED
+        self._early = b""
+        self.session.detach()
