@@ -29,6 +29,7 @@ from typing import Any
 import h11
 import structlog
 import trio
+from prometheus_client import CollectorRegistry
 
 from mqttd import __version__
 from mqttd.access import AccessControl
@@ -105,7 +106,9 @@ class MonitoringEndpoints:
         access: the password files and ACLs in force (reloaded on SIGHUP).
     """
 
-    def __init__(self, monitor: Monitor, registry: Any, access: AccessControl) -> None:
+    def __init__(
+        self, monitor: Monitor, registry: CollectorRegistry, access: AccessControl
+    ) -> None:
         self.monitor = monitor
         self.registry = registry
         self.access = access
