@@ -37,6 +37,7 @@ from mqttd import __version__
 from mqttd.broker import TRAFFIC_PUBLISH_PAYLOAD, Broker
 from mqttd.config import ListenerConfig
 from mqttd.shared import ServerState
+from mqttd.store import COMMIT_BUCKETS_S
 
 if TYPE_CHECKING:
     from mqttd.store import Store
@@ -345,15 +346,18 @@ class Monitor:
 
 
 def _store_figures(store: Store | None) -> StoreFigures | None:
+    """The store's counters: the SQLite ``Store``'s, or in a cluster the Redis store's, which
+    keeps the same names; a counter a store does not keep reads as zero."""
     if store is None:
         return None
+    buckets = getattr(store, "commit_buckets", None)
     return StoreFigures(
-        commits=store.commits,
-        failures=store.failures,
+        commits=getattr(store, "commits", 0),
+        failures=getattr(store, "failures", 0),
         backlog=store.backlog(),
-        commit_seconds=store.commit_seconds,
-        commit_buckets=tuple(store.commit_buckets),
-        last_commit_failed=store.last_commit_failed,
+        commit_seconds=getattr(store, "commit_seconds", 0.0),
+        commit_buckets=tuple(buckets) if buckets else (0,) * (len(COMMIT_BUCKETS_S) + 1),
+        last_commit_failed=getattr(store, "last_commit_failed", False),
     )
 
 

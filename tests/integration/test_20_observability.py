@@ -20,6 +20,7 @@ from mqttd.auth import hash_password
 from mqttd.config import (
     AuthConfig,
     BrokerConfig,
+    ClusterConfig,
     Config,
     LimitsConfig,
     ListenerConfig,
@@ -28,6 +29,7 @@ from mqttd.config import (
 from mqttd.server import Server, serve
 from tests.helpers import wire
 from tests.helpers.client import TIMEOUT_S, WireClient, connect_client, subscribe, sync
+from tests.helpers.redis_server import redis_server
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
@@ -399,3 +401,29 @@ async def test_metrics_path_must_not_clash(metrics_path: str) -> None:
 
     with pytest.raises(ConfigError, match="metrics_path"):
         parse_config({"listeners": [{"type": "ws", "metrics_path": metrics_path}]})
+
+
+async def test_cluster_node_metrics_and_readiness(
+    nursery: trio.Nursery, tmp_path_factory: pytest.TempPathFactory, tmp_path: Path
+) -> None:
+    """In cluster mode /metrics names the node and its Redis link, and /readyz checks the link
+    (not a SQLite file)."""
+    with redis_server(tmp_path_factory.mktemp("redis")) as redis:
+        config = Config(
+            listeners=(ListenerConfig(type="tcp", port=0), ListenerConfig(type="http", port=0)),
+            broker=BrokerConfig(data_dir=tmp_path, sys_interval_s=0.0),
+            store=StoreConfig(durability="memory"),
+            cluster=ClusterConfig(redis_url=redis.url, node_id="obs-a", key_prefix="obs"),
+        )
+        async with trio.open_nursery() as cluster:
+            with trio.fail_after(TIMEOUT_S):
+                server: Server = await cluster.start(serve, config)
+            samples = await scrape(server.port("http"))
+            assert value(samples, "mqttd_cluster_node_info", node="obs-a") == 1
+            assert value(samples, "mqttd_cluster_link_up") == 1
+            status, _, body = await http_request(server.port("http"), "/readyz")
+            checks = json.loads(body)["checks"]
+            assert status == 200, checks
+            assert checks["cluster"] == {"ok": True, "node": "obs-a"}
+            assert "store" not in checks
+            server.shutdown()
