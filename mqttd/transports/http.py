@@ -516,5 +516,8 @@ async def serve_endpoint(
         ("X-Content-Type-Options", "nosniff"),
         *reply.headers,
     ]
-    await http.send_response(reply.status, headers, reply.body, head_only=head_only)
-    return reply.status, None if reply.status < 400 else "endpoint_refused"
+    # A refused request ends its connection: a client guessing passwords gets one try (and
+    # one log line) per connection.
+    refused = reply.status in (401, 403)
+    await http.send_response(reply.status, headers, reply.body, head_only=head_only, close=refused)
+    return reply.status, "unauthorised" if refused else None
