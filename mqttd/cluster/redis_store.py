@@ -27,6 +27,7 @@ receiving node drops a copy it has seen.
 
 from __future__ import annotations
 
+import bisect
 import itertools
 import time
 from collections.abc import Awaitable, Callable, Iterable
@@ -41,7 +42,13 @@ if TYPE_CHECKING:
 from mqttd.cluster.wire import Keys, pack_message, pack_will
 from mqttd.codec.packets import Will
 from mqttd.message import Message
-from mqttd.store import OutputGate, StoredDelivery, StoredSession, StoreError
+from mqttd.store import (
+    COMMIT_BUCKETS_S,
+    OutputGate,
+    StoredDelivery,
+    StoredSession,
+    StoreError,
+)
 
 log = structlog.get_logger("mqttd.cluster")
 
@@ -122,7 +129,13 @@ class RedisStore:
         self._settling: dict[int, trio.Event] = {}
         self.link_up = True
         self.forwards_dropped = 0
-        self.commits = 0
+        self.commits = 0  # batches Redis took
+        self.failures = 0  # batches Redis refused (an error reply)
+        #: batch latency for monitoring, as ``mqttd.store.Store`` keeps it (round trips here,
+        #: retries while Redis is away included)
+        self.commit_buckets = [0] * (len(COMMIT_BUCKETS_S) + 1)
+        self.commit_seconds = 0.0
+        self.last_commit_failed = False
         #: called with (route-log id) / (retained-log id) to wait for a barrier; set by the node
         self.wait_routes: Callable[[str], Awaitable[None]] | None = None
         self.wait_retained: Callable[[str], Awaitable[None]] | None = None
@@ -328,6 +341,7 @@ class RedisStore:
 
     async def _send(self, batch: list[Op]) -> None:
         first = self.committed
+        started = time.perf_counter()
         error: BaseException | None = None
         attempt = 0
         while True:
@@ -353,6 +367,7 @@ class RedisStore:
         if results is None:
             self._failures.append((first, first + len(batch)))
             self._failures = self._failures[-64:]
+            self.failures += 1
             log.error("cluster_commit_failed", error=str(error), operations=len(batch))
             for index in range(first + 1, first + len(batch) + 1):
                 event = self._settling.pop(index, None)
@@ -361,6 +376,10 @@ class RedisStore:
         else:
             self.commits += 1
             self._start_barriers(first, batch, results)
+        elapsed = time.perf_counter() - started
+        self.commit_seconds += elapsed
+        self.commit_buckets[bisect.bisect_left(COMMIT_BUCKETS_S, elapsed)] += 1
+        self.last_commit_failed = results is None
         self.committed = first + len(batch)
         event, self._commit_event = self._commit_event, trio.Event()
         event.set()
