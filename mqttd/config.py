@@ -310,17 +310,22 @@ class ClusterConfig:
         key_prefix: prefix of every Redis key, so several clusters can share one Redis.
         node_timeout_s: seconds without a heartbeat after which a node counts as dead: its
             routes are removed, its clients' Wills published and its sessions adopted.
+        sentinels: Redis Sentinel addresses ("host:port"); set instead of redis_url, the
+            nodes ask them for the primary of sentinel_service and follow a failover.
+        sentinel_service: the name Sentinel monitors the primary under.
     """
 
     redis_url: str | None = None
     node_id: str | None = None
     key_prefix: str = "mqttd"
     node_timeout_s: float = 5.0
+    sentinels: tuple[str, ...] = ()
+    sentinel_service: str = "mymaster"
 
     @property
     def enabled(self) -> bool:
         """Whether this process is a node of a cluster."""
-        return self.redis_url is not None
+        return self.redis_url is not None or bool(self.sentinels)
 
 
 BridgeTransport = Literal["tcp", "tls", "ws", "wss"]
@@ -623,6 +628,12 @@ class _Loader:
                 "cluster.redis_url",
                 f"expected redis://, rediss:// or unix:// URL, got {url!r}",
             )
+        if url is not None and cfg.cluster.sentinels:
+            raise self.fail("cluster.sentinels", "set either redis_url or sentinels, not both")
+        for i, address in enumerate(cfg.cluster.sentinels):
+            host, _, port = address.rpartition(":")
+            if not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise self.fail(f"cluster.sentinels[{i}]", f"expected host:port, got {address!r}")
         self.check_bridges(cfg)
         if cfg.store.path is None:
             cfg = dataclasses.replace(

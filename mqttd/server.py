@@ -96,8 +96,7 @@ async def serve(
     if config.cluster.enabled:
         from mqttd.cluster.client import connect
 
-        assert config.cluster.redis_url is not None
-        async with connect(config.cluster.redis_url, config.cluster.node_timeout_s) as redis:
+        async with connect(config.cluster) as redis:
             await _serve(config, access, None, redis, task_status=task_status)
         return
     store = await _open_store(config)

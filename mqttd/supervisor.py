@@ -199,7 +199,10 @@ def worker_config(config: Config, spec: WorkerSpec) -> Config:
     )
     base = config.cluster.node_id
     node_id = f"{base}-w{spec.index}" if base else default_node_id(spec.index)
-    cluster = replace(config.cluster, redis_url=spec.redis_url, node_id=node_id)
+    if spec.redis_url:
+        cluster = replace(config.cluster, redis_url=spec.redis_url, node_id=node_id)
+    else:  # Redis through Sentinel: [cluster] as the file says
+        cluster = replace(config.cluster, node_id=node_id)
     return replace(config, listeners=listeners, cluster=cluster)
 
 
@@ -782,7 +785,7 @@ def check(config: Config, workers: int) -> str | None:
     """
     if not hasattr(socket, "SO_REUSEPORT"):
         raise StartupError(f"{workers} workers need SO_REUSEPORT, which this system lacks")
-    if config.cluster.redis_url is not None:
+    if config.cluster.enabled:  # redis_url or sentinels: the operator's Redis
         return None
     binary = shutil.which("redis-server")
     if binary is None:
@@ -815,8 +818,9 @@ async def supervise(config: Config, workers: int, *, log_format: str, log_level:
         ExitStack() as stack,
     ):
         redis: PrivateRedis | None = None
-        redis_url = config.cluster.redis_url
-        if redis_url is None:
+        # With sentinels the workers keep [cluster] as it is; "" says so in their spec.
+        redis_url = config.cluster.redis_url or ""
+        if not config.cluster.enabled:
             assert binary is not None
             redis = PrivateRedis(binary, config.broker.data_dir / "redis", config.store.durability)
             redis_url = redis.url

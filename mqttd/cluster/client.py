@@ -10,17 +10,19 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
 import trio
 
+from mqttd.config import ClusterConfig
 from mqttd.errors import StartupError
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", BytesWarning)
     import coredis
     import coredis.exceptions
+    from coredis.connection import TCPLocation
     import coredis.patterns.pipeline  # imported lazily by coredis itself otherwise
 
 __all__ = ["PureToken", "RedisError", "connect"]
@@ -33,17 +35,43 @@ RedisError = coredis.exceptions.RedisError
 
 
 @asynccontextmanager
-async def connect(url: str, timeout_s: float) -> AsyncIterator[Any]:
-    """A connected coredis client for ``url`` (redis://, rediss:// or unix://).
+async def connect(config: ClusterConfig) -> AsyncIterator[Any]:
+    """A connected coredis client for ``[cluster]``: ``redis_url`` (redis://, rediss:// or
+    unix://), or the primary that ``sentinels`` name for ``sentinel_service`` (the client
+    asks them again after a failover).
 
     Raises:
-        StartupError: Redis cannot be reached within ``timeout_s``: one line for the operator.
+        StartupError: Redis cannot be reached within ``node_timeout_s``: one line for the
+            operator.
     """
-    client = coredis.Redis.from_url(url, decode_responses=False, max_connections=64)
-    where = f"cluster.redis_url {url}: cannot reach Redis"
+    timeout_s = config.node_timeout_s
+    client: Any
+    sentinel: Any = None
+    if config.sentinels:
+        sentinel = coredis.Sentinel(
+            [
+                TCPLocation(host, int(port))
+                for host, _, port in (a.rpartition(":") for a in config.sentinels)
+            ]
+        )
+        client = sentinel.primary_for(
+            config.sentinel_service, decode_responses=False, max_connections=64
+        )
+        where = (
+            f"cluster.sentinels {', '.join(config.sentinels)}: cannot reach the primary of "
+            f"{config.sentinel_service!r}"
+        )
+    else:
+        url = config.redis_url
+        assert url is not None
+        client = coredis.Redis.from_url(url, decode_responses=False, max_connections=64)
+        where = f"cluster.redis_url {url}: cannot reach Redis"
     connected = False
     try:
-        async with client:
+        async with AsyncExitStack() as stack:
+            if sentinel is not None:
+                await stack.enter_async_context(sentinel)
+            await stack.enter_async_context(client)
             try:
                 with trio.fail_after(timeout_s):
                     await client.ping()

@@ -88,8 +88,47 @@ def redis_server(
             process.stdout.close()
 
 
-def _wait_ready(process: subprocess.Popen[bytes]) -> None:
-    """Read redis-server's log until it says it accepts connections."""
+@contextmanager
+def redis_sentinel(
+    directory: Path, primary: RedisServer, service: str = "mymaster"
+) -> Iterator[RedisServer]:
+    """Start a Redis Sentinel watching ``primary`` as ``service``; stop it on exit."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise RuntimeError("redis-server is not installed (scripts/test.sh installs it)")
+    directory.mkdir(parents=True, exist_ok=True)
+    port = _free_port()
+    conf = directory / "sentinel.conf"  # Sentinel rewrites its file: one of its own
+    conf.write_text(
+        f"port {port}\nbind 127.0.0.1\ndir {directory}\n"
+        f"sentinel monitor {service} 127.0.0.1 {primary.port} 1\n"
+        f"sentinel down-after-milliseconds {service} 1000\n"
+    )
+    process = subprocess.Popen(
+        [binary, str(conf), "--sentinel"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
+    drain = threading.Thread(target=_drain, args=(process,), daemon=True)
+    try:
+        _wait_ready(process, b"+monitor master")
+        drain.start()
+        yield RedisServer(process, port, directory)
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        if drain.is_alive():
+            drain.join(timeout=10)
+        if process.stdout is not None:
+            process.stdout.close()
+
+
+def _wait_ready(
+    process: subprocess.Popen[bytes], ready: bytes = b"Ready to accept connections"
+) -> None:
+    """Read redis-server's log until it says it is ready."""
     assert process.stdout is not None
     deadline = time.monotonic() + START_TIMEOUT_S
     seen = b""
@@ -98,7 +137,7 @@ def _wait_ready(process: subprocess.Popen[bytes]) -> None:
         if not line:
             break
         seen += line
-        if b"Ready to accept connections" in line:
+        if ready in line:
             return
     raise RuntimeError(f"redis-server did not start: {seen.decode(errors='replace')[-2000:]}")
 

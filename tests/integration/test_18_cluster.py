@@ -27,7 +27,7 @@ from mqttd.config import (
 from mqttd.server import Server, serve
 from tests.helpers import wire
 from tests.helpers.client import WireClient, connect_client, subscribe, sync
-from tests.helpers.redis_server import RedisServer, redis_server
+from tests.helpers.redis_server import RedisServer, redis_sentinel, redis_server
 
 _prefixes = itertools.count(1)
 
@@ -53,15 +53,21 @@ class Nodes:
         self.prefix = prefix
         self.servers: dict[str, Server] = {}
 
-    async def start(self, node_id: str, sys_interval_s: float = 10.0, **limits: Any) -> Server:
+    async def start(
+        self,
+        node_id: str,
+        sys_interval_s: float = 10.0,
+        sentinels: tuple[str, ...] = (),
+        **limits: Any,
+    ) -> Server:
         config = Config(
             listeners=(ListenerConfig(type="tcp", host="127.0.0.1", port=0),),
             limits=dataclasses.replace(LimitsConfig(), **limits),
             broker=BrokerConfig(sys_interval_s=sys_interval_s),
             store=StoreConfig(durability="memory"),
             cluster=ClusterConfig(
-                redis_url=self.redis.url, node_id=node_id, key_prefix=self.prefix,
-                node_timeout_s=2.0,
+                redis_url=None if sentinels else self.redis.url, sentinels=sentinels,
+                node_id=node_id, key_prefix=self.prefix, node_timeout_s=2.0,
             ),
         )  # fmt: skip
         with trio.fail_after(10):
@@ -409,3 +415,20 @@ async def test_redis_restarted_empty(nursery: trio.Nursery, tmp_path: Path) -> N
         await late.expect(wire.suback(1, [0]))
         await late.expect(wire.publish("r", b"kept", retain=True))
         nursery.cancel_scope.cancel()
+
+
+async def test_nodes_find_redis_through_sentinel(
+    nodes: Nodes, redis: RedisServer, tmp_path: Path
+) -> None:
+    """[cluster] sentinels instead of redis_url: the nodes ask Sentinel for the primary and
+    work as one broker through it."""
+    with redis_sentinel(tmp_path / "sentinel", redis) as sentinel:
+        address = (f"127.0.0.1:{sentinel.port}",)
+        a = await nodes.start("a", sentinels=address)
+        b = await nodes.start("b", sentinels=address)
+        sub = await connect_client(a.port(), "sub")
+        await subscribe(sub, 1, ("s/#", 1))
+        pub = await connect_client(b.port(), "pub")
+        await pub.send(wire.publish("s/1", b"via sentinel", qos=1, pid=1))
+        await pub.expect(wire.puback(1))
+        await sub.expect(wire.publish("s/1", b"via sentinel", qos=1, pid=1))
