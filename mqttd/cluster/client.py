@@ -22,8 +22,8 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore", BytesWarning)
     import coredis
     import coredis.exceptions
-    from coredis.connection import TCPLocation
     import coredis.patterns.pipeline  # imported lazily by coredis itself otherwise
+    from coredis.connection import TCPLocation
 
 __all__ = ["PureToken", "RedisError", "connect"]
 
