@@ -89,12 +89,8 @@ def client_ssl_context(config: BridgeConfig) -> ssl.SSLContext | None:
             context.load_cert_chain(
                 config.certfile, config.keyfile if config.keyfile is not None else None
             )
-    except (OSError, ssl.SSLError) as exc:
-        raise StartupError(
-            f"bridge {config.name}: cannot load its TLS files: {exc.strerror or exc}"
-            if isinstance(exc, OSError)
-            else f"bridge {config.name}: cannot load its TLS files: {exc}"
-        ) from None
+    except OSError as exc:  # ssl.SSLError included
+        raise StartupError(f"bridge {config.name}: cannot load its TLS files: {exc}") from None
     return context
 
 
@@ -218,8 +214,9 @@ class Bridge:
             connect = partial(open_remote, config, client_ssl_context(config))
         self._connect = connect
         self.backoff = Backoff(config.reconnect_delay_s, config.reconnect_delay_max_s, rng)
-        #: connection attempts so far, and links that came up
+        #: connection attempts so far, those that failed, and links that came up
         self.attempts = 0
+        self.failures = 0
         self.links = 0
         #: whether the link is up now
         self.up = False
@@ -230,16 +227,24 @@ class Bridge:
 
     async def wait_up(self, up: bool = True) -> None:
         """Wait until the link is up (or, with ``up=False``, down)."""
-        while self.up is not up:
+        await self.wait_for(lambda bridge: bridge.up is up)
+
+    async def wait_for(self, condition: Callable[[Bridge], bool]) -> None:
+        """Wait until ``condition(self)`` holds; it is checked whenever the link goes up or
+        down and after each failed attempt."""
+        while not condition(self):
             await self._changed.wait()
+
+    def _notify(self) -> None:
+        event, self._changed = self._changed, trio.Event()
+        event.set()
 
     def _set_up(self, up: bool) -> None:
         self.up = up
         self.state.broker.publish(
             state_topic(self.name), b"1" if up else b"0", 1, True, durable=False
         )
-        event, self._changed = self._changed, trio.Event()
-        event.set()
+        self._notify()
 
     # -- the reconnection loop --------------------------------------------------------------
 
@@ -251,9 +256,9 @@ class Bridge:
             try:
                 await self._attempt()
             except Exception:  # a bug here must not take the broker down: log, retry later
-                log.exception("bridge_failed")
+                log.exception("bridge_failed", bridge=self.name)
             delay = self.backoff.next_delay()
-            log.debug("bridge_reconnect_scheduled", delay_s=round(delay, 3))
+            log.debug("bridge_reconnect_scheduled", bridge=self.name, delay_s=round(delay, 3))
             await trio.sleep(delay)
 
     async def _attempt(self) -> None:
@@ -262,7 +267,7 @@ class Bridge:
         for host, port in self.endpoints:
             address = f"{host}:{port}"
             self.attempts += 1
-            log.debug("bridge_connecting", address=address)
+            log.debug("bridge_connecting", bridge=self.name, address=address)
             try:
                 with trio.fail_after(self.config.connect_timeout_s):
                     stream = await self._connect(host, port)
@@ -276,13 +281,16 @@ class Bridge:
         """One failed attempt; logged at WARNING once per episode and reason."""
         first = self._failure != reason
         self._failure = reason
+        self.failures += 1
         (log.warning if first else log.debug)(
             "bridge_connect_failed",
+            bridge=self.name,
             address=address,
             reason=reason,
             **({"return_code": return_code} if return_code is not None else {}),
             attempts=self.attempts,
         )
+        self._notify()
 
     # -- one link ---------------------------------------------------------------------------
 
@@ -325,6 +333,7 @@ class Bridge:
         if came_up:
             log.info(
                 "bridge_disconnected",
+                bridge=self.name,
                 address=address,
                 reason=reason,
                 duration_s=round(trio.current_time() - started, 3),
@@ -339,6 +348,7 @@ class Bridge:
         self.links += 1
         log.info(
             "bridge_connected",
+            bridge=self.name,
             address=address,
             session_present=up.session_present,
             client_id=self.settings.client_id,
@@ -422,7 +432,7 @@ class Bridge:
                 continue
             close = protocol.tick(trio.current_time())
             if close is not None:
-                log.info("bridge_timeout", reason=close.reason)
+                log.info("bridge_timeout", bridge=self.name, reason=close.reason)
                 end.finish(close.reason)
                 return
 
