@@ -446,3 +446,63 @@ async def test_max_connections_counts_tls_and_wss_until_they_close(
         await trio.testing.wait_all_tasks_blocked()  # the server has finished with it
         await open_client("after")
         server.shutdown()
+
+
+
+_RACE_SCRIPT = """
+import sys
+from pathlib import Path
+from mqttd.transports.devcerts import ensure_dev_certs
+sys.stdin.read(1)  # every process starts creating when the test says go
+ensure_dev_certs(Path(sys.argv[1]))
+"""
+
+
+async def test_dev_certs_made_by_racing_processes_are_one_consistent_set(tmp_path: Path) -> None:
+    """Workers of ``mqttd --workers N`` create the development certificates at the same time:
+    exactly one of them makes the set, its key matches its certificate and its CA signed it."""
+    import subprocess
+    import sys
+
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _RACE_SCRIPT, str(tmp_path)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+        )
+        for _ in range(4)
+    ]
+    for proc in procs:  # all started: go
+        assert proc.stdin is not None
+        proc.stdin.write(b"x")
+        proc.stdin.close()
+
+    def finish(proc: subprocess.Popen[bytes]) -> bytes:
+        assert proc.stdout is not None
+        with proc.stdout:
+            output = proc.stdout.read()
+        proc.wait()
+        return output
+
+    with trio.fail_after(TIMEOUT_S):
+        outputs = [await trio.to_thread.run_sync(finish, proc) for proc in procs]
+    assert [proc.returncode for proc in procs] == [0, 0, 0, 0]
+    logged = b"".join(outputs)  # structlog's default: one line per event on stdout
+    assert logged.count(b"tls_dev_certs_created") == 1, logged
+    assert logged.count(b"tls_dev_certs_reused") == 3, logged
+    paths = dev_cert_paths(tmp_path)
+    context = ssl.create_default_context(cafile=str(paths.ca_file))
+    # load_cert_chain refuses a key that does not match the certificate (KEY_VALUES_MISMATCH)
+    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server.load_cert_chain(str(paths.cert_file), str(paths.key_file))
+    client_in, server_in = ssl.MemoryBIO(), ssl.MemoryBIO()
+    client = context.wrap_bio(client_in, server_in, server_hostname="localhost")
+    serving = server.wrap_bio(server_in, client_in, server_side=True)
+    for _ in range(10):  # a handshake in memory: the client verifies the chain against the CA
+        for side in (client, serving):
+            try:
+                side.do_handshake()
+            except ssl.SSLWantReadError:
+                pass
+    client.do_handshake()  # raises if the handshake did not complete
+    assert not list(tmp_path.glob("tls/*.tmp"))

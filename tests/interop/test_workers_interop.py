@@ -63,10 +63,8 @@ MAX_SUBSCRIBERS = 30
 def config(certfile: Path, keyfile: Path) -> str:
     """tcp, ws and wss listeners; ws and wss serve web/; wss with the given certificate.
 
-    Not ``tls_dev_certs``: its workers would race to create the development certificates
-    (each writes its own set to the same files), and a worker could then load a key that does
-    not match its certificate and stop the broker, or serve a certificate the final ca.pem did
-    not sign (reported to the broker's maintainers; mqttd is not this test's to change).
+    An operator's certificate files, as in production; ``tls_dev_certs`` under racing
+    workers is tested in tests/integration/test_08_tls.py.
     """
     web = {"host": "127.0.0.1", "web_root": str(REPO_ROOT / "web")}
     return (
