@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import ssl
 import warnings
 from collections.abc import AsyncIterator
@@ -464,28 +465,34 @@ async def test_dev_certs_made_by_racing_processes_are_one_consistent_set(tmp_pat
     import subprocess
     import sys
 
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-c", _RACE_SCRIPT, str(tmp_path)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-        )
-        for _ in range(4)
-    ]
-    for proc in procs:  # all started: go
+    outputs: list[bytes] = []
+
+    async def race(proc: trio.Process, go: trio.Event) -> None:
         assert proc.stdin is not None
-        proc.stdin.write(b"x")
-        proc.stdin.close()
-
-    def finish(proc: subprocess.Popen[bytes]) -> bytes:
         assert proc.stdout is not None
-        with proc.stdout:
-            output = proc.stdout.read()
-        proc.wait()
-        return output
+        await go.wait()
+        await proc.stdin.send_all(b"x")
+        await proc.stdin.aclose()
+        chunks = []
+        while chunk := await proc.stdout.receive_some():
+            chunks.append(chunk)
+        await proc.wait()
+        outputs.append(b"".join(chunks))
 
+    go = trio.Event()
     with trio.fail_after(TIMEOUT_S):
-        outputs = [await trio.to_thread.run_sync(finish, proc) for proc in procs]
+        procs = [
+            await trio.lowlevel.open_process(
+                [sys.executable, "-c", _RACE_SCRIPT, str(tmp_path)],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+            )
+            for _ in range(4)
+        ]
+        async with trio.open_nursery() as nursery:
+            for proc in procs:
+                nursery.start_soon(race, proc, go)
+            go.set()  # all started: go
     assert [proc.returncode for proc in procs] == [0, 0, 0, 0]
     logged = b"".join(outputs)  # structlog's default: one line per event on stdout
     assert logged.count(b"tls_dev_certs_created") == 1, logged
@@ -505,4 +512,4 @@ async def test_dev_certs_made_by_racing_processes_are_one_consistent_set(tmp_pat
             except ssl.SSLWantReadError:
                 pass
     client.do_handshake()  # raises if the handshake did not complete
-    assert not list(tmp_path.glob("tls/*.tmp"))
+    assert not [p for p in os.listdir(tmp_path / "tls") if p.endswith(".tmp")]
