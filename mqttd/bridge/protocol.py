@@ -176,7 +176,9 @@ def connect_bytes(settings: LinkSettings) -> bytes:
     """The CONNECT packet of a bridge connection.
 
     With ``try_private`` the protocol level byte gets the bridge bit: the codec encodes
-    standard levels only, and the level sits right after the protocol name.
+    standard levels only, and the level sits right after the protocol name. The bit is an
+    extension the bridge can do without (``try_private = false``), so a remote need not know
+    it ([MQTT-7.0.0-2]).
     """
     name, level = PROTOCOL_MQTT_31 if settings.protocol == "3.1" else PROTOCOL_MQTT_311
     packet = encode(

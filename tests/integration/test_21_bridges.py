@@ -391,6 +391,38 @@ async def test_both_directions_with_prefixes(
 
 
 @pytest.mark.parametrize("remote", REMOTES, indirect=True)
+@pytest.mark.parametrize("try_private", [True, False])
+async def test_mqtt31_bridge(
+    nursery: trio.Nursery, tmp_path: Path, remote: Remote, try_private: bool
+) -> None:
+    """protocol = "3.1" (MQIsdp, level 3, or 0x83 with try_private) carries QoS 2 both ways."""
+    local = await start_local(
+        nursery,
+        tmp_path,
+        bridge_to(
+            remote.port,
+            T("o/#", "out", 2),
+            T("i/#", "in", 2),
+            protocol="3.1",
+            try_private=try_private,
+            client_id="edge31",  # MQTT 3.1 allows 23 characters at most
+        ),
+    )
+    with trio.fail_after(TIMEOUT_S):
+        await local.bridge.wait_up()
+    sub_there = await Peer.connect(remote.port, "sub-there")
+    await sub_there.subscribe(("o/#", 2))
+    sub_here = await Peer.connect(local.port, "sub-here")
+    await sub_here.subscribe(("i/#", 2))
+    await (await Peer.connect(local.port, "pub-here")).publish("o/x", b"out", 2)
+    await (await Peer.connect(remote.port, "pub-there")).publish("i/y", b"in", 2)
+    packet = await sub_there.receive()
+    assert (packet.topic, packet.payload, packet.qos) == (b"o/x", b"out", 2)
+    packet = await sub_here.receive()
+    assert (packet.topic, packet.payload, packet.qos) == (b"i/y", b"in", 2)
+
+
+@pytest.mark.parametrize("remote", REMOTES, indirect=True)
 async def test_retained_message_is_retained_on_the_remote(
     nursery: trio.Nursery, tmp_path: Path, remote: Remote
 ) -> None:
