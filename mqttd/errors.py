@@ -19,12 +19,18 @@ class ProtocolError(MQTTError):
         reason: a short snake_case-ish description, safe to log (never contains payloads).
         connack_code: when not ``None``, the CONNACK return code the server must send before
             closing (0x01 unacceptable protocol level, 0x02 identifier rejected, ...).
+        reason_code: set only on an MQTT 5 connection: the reason code to put in the CONNACK
+            or DISCONNECT sent before closing (0x81 malformed packet, 0x82 protocol error,
+            0x95 packet too large, ...) [MQTT-4.13.1-1].
     """
 
-    def __init__(self, reason: str, *, connack_code: int | None = None) -> None:
+    def __init__(
+        self, reason: str, *, connack_code: int | None = None, reason_code: int | None = None
+    ) -> None:
         super().__init__(reason)
         self.reason = reason
         self.connack_code = connack_code
+        self.reason_code = reason_code
 
 
 class MalformedPacket(ProtocolError):
