@@ -52,6 +52,19 @@ from mqttd.topics import validate_topic_filter
 __all__ = ["Access", "Acl", "AclRule", "covers", "matches"]
 
 
+
+def is_bridge_state_topic(topic: str) -> bool:
+    """``$SYS/broker/connection/<name>/state``: the one ``$`` topic a bridge may publish to
+    (its connection state, 1 or 0, which a Mosquitto bridge sends as its Will and on
+    connecting). Mosquitto lets any client write it; mqttd only bridges."""
+    parts = topic.split("/")
+    return (
+        len(parts) == 5
+        and parts[:3] == ["$SYS", "broker", "connection"]
+        and parts[3] != ""
+        and parts[4] == "state"
+    )
+
 class Access(enum.IntFlag):
     """Access bits of a rule; ``NONE`` is a ``deny`` rule."""
 
@@ -418,9 +431,10 @@ class ClientAcl:
         """True for the allow-all ACL: delivery needs no per-message check."""
         return self._rules is None
 
-    def can_publish(self, topic: str) -> bool:
-        """See ``Acl.can_publish``: never to ``$`` topics."""
-        if topic.startswith("$"):
+    def can_publish(self, topic: str, *, bridge: bool = False) -> bool:
+        """See ``Acl.can_publish``: never to ``$`` topics, except a bridge's own connection
+        state (``bridge``: the client connected as a bridge)."""
+        if topic.startswith("$") and not (bridge and is_bridge_state_topic(topic)):
             return False
         if self._rules is None:
             return True

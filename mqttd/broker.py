@@ -19,7 +19,16 @@ from mqttd.config import LimitsConfig
 from mqttd.message import Message
 from mqttd.retain import RetainStore
 from mqttd.session import OfferResult, Ready, RetainedBatch, Session
-from mqttd.topics import TopicTree, validate_topic_filter
+from mqttd.subscription import (
+    NO_LOCAL,
+    RETAIN_AS_PUBLISHED,
+    SHARE_PREFIX,
+    SHARED,
+    SharedGroup,
+    parse_shared,
+    shared_key,
+)
+from mqttd.topics import OVERLAP, TopicTree, topic_matches, validate_topic_filter
 
 if TYPE_CHECKING:
     from mqttd.codec.packets import Will
@@ -76,8 +85,10 @@ RETAINED_LEVEL_BYTES = 256
 
 def retained_cost(message: Message) -> int:
     """Bytes ``message`` is counted for while it is retained: topic + payload + levels."""
-    return len(message.topic) + len(message.payload) + RETAINED_LEVEL_BYTES * (
-        message.topic.count("/") + 1
+    return (
+        len(message.topic)
+        + len(message.payload)
+        + RETAINED_LEVEL_BYTES * (message.topic.count("/") + 1)
     )
 
 
@@ -114,6 +125,8 @@ class Broker:
         self.limits = limits
         self.sessions: dict[str, Session] = {}
         self.tree = TopicTree()
+        #: shared subscriptions' groups by their tree key (``mqttd.subscription``)
+        self.shared: dict[str, SharedGroup] = {}
         self.retained: RetainStore[Message] = RetainStore()
         #: how many retained messages came from clients, and what they cost (``retained_cost``);
         #: the broker's own ``$SYS`` values are not counted against the limits
@@ -147,12 +160,8 @@ class Broker:
         session.last_seen = stored.last_seen
         session.owner = stored.owner
         session.owned = stored.owned
-        cluster = self.cluster
-        for topic_filter, qos in stored.subscriptions.items():
-            session.subscriptions[topic_filter] = qos
-            self.tree.subscribe(topic_filter, stored.client_id, qos)
-            if cluster is not None:
-                cluster.filter_added(topic_filter)
+        for topic_filter, options in stored.subscriptions.items():
+            self._add_subscription(session, topic_filter, options)
         deliveries = stored.deliveries
         session.restore(
             [(d.seq, d.message, d.qos, d.retain, d.packet_id, d.released) for d in deliveries],
@@ -288,11 +297,8 @@ class Broker:
             self._seen(session)
 
     def _unsubscribe_all(self, session: Session) -> None:
-        cluster = self.cluster
         for topic_filter in session.subscriptions:
-            self.tree.unsubscribe(topic_filter, session.client_id)
-            if cluster is not None:
-                cluster.filter_removed(topic_filter)
+            self._remove_subscription(session.client_id, topic_filter)
         session.subscriptions.clear()
 
     def _discard(self, session: Session) -> None:
@@ -306,7 +312,14 @@ class Broker:
     # -- publishing -------------------------------------------------------------------------
 
     def publish(
-        self, topic: str, payload: bytes, qos: int, retain: bool, *, durable: bool = True
+        self,
+        topic: str,
+        payload: bytes,
+        qos: int,
+        retain: bool,
+        *,
+        durable: bool = True,
+        publisher: str | None = None,
     ) -> bool:
         """Accept an application message from a client (or a Will) and route it.
 
@@ -316,7 +329,8 @@ class Broker:
         store alone ([MQTT-3.3.1-12]). Retained messages outlive sessions ([MQTT-3.1.2-7]).
         ``durable=False`` is for the broker's own values (``$SYS``): kept out of the durable
         store (they are regenerated at start-up) and, in a cluster, not sent to other nodes
-        (each node publishes its own).
+        (each node publishes its own). ``publisher`` is the client id of the client that sent
+        it: its own subscriptions with No Local do not get it ([MQTT-3.8.3-3]).
 
         Returns:
             False when a retained message was not kept because of ``max_retained_messages`` or
@@ -327,7 +341,7 @@ class Broker:
         kept = True
         if retain:
             kept = self._retain(message, durable)
-        self.route(message, from_cluster=not durable)
+        self.route(message, from_cluster=not durable, publisher=publisher)
         return kept
 
     def apply_retained(self, topic: str, message: Message | None) -> None:
@@ -365,12 +379,18 @@ class Broker:
         return True
 
     def route(
-        self, message: Message, *, from_cluster: bool = False, skip: Container[str] = ()
+        self,
+        message: Message,
+        *,
+        from_cluster: bool = False,
+        skip: Container[str] = (),
+        publisher: str | None = None,
     ) -> None:
-        """Offer ``message`` to every matching session, RETAIN=0 on the wire ([MQTT-3.3.1-9]);
-        in a cluster also to the other nodes with matching subscribers, unless the message
-        came from one of them (``from_cluster``). Sessions in ``skip`` already have it (a
-        cluster's session handover)."""
+        """Offer ``message`` to every matching session, RETAIN=0 on the wire ([MQTT-3.3.1-9])
+        unless a subscription asks for Retain As Published ([MQTT-3.3.1-13]); in a cluster
+        also to the other nodes with matching subscribers, unless the message came from one
+        of them (``from_cluster``). Sessions in ``skip`` already have it (a cluster's session
+        handover); ``publisher``'s subscriptions with No Local are passed over."""
         if self.cluster is not None and not from_cluster:
             self.cluster.forward(message)
         matches = self.tree.matches(message.topic)
@@ -384,6 +404,9 @@ class Broker:
         for client_id, granted in matches.items():
             if skip and client_id in skip:
                 continue
+            if granted > 2:  # options beyond a QoS, overlapping ones, or a shared group
+                self._route_special(client_id, granted, message, publisher, skip)
+                continue
             session = sessions[client_id]
             if session.may_receive is not None and not session.may_receive(topic):
                 continue  # the ACL refuses this delivery (read access)
@@ -392,6 +415,67 @@ class Broker:
                 self._dropped(session)
             elif result is not OfferResult.NOT_KEPT:
                 stats.deliveries += 1
+
+    def _route_special(
+        self,
+        key: str,
+        value: int,
+        message: Message,
+        publisher: str | None,
+        skip: Container[str],
+    ) -> None:
+        """Deliver to a subscription with options, a client's overlapping subscriptions, or
+        one member of a shared group (``mqttd.subscription``)."""
+        if value == SHARED:
+            group = self.shared[key]
+            qos = message.qos
+            sessions = self.sessions
+
+            def can_take(client_id: str) -> int:
+                session = sessions[client_id]
+                if not session.connected or client_id in skip:
+                    return 0
+                if qos and (session.queue or len(session.inflight) >= session.window):
+                    return 1
+                return 1 if session.outbox_bytes > self.limits.max_outbox_bytes else 2
+
+            member = group.pick(can_take)
+            if member is not None:
+                self._deliver(self.sessions[member], message, group.members[member])
+            return
+        session = self.sessions[key]
+        if value == OVERLAP:
+            # One delivery for all of the client's matching subscriptions: the highest QoS
+            # ([MQTT-3.3.4-2]), RETAIN as published if any of them asks for it.
+            qos = -1
+            retain_as_published = 0
+            topic = message.topic
+            for topic_filter, options in session.subscriptions.items():
+                if topic_filter.startswith(SHARE_PREFIX) or not topic_matches(topic_filter, topic):
+                    continue
+                if options & NO_LOCAL and key == publisher:
+                    continue  # [MQTT-3.8.3-3]
+                qos = max(qos, options & 3)
+                retain_as_published |= options & RETAIN_AS_PUBLISHED
+            if qos >= 0:
+                self._deliver(session, message, qos | retain_as_published)
+            return
+        if value & NO_LOCAL and key == publisher:
+            return  # [MQTT-3.8.3-3]
+        self._deliver(session, message, value)
+
+    def _deliver(self, session: Session, message: Message, options: int) -> None:
+        """Offer ``message`` to ``session`` as the subscription ``options`` ask."""
+        if session.may_receive is not None and not session.may_receive(message.topic):
+            return
+        granted = options & 3
+        qos = granted if granted < message.qos else message.qos
+        retain = message.retain if options & RETAIN_AS_PUBLISHED else False
+        result = session.offer(message, qos, retain)
+        if result is OfferResult.DROPPED:
+            self._dropped(session)
+        elif result is not OfferResult.NOT_KEPT:
+            self.stats.deliveries += 1
 
     def _dropped(self, session: Session) -> None:
         stats = self.stats
@@ -416,24 +500,60 @@ class Broker:
     # -- subscriptions ----------------------------------------------------------------------
 
     def subscribe(self, session: Session, subscriptions: Iterable[tuple[str, int]]) -> list[int]:
-        """Add or replace subscriptions; returns the SUBACK return codes in order.
+        """Add or replace subscriptions; returns the granted QoS of each, in order.
 
-        Every requested QoS is granted as asked (this broker supports QoS 0-2,
+        Each subscription is a filter and its options (``mqttd.subscription``; a plain QoS for
+        MQTT 3.1.1). Every requested QoS is granted as asked (this broker supports QoS 0-2,
         [MQTT-3.8.4-5], [MQTT-3.9.3-1]); an identical filter replaces the old subscription
         ([MQTT-3.8.4-3]). Retained messages are sent by ``deliver_retained`` after the SUBACK.
         """
         codes = []
         client_id = session.client_id
-        cluster = self.cluster
-        for topic_filter, qos in subscriptions:
-            if cluster is not None and topic_filter not in session.subscriptions:
-                cluster.filter_added(topic_filter)
-            session.subscriptions[topic_filter] = qos
-            self.tree.subscribe(topic_filter, client_id, qos)
+        for topic_filter, options in subscriptions:
+            self._add_subscription(session, topic_filter, options)
             if session.store is not None:
-                session.store.subscription_set(client_id, topic_filter, qos)
-            codes.append(qos)
+                session.store.subscription_set(client_id, topic_filter, options)
+            codes.append(options & 3)
         return codes
+
+    def _add_subscription(self, session: Session, topic_filter: str, options: int) -> None:
+        """Record one subscription in the session, the tree (or its shared group) and the
+        cluster's routes."""
+        is_new = topic_filter not in session.subscriptions
+        session.subscriptions[topic_filter] = options
+        client_id = session.client_id
+        shared = parse_shared(topic_filter)
+        if shared is None:
+            self.tree.subscribe(topic_filter, client_id, options)
+            route = topic_filter
+        else:
+            group_name, route = shared
+            key = shared_key(group_name, route)
+            group = self.shared.get(key)
+            if group is None:
+                group = self.shared[key] = SharedGroup(group_name, route)
+                self.tree.subscribe(route, key, SHARED)
+            group.add(client_id, options)
+        if is_new and self.cluster is not None:
+            self.cluster.filter_added(route)
+
+    def _remove_subscription(self, client_id: str, topic_filter: str) -> None:
+        """Undo ``_add_subscription`` (the caller removes it from the session)."""
+        shared = parse_shared(topic_filter)
+        if shared is None:
+            self.tree.unsubscribe(topic_filter, client_id)
+            route = topic_filter
+        else:
+            group_name, route = shared
+            key = shared_key(group_name, route)
+            group = self.shared.get(key)
+            if group is not None:
+                group.remove(client_id)
+                if not group.members:
+                    del self.shared[key]
+                    self.tree.unsubscribe(route, key)
+        if self.cluster is not None:
+            self.cluster.filter_removed(route)
 
     def deliver_retained(self, session: Session, topic_filter: str, granted_qos: int) -> None:
         """Send the retained messages matching a new subscription, RETAIN=1 ([MQTT-3.3.1-6]).
@@ -448,6 +568,8 @@ class Broker:
             return retained.iter_matching(topic_filter)
 
         validate_topic_filter(topic_filter)
+        if topic_filter.startswith(SHARE_PREFIX):
+            return  # a shared subscription gets no retained messages, as with Mosquitto
         ready = self.cluster.retained_ready() if self.cluster is not None else None
         session.add_retained(RetainedBatch(topic_filter, granted_qos, source, ready))
 
@@ -459,9 +581,7 @@ class Broker:
         """
         for topic_filter in topic_filters:
             if session.subscriptions.pop(topic_filter, None) is not None:
-                self.tree.unsubscribe(topic_filter, session.client_id)
-                if self.cluster is not None:
-                    self.cluster.filter_removed(topic_filter)
+                self._remove_subscription(session.client_id, topic_filter)
                 session.cancel_retained(topic_filter)  # not yet sent: no longer wanted
                 if session.store is not None:
                     session.store.subscription_removed(session.client_id, topic_filter)

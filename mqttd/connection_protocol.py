@@ -381,7 +381,7 @@ class ConnectionProtocol:
             if will.topic.count("/") >= self.server.broker.limits.max_topic_levels:
                 return self._fail(ProtocolError("too_many_will_topic_levels"))
             acl = self.server.access.client_acl(self.listener, username, client_id)
-            if not acl.can_publish(will.topic):
+            if not acl.can_publish(will.topic, bridge=self.decoder.bridge):
                 return self._refuse(ConnackCode.NOT_AUTHORIZED, "will_not_authorised")
         return TakeOver(client_id, connect.clean_session)
 
@@ -588,7 +588,7 @@ class ConnectionProtocol:
                 # Published on any close but DISCONNECT ([MQTT-3.1.2-8]), with its own QoS and
                 # RETAIN ([MQTT-3.1.2-16], [MQTT-3.1.2-17]); then removed ([MQTT-3.1.2-10]).
                 # The ACL is asked again: it may have been reloaded since CONNECT.
-                if client.acl.can_publish(will.topic):
+                if client.acl.can_publish(will.topic, bridge=client.bridge):
                     server.broker.publish(will.topic, will.message, will.qos, will.retain)
                     log.info("will_published", topic_length=len(will.topic))
                 else:

@@ -37,15 +37,11 @@ from mqttd.codec.packets import (
 from mqttd.errors import ProtocolViolation
 from mqttd.logging import LogBudget
 from mqttd.session import Session
+from mqttd.subscription import NO_LOCAL, RETAIN_AS_PUBLISHED, parse_shared
 
 log = structlog.get_logger("mqttd.protocol")
 
 _PINGRESP = b"\xd0\x00"
-
-
-def _refuse(topic: str) -> bool:
-    """A ``may_receive`` that refuses everything."""
-    return False
 
 
 def connack_bytes(session_present: bool, return_code: int) -> bytes:
@@ -113,7 +109,7 @@ class ClientProtocol:
         qos = packet.qos
         if packet.topic.count("/") >= self.max_topic_levels:
             raise ProtocolViolation("too_many_topic_levels")  # [limits] max_topic_levels
-        allowed = self.acl.can_publish(packet.topic)
+        allowed = self.acl.can_publish(packet.topic, bridge=self.bridge)
         if not allowed:
             self._publish_denied(packet.topic)
         if qos == 0:
@@ -134,19 +130,7 @@ class ClientProtocol:
             self._route(packet.topic, packet.payload, 2, packet.retain)
 
     def _route(self, topic: str, payload: bytes, qos: int, retain: bool) -> None:
-        if self.bridge:
-            # A bridge does not get its own messages back (Mosquitto's no-local for try_private
-            # connections): otherwise two brokers bridging the same topics both ways would
-            # pass every message to and fro for ever. Routing is synchronous, so the session
-            # refuses deliveries exactly while its own message is routed.
-            session = self.session
-            may_receive, session.may_receive = session.may_receive, _refuse
-            try:
-                kept = self.broker.publish(topic, payload, qos, retain)
-            finally:
-                session.may_receive = may_receive
-        else:
-            kept = self.broker.publish(topic, payload, qos, retain)
+        kept = self.broker.publish(topic, payload, qos, retain, publisher=self.session.client_id)
         if not kept and self.logs.first("retained_refused"):
             # [limits] max_retained_messages / max_retained_bytes: delivered, not retained.
             log.warning(
@@ -181,14 +165,22 @@ class ClientProtocol:
         room = limits.max_subscriptions_per_client - len(self.session.subscriptions)
         allowed = []
         for topic_filter, qos in packet.subscriptions:
-            if topic_filter.count("/") >= limits.max_topic_levels or not can_subscribe(
-                topic_filter
-            ):
+            # A shared subscription (from any MQTT version, as Mosquitto allows) is checked
+            # by the filter it reads; a malformed $share/ filter closes the connection.
+            shared = parse_shared(topic_filter)
+            reads = topic_filter if shared is None else shared[1]
+            if reads.count("/") >= limits.max_topic_levels or not can_subscribe(reads):
                 continue
             if topic_filter not in self.session.subscriptions:
                 if room <= 0:
                     continue  # max_subscriptions_per_client
                 room -= 1
+            if self.bridge and shared is None:
+                # A bridge does not get its own messages back, and gets RETAIN as published,
+                # as Mosquitto treats try_private bridges: otherwise two brokers bridging the
+                # same topics both ways would pass every message to and fro for ever, and
+                # the remote's retained state would not follow.
+                qos |= NO_LOCAL | RETAIN_AS_PUBLISHED
             allowed.append((topic_filter, qos))
         codes_granted = self.broker.subscribe(self.session, allowed)
         granted = {f: code for (f, _), code in zip(allowed, codes_granted, strict=True)}

@@ -170,6 +170,7 @@ class Session:
         "subscriptions",
         "traffic",
         "wake",
+        "window",
     )
 
     def __init__(
@@ -186,7 +187,11 @@ class Session:
         self.traffic = traffic if traffic is not None else [0] * 33
         self.clean_session = clean_session
         self.limits = limits
-        #: topic filter -> granted QoS, mirrored in the broker's TopicTree
+        #: most QoS 1/2 deliveries in flight at once: max_inflight_messages, or less when an
+        #: MQTT 5 client's Receive Maximum asks for less
+        self.window = limits.max_inflight_messages
+        #: topic filter -> subscription options (``mqttd.subscription``; for MQTT 3.1.1 the
+        #: granted QoS), mirrored in the broker's TopicTree
         self.subscriptions: dict[str, int] = {}
         #: packet id -> in-flight outgoing message, in send order ([MQTT-4.6.0-1])
         self.inflight: dict[int, Outgoing] = {}
@@ -341,9 +346,7 @@ class Session:
                 # QoS 0 is not kept for offline clients: the spec's MAY, Mosquitto's default
                 # (queue_qos0_messages false).
                 return OfferResult.NOT_KEPT
-        elif not self.queue and (
-            qos == 0 or len(self.inflight) < self.limits.max_inflight_messages
-        ):
+        elif not self.queue and (qos == 0 or len(self.inflight) < self.window):
             if qos == 0:
                 if self.outbox_bytes > self.limits.max_outbox_bytes:
                     return self._drop()
@@ -409,7 +412,7 @@ class Session:
         now may not read is dropped (and removed from the store).
         """
         queue = self.queue
-        limit = self.limits.max_inflight_messages
+        limit = self.window
         may_receive = self.may_receive
         while queue and self.connected:
             entry = queue[0]
@@ -443,7 +446,7 @@ class Session:
                 self.resume_wanted = True  # the connection waits for ``blocked_on``, then resumes
                 return False
             batch.ready = None
-        limit = self.limits.max_inflight_messages
+        limit = self.window
         room = self.limits.max_outbox_bytes // 2
         may_receive = self.may_receive
         budget = RETAINED_STEP

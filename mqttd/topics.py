@@ -63,6 +63,21 @@ def validate_topic_filter(topic_filter: str) -> None:
             raise MalformedPacket("misplaced_single_level_wildcard")  # [MQTT-4.7.1-3]
 
 
+def topic_matches(topic_filter: str, topic: str) -> bool:
+    """Whether the valid filter ``topic_filter`` matches the topic name ``topic`` (4.7), as
+    ``TopicTree.match`` decides, for one filter."""
+    if topic.startswith("$") and topic_filter[:1] in ("+", "#"):
+        return False  # [MQTT-4.7.2-1]
+    levels = topic.split("/")
+    parts = topic_filter.split("/")
+    for index, part in enumerate(parts):
+        if part == "#":
+            return True  # also matches the parent level: index may equal len(levels)
+        if index >= len(levels) or (part != "+" and part != levels[index]):
+            return False
+    return len(parts) == len(levels)
+
+
 # Theory of operation (TopicTree): a trie keyed by topic level. Each node keeps its literal
 # children in a dict, the ``+`` child in its own slot, the subscribers of filters ending at the
 # node in ``subs`` and those of filters ending in ``/#`` right below it in ``hash_subs`` (a ``#``
@@ -94,15 +109,26 @@ class _Node:
         return not (self.children or self.plus or self.subs or self.hash_subs)
 
 
+#: The merged value of a client with several matching subscriptions, one of them at least
+#: with more than a QoS (``mqttd.subscription``: its options decide per subscription).
+OVERLAP = 1 << 62
+
+
 def _merge_max(result: dict[str, int], subs: dict[str, int]) -> None:
-    """Fold ``subs`` into ``result`` keeping the maximum QoS per client ([MQTT-3.3.5-1])."""
+    """Fold ``subs`` into ``result`` keeping the maximum QoS per client ([MQTT-3.3.5-1]);
+    a client matched twice where either value is more than a QoS (0-2) becomes ``OVERLAP``."""
     if not result:
         result.update(subs)
         return
     get = result.get
-    for client_id, qos in subs.items():
-        if get(client_id, -1) < qos:
-            result[client_id] = qos
+    for client_id, value in subs.items():
+        old = get(client_id)
+        if old is None:
+            result[client_id] = value
+        elif old > 2 or value > 2:
+            result[client_id] = OVERLAP
+        elif old < value:
+            result[client_id] = value
 
 
 class TopicTree:
@@ -227,10 +253,7 @@ class TopicTree:
         if result is None:
             result = self.match(topic) or _NO_MATCH
             cost = len(topic) + _CACHE_ENTRY_BYTES + _CACHE_MATCH_BYTES * len(result)
-            if (
-                len(self._cache) >= MATCH_CACHE_SIZE
-                or self._cache_bytes + cost > MATCH_CACHE_BYTES
-            ):
+            if len(self._cache) >= MATCH_CACHE_SIZE or self._cache_bytes + cost > MATCH_CACHE_BYTES:
                 self._clear_cache()
             if cost <= MATCH_CACHE_BYTES:
                 self._cache[topic] = result

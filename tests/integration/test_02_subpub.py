@@ -158,3 +158,35 @@ async def test_dup_flag_not_propagated(server: Server) -> None:
     await pub.send(wire.publish("d", b"x", qos=1, dup=True, pid=3))
     await pub.expect(wire.puback(3))
     await sub.expect(wire.publish("d", b"x", qos=1, pid=1))
+
+
+async def test_shared_subscription_for_mqtt_311_clients(server: Server) -> None:
+    """``$share/{group}/{filter}`` from MQTT 3.1.1 clients, as Mosquitto allows: each message
+    reaches one member of the group (taking turns), an ordinary subscriber gets them all, and
+    the retained message is not sent to the shared subscription."""
+    pub = await connect_client(server.port(), "pub")
+    await pub.send(wire.publish("work/old", b"retained", retain=True))
+    members = [await connect_client(server.port(), f"m{i}") for i in range(2)]
+    for member in members:
+        await subscribe(member, 1, ("$share/pool/work/+", 0))
+    watcher = await connect_client(server.port(), "watcher")
+    await subscribe(watcher, 1, ("work/+", 0))
+    await watcher.expect(wire.publish("work/old", b"retained", retain=True))
+    for n in range(4):
+        await pub.send(wire.publish(f"work/{n}", str(n).encode()))
+    for n in range(4):
+        await watcher.expect(wire.publish(f"work/{n}", str(n).encode()))
+    await members[0].expect(wire.publish("work/0", b"0"))
+    await members[1].expect(wire.publish("work/1", b"1"))
+    await members[0].expect(wire.publish("work/2", b"2"))
+    await members[1].expect(wire.publish("work/3", b"3"))
+    for member in members:
+        await sync(member)  # nothing else came: no retained message, no second copy
+
+
+async def test_malformed_shared_subscription_closes(server: Server) -> None:
+    """``$share/`` with an empty ShareName closes the connection, as Mosquitto does
+    ([MQTT-4.8.2-1])."""
+    sub = await connect_client(server.port(), "sub")
+    await sub.send(wire.subscribe(1, [("$share//t", 0)]))
+    await sub.expect_closed()

@@ -847,8 +847,7 @@ async def test_mosquitto_bridging_to_mqttd_does_not_storm(
             "try_private true\n"
             "cleansession true\n"
             "remote_clientid mosquitto-bridge\n"
-            # its remote notification is a Will on a $SYS topic, which mqttd refuses (0x05)
-            "notifications_local_only true\n"
+            # notifications on (Mosquitto's default): its state and Will on mqttd's $SYS
         ),
     )
     await mosquitto.start()
@@ -861,6 +860,9 @@ async def test_mosquitto_bridging_to_mqttd_does_not_storm(
         client = server.state.clients.get("mosquitto-bridge")
         assert client is not None
         assert client.protocol.decoder.bridge
+        state = server.broker.retained.get("$SYS/broker/connection/mosquitto-bridge/state")
+        assert state is not None
+        assert state.payload == b"1"
 
         before = server.broker.stats.messages_received
         await exchange_markers(server.port(), mosquitto.port)
