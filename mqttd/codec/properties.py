@@ -14,7 +14,8 @@ count as "packet type" 0, which the spec leaves reserved), the packet types it m
 (User Property everywhere, Subscription Identifier only in PUBLISH) and the check its value
 must pass. ``read_properties`` walks the block once, bounded by the Property Length; values go
 into a list indexed like the ``Properties`` slots, and the object is built at the end. A block
-with no properties gives the shared ``NO_PROPERTIES``.
+with no properties gives the shared ``NO_PROPERTIES``; a small block seen before (a client
+repeating its Topic Alias or Content Type) comes from a bounded cache of decoded blocks.
 
 What is refused, and with which MQTT 5 reason code (carried as ``ProtocolError.reason_code``):
 
@@ -220,6 +221,15 @@ def _make_builder() -> Callable[..., Properties]:
 _build: Final = _make_builder()
 
 
+#: Decoded small property blocks by (packet type, bytes). A client that sends the same
+#: properties again and again (a Topic Alias, a Content Type) gets them decoded once: a hit costs
+#: a slice and a dict lookup instead of about 3 us. Properties are immutable, so sharing them is
+#: safe; only blocks that decoded without error are kept. Bounded: cleared when full.
+_CACHE: Final[dict[tuple[int, bytes], Properties]] = {}
+_CACHE_MAX_ENTRIES: Final = 1024
+_CACHE_MAX_BLOCK: Final = 64
+
+
 def _bad(reason: str, code: int = ReasonCode.MALFORMED_PACKET) -> MalformedPacket:
     return MalformedPacket(reason, reason_code=code)
 
@@ -252,6 +262,12 @@ def read_properties(buf: bytearray, pos: int, end: int, packet_type: int) -> tup
     stop = pos + length
     if stop > end:
         raise _bad("truncated_properties")
+    cache_key = None
+    if length <= _CACHE_MAX_BLOCK:
+        cache_key = (packet_type, bytes(buf[pos:stop]))
+        cached = _CACHE.get(cache_key)
+        if cached is not None:
+            return cached, stop
     bit = 1 << packet_type
     values: list[Any] = list(_DEFAULTS)
     seen = 0
@@ -323,7 +339,12 @@ def read_properties(buf: bytearray, pos: int, end: int, packet_type: int) -> tup
         for index in _REPEATABLE:
             if values[index]:
                 values[index] = tuple(values[index])
-    return _build(*values), pos
+    props = _build(*values)
+    if cache_key is not None:
+        if len(_CACHE) >= _CACHE_MAX_ENTRIES:
+            _CACHE.clear()
+        _CACHE[cache_key] = props
+    return props, pos
 
 
 # --- writing --------------------------------------------------------------------------------------

@@ -1486,3 +1486,21 @@ def test_properties_repr_shows_only_what_is_present() -> None:
     """Properties' repr lists the properties present only."""
     assert repr(NO_PROPERTIES) == "Properties()"
     assert repr(Properties(topic_alias=3)) == "Properties(topic_alias=3)"
+
+
+def test_a_repeated_property_block_is_decoded_once() -> None:
+    """A client repeating the same small property block (its Topic Alias, say) gets the same,
+    immutable Properties object back; the same bytes in another packet type are decoded (and
+    checked) on their own."""
+    from mqttd.codec import properties as module
+
+    block = props(prop(0x23, wire.u16(4)))
+    decoder = server5()
+    first, second = decode_all(decoder, publish5("t", properties=block) * 2)
+    assert first.properties is second.properties  # type: ignore[union-attr]
+    decoder, data = in_context(CONNACK, block)
+    reject(decoder, data, MalformedPacket, "property_not_allowed", MALFORMED)
+    # Bounded: filling it with distinct blocks never grows it past its limit.
+    for i in range(module._CACHE_MAX_ENTRIES + 10):
+        decode_one(client5(), publish5("t", properties=props(prop(0x02, u32(i)))))
+    assert 0 < len(module._CACHE) <= module._CACHE_MAX_ENTRIES
