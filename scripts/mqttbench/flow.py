@@ -22,7 +22,7 @@ from conformance import wire
 from conformance.wire import PINGRESP, PUBACK, PUBCOMP, PUBLISH, PUBREC, PUBREL
 
 from .load import PAYLOAD_HEAD, PublishEncoder, Target, connect_many, packet_id_for, recv_some
-from .machine import CpuMeter
+from .meter import BrokerMeter, placement_of
 
 GO, PUBS_DONE, ABORT = 1, 2, 3
 
@@ -38,6 +38,7 @@ class FlowSpec:
     pub_procs: int = 1
     sub_procs: int = 1
     shared_topic: bool = True  # all publishers on one topic; else own topics + '+' filter
+    pairs: bool = False  # subscriber i subscribes to publisher i's own topic only
     window: int = 100  # QoS 1/2: unacknowledged PUBLISH per publisher connection
     e2e_window: int = 5000  # deliveries published but not yet received, across the run
     batch: int = 256
@@ -82,7 +83,7 @@ def _pub_main(
 ) -> None:
     ids = [f"bp-{spec.tag}-{i}" for i in indices]
     conns, _ = connect_many(target, spec.transport, ids)
-    q.put(("ready", "pub", None))
+    q.put(("ready", "pub", _ports(indices, conns)))
     published, delivered, ctl = sh["published"], sh["delivered"], sh["ctl"]
     encs = [PublishEncoder(_topic(spec, i), spec.qos, spec.payload_size, i) for i in indices]
     seqs = [0] * len(conns)
@@ -93,6 +94,7 @@ def _pub_main(
         sel.register(c.sock, selectors.EVENT_READ, j)
     stats = {"acks": 0, "unexpected_acks": 0}
     qos, window, n_sub = spec.qos, spec.window, spec.n_sub
+    fan = fan_out(spec)
 
     def read_acks(timeout: float) -> None:
         for key, _ in sel.select(timeout):
@@ -152,11 +154,15 @@ def _pub_main(
                 read_acks(0)
     else:
         batch = spec.batch
+        n_conns = len(conns)
+        first = 0  # each pass starts after the last connection served: the window is shared
         while _now() < end_ns:
             total_pub = sum(published)
-            budget = (spec.e2e_window - (total_pub * n_sub - sum(delivered))) // n_sub
+            budget = (spec.e2e_window - (total_pub * fan - sum(delivered))) // fan
             sent = False
-            for j, c in enumerate(conns):
+            for step in range(n_conns):
+                j = (first + step) % n_conns
+                c = conns[j]
                 k = min(batch, budget)
                 if qos:
                     k = min(k, window - outstanding(j))
@@ -170,6 +176,7 @@ def _pub_main(
                 published[indices[j]] = s + k
                 budget -= k
                 sent = True
+                first = (j + 1) % n_conns
             if qos:
                 read_acks(0 if sent else 0.001)
             elif not sent:
@@ -244,9 +251,11 @@ def _sub_main(
     spec: FlowSpec, target: Target, proc: int, indices: list[int], sh: dict[str, Any], q: Any
 ) -> dict[str, Any]:
     ids = [f"bs-{spec.tag}-{i}" for i in indices]
-    filt = _topic(spec, 0) if spec.shared_topic else f"bench/{spec.tag}/+"
+    filt: str | list[str] = _topic(spec, 0) if spec.shared_topic else f"bench/{spec.tag}/+"
+    if spec.pairs:
+        filt = [_topic(spec, i) for i in indices]
     conns, _ = connect_many(target, spec.transport, ids, filt, spec.qos)
-    q.put(("ready", "sub", None))
+    q.put(("ready", "sub", _ports(indices, conns)))
     published, delivered, ctl = sh["published"], sh["delivered"], sh["ctl"]
     n_pub = spec.n_pub
     sel = selectors.DefaultSelector()
@@ -259,6 +268,7 @@ def _sub_main(
     lat = array("q")
     arrival = array("q")  # max arrival time per seq of publisher 0 (fan-out)
     record_lat, record_arr = spec.record_latency, spec.record_arrival
+    pairs = spec.pairs
     coalesce = not (record_lat or record_arr)
     head = PAYLOAD_HEAD.unpack_from
     qos_acks = {1: PUBACK, 2: PUBREC}
@@ -272,7 +282,10 @@ def _sub_main(
     while True:
         now_m = time.monotonic()
         if ctl[0] >= PUBS_DONE:
-            expected = sum(published) * len(conns)
+            if spec.pairs:
+                expected = sum(published[i] for i in indices)
+            else:
+                expected = sum(published) * len(conns)
             if unique >= expected or now_m - last_progress > 3.0:
                 break
         if now_m > hard_deadline:
@@ -299,7 +312,7 @@ def _sub_main(
                         acks.append(wire.ack(qos_acks[qos], (body[off] << 8) | body[off + 1]))
                         off += 2
                     seq, p, ts = head(body, off)
-                    if p >= n_pub:
+                    if p >= n_pub or (pairs and p != indices[j]):
                         bad += 1
                         continue
                     bm = seen_j[p]
@@ -363,6 +376,16 @@ def _sub_main(
     }
 
 
+def fan_out(spec: FlowSpec) -> int:
+    """Subscribers each published message goes to."""
+    return 1 if spec.pairs else spec.n_sub
+
+
+def _ports(indices: list[int], conns: list[Any]) -> dict[int, int]:
+    """Client index → the local port of its connection (to find its worker)."""
+    return {i: c.sock.getsockname()[1] for i, c in zip(indices, conns, strict=True)}
+
+
 def _split(items: list[int], parts: int) -> list[list[int]]:
     parts = max(1, min(parts, len(items)))
     return [items[i::parts] for i in range(parts)]
@@ -390,19 +413,23 @@ def run_flow(spec: FlowSpec, target: Target) -> dict[str, Any]:
     pub_groups = _split(list(range(spec.n_pub)), spec.pub_procs)
     if len(sub_groups) != spec.sub_procs:
         raise ValueError("more subscriber processes than subscribers")
-    meter = CpuMeter(target.pid)
+    meter = BrokerMeter(target)
     results: dict[str, list[dict[str, Any]]] = {"pub": [], "sub": []}
     try:
         for i, g in enumerate(sub_groups):
             p = ctx.Process(target=_sub_worker, args=(spec, target, i, g, sh, q), daemon=True)
             p.start()
             procs.append(p)
-        _await_ready(q, len(sub_groups), 120.0)
+        sub_ports = _await_ready(q, len(sub_groups), 120.0)
         for i, g in enumerate(pub_groups):
             p = ctx.Process(target=_pub_worker, args=(spec, target, i, g, sh, q), daemon=True)
             p.start()
             procs.append(p)
-        _await_ready(q, len(pub_groups), 60.0)
+        pub_ports = _await_ready(q, len(pub_groups), 60.0)
+        # Several workers: which one holds each connection (read before the clock starts).
+        placement = placement_of(
+            meter, target.ports[spec.transport], pub_ports, sub_ports, pairs=spec.pairs
+        )
         meter.start()
         sh["ctl"][0] = GO
         deadline = time.monotonic() + spec.duration_s + 120.0
@@ -413,7 +440,7 @@ def run_flow(spec: FlowSpec, target: Target) -> dict[str, Any]:
         while len(results["sub"]) < len(sub_groups):
             kind, _, res = get_message(q, deadline + 30)
             results[kind].append(res)
-        cpu = meter.stop()
+        usage = meter.stop()
     finally:
         sh["ctl"][0] = ABORT
         for p in procs:
@@ -421,7 +448,12 @@ def run_flow(spec: FlowSpec, target: Target) -> dict[str, Any]:
             if p.is_alive():
                 p.terminate()
                 p.join(5)
-    return _aggregate(spec, results, cpu)
+    out = _aggregate(spec, results, usage.cpu)
+    out["usage"] = usage
+    if placement is not None:
+        placement.weigh(list(sh["published"]))
+    out["placement"] = placement
+    return out
 
 
 def get_message(q: Any, deadline: float) -> tuple[str, int, Any]:
@@ -437,12 +469,16 @@ def get_message(q: Any, deadline: float) -> tuple[str, int, Any]:
     return msg
 
 
-def _await_ready(q: Any, n: int, timeout_s: float) -> None:
+def _await_ready(q: Any, n: int, timeout_s: float) -> dict[int, int]:
+    """Wait for ``n`` "ready" reports; client index → local port of its connection."""
     deadline = time.monotonic() + timeout_s
+    ports: dict[int, int] = {}
     for _ in range(n):
-        kind, _, _ = get_message(q, deadline)
+        kind, _, payload = get_message(q, deadline)
         if kind != "ready":
             raise RuntimeError(f"unexpected worker message {kind}")
+        ports.update(payload or {})
+    return ports
 
 
 def _aggregate(
@@ -450,7 +486,7 @@ def _aggregate(
 ) -> dict[str, Any]:
     pubs, subs = res["pub"], res["sub"]
     published = sum(r["published"] for r in pubs)
-    expected = published * spec.n_sub
+    expected = published * fan_out(spec)
     unique = sum(r["unique"] for r in subs)
     t_go = min(r["t_go"] for r in pubs)
     t_last = max(r["t_last"] for r in subs)

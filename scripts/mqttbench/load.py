@@ -18,11 +18,13 @@ import socket
 import ssl
 import struct
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from conformance import wire
 from conformance.wire import CONNACK, SUBACK, WireError
 
+from .machine import process_tree
 from .wsclient import WsFrameReader, ws_check_response, ws_frame, ws_handshake_request
 
 #: Payload head: sequence number, publisher index, send time (CLOCK_MONOTONIC, ns).
@@ -94,7 +96,13 @@ def packet_id_for(seq: int) -> int:
 
 @dataclass
 class Target:
-    """Where a broker listens."""
+    """Where a broker listens, and the processes it is made of.
+
+    ``pid`` is the process started (for ``mqttd --workers N``, the supervisor); the processes
+    it started in turn (workers, a private redis-server) count as the broker too, and so do
+    ``extra_pids`` (a redis-server the benchmark started for it). ``redis_url`` is the Redis
+    of a cluster, asked for its command statistics.
+    """
 
     name: str
     host: str
@@ -102,6 +110,14 @@ class Target:
     pid: int | None = None
     cafile: str | None = None
     ws_path: str = WS_PATH
+    extra_pids: tuple[int, ...] = ()
+    redis_url: str | None = None
+    workers: int = 0  # >1: ``pid`` is the supervisor of that many workers
+
+    def processes(self) -> list[int]:
+        """Every process of the broker now: ``pid``, its descendants, ``extra_pids``."""
+        tree = [] if self.pid is None else process_tree(self.pid)
+        return tree + [p for p in self.extra_pids if p not in tree]
 
 
 class Conn:
@@ -215,22 +231,32 @@ def connect_many(
     target: Target,
     transport: str,
     client_ids: list[str],
-    topic_filter: str | None = None,
+    topic_filter: str | Sequence[str] | None = None,
     qos: int = 0,
     concurrency: int = 64,  # below Mosquitto's listen backlog of 100: no SYN retransmits
     timeout_s: float = 60.0,
 ) -> tuple[list[Conn], float]:
     """Open many connections at once (non-blocking, at most ``concurrency`` in progress).
 
-    Each goes TCP connect → (WebSocket upgrade) → CONNECT/CONNACK → (SUBSCRIBE/SUBACK).
+    Each goes TCP connect → (WebSocket upgrade) → CONNECT/CONNACK → (SUBSCRIBE/SUBACK):
+    ``topic_filter`` is one filter for all, or one per client id (in the same order).
 
     Returns:
-        The connections (now blocking, with a timeout) and the seconds it took.
+        The connections (now blocking, with a timeout), in the order of ``client_ids``, and
+        the seconds it took.
     """
     if transport not in ("tcp", "ws"):
         raise ValueError(f"connect_many supports tcp and ws, not {transport}")
     ws = transport == "ws"
     port = target.ports[transport]
+    if topic_filter is None or isinstance(topic_filter, str):
+        filters: dict[str, str] | None = (
+            None if topic_filter is None else dict.fromkeys(client_ids, topic_filter)
+        )
+    else:
+        if len(topic_filter) != len(client_ids):
+            raise ValueError("one topic filter per client id")
+        filters = dict(zip(client_ids, topic_filter, strict=True))
     sel = selectors.DefaultSelector()
     pending = list(reversed(client_ids))
     done: list[Conn] = []
@@ -301,10 +327,11 @@ def connect_many(
                     if c.state == _S_CONNACK and kind == CONNACK:
                         if body[1:2] != b"\x00":
                             raise WireError(f"CONNECT refused for {c.cid}: {body.hex()}")
-                        if topic_filter is None:
+                        if filters is None:
                             c.state = _S_DONE
                         else:
-                            send_small(c, c.wrap(wire.subscribe(1, [(topic_filter, qos)])))
+                            sub = wire.subscribe(1, [(filters[c.cid], qos)])
+                            send_small(c, c.wrap(sub))
                             c.state = _S_SUBACK
                     elif c.state == _S_SUBACK and kind == SUBACK:
                         if body[2:3] == b"\x80":
@@ -316,7 +343,10 @@ def connect_many(
                     s.settimeout(30.0)
                     in_progress -= 1
                     done.append(c)
-        return done, time.monotonic() - t0
+        elapsed = time.monotonic() - t0
+        order = {cid: k for k, cid in enumerate(client_ids)}
+        done.sort(key=lambda c: order[c.cid])  # in the order of client_ids, not of CONNACKs
+        return done, elapsed
     except BaseException:
         for key in list(sel.get_map().values()):
             key.data.close()

@@ -16,14 +16,22 @@ from conformance.wire import PUBLISH, WireError
 
 from .flow import ABORT, get_message, wait_phase
 from .load import Target, connect_many, make_payload, open_conn, recv_some, subscribe
-from .machine import CpuMeter, rss_kib
+from .machine import CpuMeter, rss_total_kib
+from .meter import BrokerMeter, placement_of
 
 
 def _idle_worker(target: Target, transport: str, n: int, tag: str, ctl: Any, q: Any) -> None:
     try:
         ids = [f"bi-{tag}-{i}" for i in range(n)]
+        cpu0 = time.process_time()
         conns, secs = connect_many(target, transport, ids, concurrency=64, timeout_s=120.0)
-        q.put(("idle", 0, {"n": len(conns), "secs": secs}))
+        res = {
+            "n": len(conns),
+            "secs": secs,
+            "cpu_s": time.process_time() - cpu0,
+            "ports": {i: c.sock.getsockname()[1] for i, c in enumerate(conns)},
+        }
+        q.put(("idle", 0, res))
         wait_phase(ctl, ABORT, 120.0)
         for c in conns:
             c.close()
@@ -32,21 +40,23 @@ def _idle_worker(target: Target, transport: str, n: int, tag: str, ctl: Any, q: 
 
 
 def run_idle(target: Target, transport: str, n: int, tag: str) -> dict[str, Any]:
-    """Open ``n`` idle connections; measure connects/s and the broker's RSS growth."""
+    """Open ``n`` idle connections; measure connects/s and the broker's RSS growth (all its
+    processes: workers and Redis included), and which worker got each connection."""
     ctx = mp.get_context("fork")
     ctl = ctx.RawArray("q", 2)
     q = ctx.Queue()
-    rss0 = rss_kib(target.pid)
-    meter = CpuMeter(target.pid)
+    meter = BrokerMeter(target)
+    rss0 = rss_total_kib(meter.pids)
     meter.start()
     p = ctx.Process(target=_idle_worker, args=(target, transport, n, tag, ctl, q), daemon=True)
     p.start()
     try:
         _, _, res = get_message(q, time.monotonic() + 150.0)
-        cpu = meter.stop()
+        usage = meter.stop()
+        placement = placement_of(meter, target.ports[transport], {}, res["ports"])
         # Let the broker settle (bounded), then read its RSS.
         time.sleep(0.5)
-        rss1 = rss_kib(target.pid)
+        rss1 = rss_total_kib(meter.pids)
     finally:
         ctl[0] = ABORT
         p.join(30)
@@ -60,7 +70,11 @@ def run_idle(target: Target, transport: str, n: int, tag: str) -> dict[str, Any]
         "rss_before_kib": rss0,
         "rss_after_kib": rss1,
         "n": res["n"],
-        "cpu": cpu,
+        "cpu": usage.cpu,
+        "usage": usage,
+        "placement": placement,
+        "gen_cpu_s": res["cpu_s"],
+        "elapsed_s": res["secs"],
         "lost": 0,
         "dup": 0,
     }
@@ -76,7 +90,7 @@ def run_big(
     pub = open_conn(target, transport, f"bb-p-{tag}")
     sub.sock.settimeout(timeout_s)
     pub.sock.settimeout(timeout_s)
-    meter = CpuMeter(target.pid)
+    meter = CpuMeter(target.processes())
     times: list[float] = []
     lost = 0
     try:
