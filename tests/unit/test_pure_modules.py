@@ -20,6 +20,7 @@ PURE = [
     "mqttd.acl",
     "mqttd.auth",
     "mqttd.admission",
+    "mqttd.worker_metrics",
 ]
 
 _PROBE = textwrap.dedent(
