@@ -12,6 +12,7 @@ from mqttd.codec import (
     CLOSED,
     MAX_REMAINING_LENGTH,
     NEED_DATA,
+    NO_PROPERTIES,
     Connack,
     Connect,
     Decoder,
@@ -459,3 +460,26 @@ def test_encoder_refuses_non_packets() -> None:
     """encode() of something that is not a packet is a LocalProtocolError."""
     with pytest.raises(LocalProtocolError):
         encode("PINGREQ")  # type: ignore[arg-type]
+
+
+# --- MQTT 5 fields on 3.1.1/3.1 (see test_codec5.py for MQTT 5 itself) --------------------------
+
+
+@no_deadline
+@given(st.one_of(all_packets, connects()))
+def test_mqtt311_packets_decode_with_no_properties(packet: Packet) -> None:
+    """3.1.1/3.1 packets carry the shared NO_PROPERTIES and default reason codes: the MQTT 5
+    fields never leak into a 3.1.1 connection."""
+    [decoded] = decode_all(Decoder(server=False), encode(packet))
+    assert getattr(decoded, "properties", NO_PROPERTIES) is NO_PROPERTIES
+    assert getattr(decoded, "reason_code", 0) == 0
+    assert getattr(decoded, "reason_codes", ()) == ()
+    will = getattr(decoded, "will", None)
+    assert will is None or will.properties is NO_PROPERTIES
+
+
+@no_deadline
+@given(st.one_of(all_packets, connects()))
+def test_versions_3_and_4_encode_alike(packet: Packet) -> None:
+    """encode(version=3) writes what encode(version=4) writes (a CONNECT names its own level)."""
+    assert encode(packet, version=3) == encode(packet, version=4) == encode(packet)

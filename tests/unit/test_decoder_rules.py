@@ -782,3 +782,38 @@ def test_first_packet_has_its_own_smaller_limit() -> None:
     assert decoder.next_packet() is not NEED_DATA
     decoder.receive_data(wire.publish("t", b"x" * 900))
     assert decoder.next_packet() == Publish("t", b"x" * 900)
+
+
+# --- MQTT 5 additions on 3.1.1/3.1 connections (MQTT 5 itself: test_codec5.py) ------------------
+
+
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        (b"\x36", "publish_qos_3"),
+        (b"\x40\x03\x00\x01\x00", "invalid_remaining_length"),  # no reason code on 3.1.1
+        (b"\xe0\x01\x00", "invalid_remaining_length"),
+        (b"\xf0\x00", "reserved_packet_type"),  # AUTH is MQTT 5 only
+    ],
+)
+def test_mqtt311_errors_carry_no_mqtt5_reason_code(data: bytes, reason: str) -> None:
+    """On a 3.1.1 connection errors keep ``reason_code`` None, even with MQTT 5 enabled, and
+    the acks keep their fixed length 2, DISCONNECT its 0."""
+    for decoder in (connected(), connected(mqtt5=True)):
+        decoder.receive_data(data)
+        with pytest.raises(MalformedPacket) as info:
+            decoder.next_packet()
+        assert info.value.reason == reason
+        assert info.value.reason_code is None
+
+
+def test_level_5_connect_is_refused_by_default() -> None:
+    """Without ``mqtt5=True`` a level-5 CONNECT is refused as before (CONNACK 0x01)."""
+    reject(
+        Decoder(),
+        wire.connect("c", proto=("MQTT", 5)),
+        ProtocolError,
+        "unacceptable_protocol_level",
+        1,
+    )
+    assert Decoder().protocol_level is None
