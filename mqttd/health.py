@@ -40,7 +40,17 @@ from mqttd.transports.http import Reply, basic_credentials
 
 log = structlog.get_logger("mqttd.health")
 
-__all__ = ["HEALTH_PATH", "READY_PATH", "MonitoringEndpoints", "liveness", "readiness"]
+__all__ = [
+    "HEALTH_PATH",
+    "METRICS_PATH",
+    "READY_PATH",
+    "MetricsAuth",
+    "MonitoringEndpoints",
+    "endpoint_paths",
+    "json_reply",
+    "liveness",
+    "readiness",
+]
 
 HEALTH_PATH = "/healthz"
 READY_PATH = "/readyz"
@@ -93,51 +103,25 @@ def _writable(path: os.PathLike[str] | str) -> bool:
     return os.access(directory, os.W_OK)
 
 
-def _json_reply(status: int, body: dict[str, Any]) -> Reply:
+def json_reply(status: int, body: dict[str, Any]) -> Reply:
+    """A JSON reply (keys sorted, one line) with ``status``."""
     return Reply(status, JSON, (json.dumps(body, sort_keys=True) + "\n").encode())
 
 
-class MonitoringEndpoints:
-    """What ``/metrics``, ``/healthz`` and ``/readyz`` answer (``transports.http.Endpoints``).
+class MetricsAuth:
+    """Who may read the metrics: a listener's auth applied to an HTTP request, as to a CONNECT.
+
+    Shared by every process that serves ``/metrics`` (a broker, and the supervisor of
+    ``--workers``), so both check credentials the same way and remember the same results.
 
     Args:
-        monitor: the broker's figures.
-        registry: the Prometheus registry ``/metrics`` renders.
         access: the password files and ACLs in force (reloaded on SIGHUP).
     """
 
-    def __init__(
-        self, monitor: Monitor, registry: CollectorRegistry, access: AccessControl
-    ) -> None:
-        self.monitor = monitor
-        self.registry = registry
+    def __init__(self, access: AccessControl) -> None:
         self.access = access
         #: (password file, user name, SHA-256 of the password) -> the check's result
         self._checked: dict[tuple[object, str, bytes], bool] = {}
-
-    def paths(self, listener: ListenerConfig) -> tuple[str, ...]:
-        """The endpoint paths ``listener`` serves (none on a ws/wss without metrics_path)."""
-        if listener.type == "http":
-            return (METRICS_PATH, HEALTH_PATH, READY_PATH)
-        if listener.metrics_path is not None:
-            return (listener.metrics_path, HEALTH_PATH, READY_PATH)
-        return ()
-
-    def handles(self, listener: ListenerConfig, path: str) -> bool:
-        """Whether ``path`` is one of ``listener``'s endpoints."""
-        return path in self.paths(listener)
-
-    async def respond(self, listener: ListenerConfig, path: str, request: h11.Request) -> Reply:
-        """The reply to a GET of one of ``listener``'s endpoints."""
-        if path == HEALTH_PATH:
-            return _json_reply(200, liveness(self.monitor))
-        if path == READY_PATH:
-            ready, body = readiness(self.monitor)
-            return _json_reply(200 if ready else 503, body)
-        refusal = await self.authorise(listener, request)
-        if refusal is not None:
-            return refusal
-        return Reply(200, CONTENT_TYPE, render(self.registry))
 
     async def authorise(self, listener: ListenerConfig, request: h11.Request) -> Reply | None:
         """Check the request against the listener's auth, as a CONNECT would be.
@@ -175,6 +159,56 @@ class MonitoringEndpoints:
             self._checked.clear()
         self._checked[key] = ok
         return ok
+
+
+def endpoint_paths(listener: ListenerConfig) -> tuple[str, ...]:
+    """The endpoint paths ``listener`` serves (none on a ws/wss without metrics_path)."""
+    if listener.type == "http":
+        return (METRICS_PATH, HEALTH_PATH, READY_PATH)
+    if listener.metrics_path is not None:
+        return (listener.metrics_path, HEALTH_PATH, READY_PATH)
+    return ()
+
+
+class MonitoringEndpoints:
+    """What ``/metrics``, ``/healthz`` and ``/readyz`` answer (``transports.http.Endpoints``).
+
+    Args:
+        monitor: the broker's figures.
+        registry: the Prometheus registry ``/metrics`` renders.
+        access: the password files and ACLs in force (reloaded on SIGHUP).
+    """
+
+    def __init__(
+        self, monitor: Monitor, registry: CollectorRegistry, access: AccessControl
+    ) -> None:
+        self.monitor = monitor
+        self.registry = registry
+        self.auth = MetricsAuth(access)
+
+    def paths(self, listener: ListenerConfig) -> tuple[str, ...]:
+        """The endpoint paths ``listener`` serves (none on a ws/wss without metrics_path)."""
+        return endpoint_paths(listener)
+
+    def handles(self, listener: ListenerConfig, path: str) -> bool:
+        """Whether ``path`` is one of ``listener``'s endpoints."""
+        return path in endpoint_paths(listener)
+
+    async def respond(self, listener: ListenerConfig, path: str, request: h11.Request) -> Reply:
+        """The reply to a GET of one of ``listener``'s endpoints."""
+        if path == HEALTH_PATH:
+            return json_reply(200, liveness(self.monitor))
+        if path == READY_PATH:
+            ready, body = readiness(self.monitor)
+            return json_reply(200 if ready else 503, body)
+        refusal = await self.auth.authorise(listener, request)
+        if refusal is not None:
+            return refusal
+        return Reply(200, CONTENT_TYPE, render(self.registry))
+
+    async def authorise(self, listener: ListenerConfig, request: h11.Request) -> Reply | None:
+        """``MetricsAuth.authorise`` with this broker's access control."""
+        return await self.auth.authorise(listener, request)
 
 
 def request_has_authorization(request: h11.Request) -> bool:

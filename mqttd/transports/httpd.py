@@ -28,10 +28,12 @@ log = structlog.get_logger("mqttd.transports.httpd")
 REQUEST_TIMEOUT_S = 10.0
 
 
-async def _serve_http_connection(
+async def serve_http_connection(
     stream: trio.abc.Stream, info: ConnectionInfo, endpoints: Endpoints
 ) -> None:
-    """Answer requests on one connection until it closes, goes quiet or misbehaves."""
+    """Answer requests on one connection until it closes, goes quiet or misbehaves (an http
+    listener's connections, and those of a worker's private socket: ``mqttd.worker_endpoints``).
+    """
     listener = info.listener
     logger = log.bind(transport="http", peer=info.peer)
     http = HttpConnection(stream)
@@ -97,7 +99,7 @@ async def serve_http_listener(
     sockets = await open_listeners(listener)
 
     def handler(stream: trio.abc.Stream, info: ConnectionInfo) -> Awaitable[None]:
-        return _serve_http_connection(stream, info, endpoints)
+        return serve_http_connection(stream, info, endpoints)
 
     await accept_connections(
         listener,
