@@ -16,6 +16,9 @@ CONNECT's are (any user name is accepted when no password file is set). With an 
 user must also be allowed to read ``$SYS/broker/...``. Refusals are 401 (with
 ``WWW-Authenticate``) or 403. A password check is PBKDF2, so it runs in a worker thread and its
 result is remembered for the same password file (a scraper every second costs one check).
+
+Under ``mqttd --workers N`` the supervisor serves the ``http`` listeners with the same
+``MetricsAuth`` and its own ``/readyz`` over every worker's (``mqttd.worker_endpoints``).
 """
 
 from __future__ import annotations

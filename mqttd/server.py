@@ -12,6 +12,7 @@ import signal
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import structlog
@@ -82,9 +83,18 @@ class Server:
 
 
 async def serve(
-    config: Config, *, task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED
+    config: Config,
+    *,
+    private_socket: Path | None = None,
+    task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run the broker until ``Server.shutdown()`` is called or the task is cancelled.
+
+    Args:
+        config: the configuration.
+        private_socket: a worker of ``--workers``: the Unix socket where it serves its own
+            monitoring endpoints to the supervisor (``mqttd.worker_endpoints``).
+        task_status: receives the running ``Server``.
 
     Raises:
         StartupError: a listener could not start.
@@ -97,10 +107,10 @@ async def serve(
         from mqttd.cluster.client import connect
 
         async with connect(config.cluster) as redis:
-            await _serve(config, access, None, redis, task_status=task_status)
+            await _serve(config, access, None, redis, private_socket, task_status=task_status)
         return
     store = await _open_store(config)
-    await _serve(config, access, store, None, task_status=task_status)
+    await _serve(config, access, store, None, private_socket, task_status=task_status)
 
 
 async def _serve(
@@ -108,6 +118,7 @@ async def _serve(
     access: AccessControl,
     store: Store | None,
     redis: Any,
+    private_socket: Path | None,
     *,
     task_status: trio.TaskStatus[Server],
 ) -> None:
@@ -149,6 +160,11 @@ async def _serve(
             await background.start(store.writer)
         if node is not None:
             await background.start(node.run)
+        if private_socket is not None:
+            from mqttd.worker_endpoints import PrivateEndpoints, serve_private_endpoints
+
+            private = PrivateEndpoints(monitor, endpoints.registry)
+            await background.start(serve_private_endpoints, private_socket, private)
         try:
             bridges = await background.start(run_bridges, state) if config.bridges else []
             background.start_soon(state.flusher)
@@ -274,8 +290,9 @@ def _log_started(
     return bound
 
 
-async def main(config: Config) -> None:
-    """Run the broker until SIGINT or SIGTERM, then shut down gracefully.
+async def main(config: Config, *, private_socket: Path | None = None) -> None:
+    """Run the broker until SIGINT or SIGTERM, then shut down gracefully (``private_socket``:
+    see ``serve``).
 
     Raises:
         StartupError: the broker could not start (the CLI prints it and exits 2).
@@ -283,7 +300,9 @@ async def main(config: Config) -> None:
     try:
         async with trio.open_nursery() as nursery:
             with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
-                server: Server = await nursery.start(serve, config)
+                server: Server = await nursery.start(
+                    partial(serve, config, private_socket=private_socket)
+                )
                 async for signum in signals:
                     if signum == signal.SIGHUP:
                         log.info("reload_requested", signal="SIGHUP")

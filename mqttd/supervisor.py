@@ -5,7 +5,7 @@ Theory of operation
 One mqttd process uses one core. With ``workers = N`` (N > 1) the process started by the
 operator becomes a *supervisor*: it serves no client itself, it starts N *workers* -- ordinary
 mqttd processes (``python -m mqttd --config FILE --worker SPEC``) that are nodes of a cluster
-(``mqttd.cluster``) -- and keeps them running. Every worker binds every listener's port with
+(``mqttd.cluster``) -- and keeps them running. Every worker binds every MQTT listener's port with
 ``SO_REUSEPORT`` and the kernel spreads new connections over the workers that listen; Redis
 makes them one broker (routes, retained messages, sessions, client ids).
 
@@ -21,6 +21,12 @@ makes them one broker (routes, retained messages, sessions, client ids).
   never queues a connection on it -- only listening sockets get connections. A port another
   program holds fails here, with the same one-line error a single process gives. The concrete
   ports go to the workers in their ``WorkerSpec``, with the Redis URL and the worker's number.
+* **Monitoring.** The ``type = "http"`` listeners are the supervisor's own: workers leave them
+  out (``worker_config``), and a scrape of a port the workers share would reach one worker at
+  random. Worker k serves its own endpoints on ``<data_dir>/workers/w<k>.sock`` (in a
+  directory locked like the Redis one, mode 0700); the supervisor's ``/metrics`` is every
+  worker's, labelled ``worker="<k>"``, and its ``/readyz`` is 200 only when every worker is
+  ready (``mqttd.worker_endpoints``).
 * **Node ids.** Worker k is node ``<cluster.node_id>-w<k>``, or ``default_node_id(k)``: the same
   across its restarts, so a restarted worker cleans up after its previous life and adopts the
   persistent sessions it hosted (``mqttd.cluster.node``).
@@ -59,7 +65,7 @@ import socket
 import subprocess
 import sys
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import ExitStack, suppress
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -127,12 +133,15 @@ class WorkerSpec:
         redis_url: the Redis every worker uses.
         ports: the concrete port of each listener, in configuration order.
         parent_fd: the read end of the pipe that reports the supervisor's death, or None.
+        monitor_socket: the Unix socket where the worker serves its monitoring endpoints to
+            the supervisor (``mqttd.worker_endpoints``), or None (no http listener).
     """
 
     index: int
     redis_url: str
     ports: tuple[int, ...]
     parent_fd: int | None = None
+    monitor_socket: str | None = None
 
     def to_json(self) -> str:
         """The spec as the one-line JSON text ``from_json`` reads."""
@@ -142,6 +151,7 @@ class WorkerSpec:
                 "redis_url": self.redis_url,
                 "ports": list(self.ports),
                 "parent_fd": self.parent_fd,
+                "monitor_socket": self.monitor_socket,
             },
             separators=(",", ":"),
         )
@@ -155,11 +165,12 @@ class WorkerSpec:
         """
         try:
             data = json.loads(text)
-            index, url, ports, fd = (
+            index, url, ports, fd, monitor = (
                 data["index"],
                 data["redis_url"],
                 data["ports"],
                 data["parent_fd"],
+                data["monitor_socket"],
             )
             if not (
                 isinstance(index, int)
@@ -168,11 +179,12 @@ class WorkerSpec:
                 and isinstance(ports, list)
                 and all(isinstance(p, int) and 0 < p < 65536 for p in ports)
                 and (fd is None or isinstance(fd, int))
+                and (monitor is None or isinstance(monitor, str))
             ):
                 raise ValueError(text)
         except (ValueError, TypeError, KeyError):
             raise ConfigError(f"--worker: not a worker specification: {text!r}") from None
-        return cls(index, url, tuple(ports), fd)
+        return cls(index, url, tuple(ports), fd, monitor)
 
 
 def worker_config(config: Config, spec: WorkerSpec) -> Config:
@@ -180,7 +192,8 @@ def worker_config(config: Config, spec: WorkerSpec) -> Config:
     supervisor's Redis and ports.
 
     The node id is ``<cluster.node_id>-w<k>`` when the file sets one, else
-    ``default_node_id(k)`` (``<hostname>-w<k>``): the same across the worker's restarts.
+    ``default_node_id(k)`` (``<hostname>-w<k>``): the same across the worker's restarts. The
+    ``http`` listeners are left out: the supervisor serves them for all workers.
 
     Raises:
         ConfigError: the file's listeners no longer match the ports the supervisor reserved
@@ -196,6 +209,7 @@ def worker_config(config: Config, spec: WorkerSpec) -> Config:
     listeners = tuple(
         replace(listener, port=port)
         for listener, port in zip(config.listeners, spec.ports, strict=True)
+        if listener.type != "http"
     )
     base = config.cluster.node_id
     node_id = f"{base}-w{spec.index}" if base else default_node_id(spec.index)
@@ -218,7 +232,8 @@ async def run_worker(config: Config, spec: WorkerSpec) -> None:
     async with trio.open_nursery() as nursery:
         if spec.parent_fd is not None:
             nursery.start_soon(_watch_supervisor, spec.parent_fd)
-        await server.main(config)
+        monitor = None if spec.monitor_socket is None else Path(spec.monitor_socket)
+        await server.main(config, private_socket=monitor)
         nursery.cancel_scope.cancel()
 
 
@@ -349,6 +364,51 @@ async def _reserve(host: str, port: int, stack: ExitStack) -> int:
 
 
 # --------------------------------------------------------------------------------------------
+# The supervisor's directories
+# --------------------------------------------------------------------------------------------
+
+
+def check_socket_path(path: Path, hint: str) -> None:
+    """Raise if ``path`` is too long for a Unix socket.
+
+    Raises:
+        StartupError: one line, ending with ``hint``.
+    """
+    size = len(os.fsencode(str(path)))
+    if size > MAX_SOCKET_PATH:
+        raise StartupError(
+            f"{path}: too long for a Unix socket ({size} bytes, at most {MAX_SOCKET_PATH}): {hint}"
+        )
+
+
+def lock_directory(directory: Path, stack: ExitStack, *, what: str, hint: str) -> None:
+    """Create ``directory`` (mode 0700: its sockets are for mqttd's user only) and take its
+    lock, held until ``stack`` closes: a second mqttd with workers on the same data_dir stops
+    here instead of taking the first one's sockets.
+
+    Raises:
+        StartupError: the directory cannot be created, or another mqttd holds it.
+    """
+    try:
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd = os.open(directory / "mqttd.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as exc:
+        raise StartupError(
+            f"{directory}: cannot create {what}: {exc.strerror or exc}: {hint}"
+        ) from None
+    stack.callback(os.close, fd)
+    import fcntl  # POSIX only, as workers are (SO_REUSEPORT)
+
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        raise StartupError(
+            f"{directory}: another mqttd with workers uses this data_dir "
+            "(set a different broker.data_dir)"
+        ) from None
+
+
+# --------------------------------------------------------------------------------------------
 # The private redis-server
 # --------------------------------------------------------------------------------------------
 
@@ -371,6 +431,10 @@ class PrivateRedis:
         self.url = f"unix://{self.socket_path}"
         self.process: trio.Process | None = None
         self.tail: deque[str] = deque(maxlen=REDIS_TAIL_LINES)
+        #: whether redis-server accepts connections now (for monitoring)
+        self.up = False
+        #: how many times it was started again after it exited
+        self.restarts = 0
         self._stop = trio.Event()
 
     @property
@@ -398,30 +462,13 @@ class PrivateRedis:
             StartupError: the directory cannot be used: another mqttd holds it, or the socket
                 path is too long.
         """
-        size = len(os.fsencode(str(self.socket_path)))
-        if size > MAX_SOCKET_PATH:
-            raise StartupError(
-                f"{self.socket_path}: too long for a Unix socket ({size} bytes, at most "
-                f"{MAX_SOCKET_PATH}): set cluster.redis_url or a shorter broker.data_dir"
-            )
-        try:
-            self.directory.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.directory / "mqttd.lock", os.O_RDWR | os.O_CREAT, 0o600)
-        except OSError as exc:
-            raise StartupError(
-                f"{self.directory}: cannot create the private Redis directory: "
-                f"{exc.strerror or exc}: set cluster.redis_url or broker.data_dir"
-            ) from None
-        stack.callback(os.close, fd)
-        import fcntl  # POSIX only, as workers are (SO_REUSEPORT)
-
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            raise StartupError(
-                f"{self.directory}: another mqttd with workers uses this data_dir "
-                "(set a different broker.data_dir)"
-            ) from None
+        check_socket_path(self.socket_path, "set cluster.redis_url or a shorter broker.data_dir")
+        lock_directory(
+            self.directory,
+            stack,
+            what="the private Redis directory",
+            hint="set cluster.redis_url or broker.data_dir",
+        )
         await self._stop_orphan()
 
     def _orphan_pid(self) -> int | None:
@@ -503,6 +550,7 @@ class PrivateRedis:
                             )
                         log.error("redis_start_failed", pid=proc.pid, last_line=reason)
                     else:
+                        self.up = True
                         if first:
                             log.info(
                                 "redis_started",
@@ -513,6 +561,7 @@ class PrivateRedis:
                             task_status.started()
                             first = False
                         else:
+                            self.restarts += 1
                             log.info("redis_restarted", pid=proc.pid)
                     status = await proc.wait()
                     # Its last lines say why it ended; a child it forked may hold the pipe.
@@ -520,6 +569,7 @@ class PrivateRedis:
                         await ended.wait()
                     nursery.cancel_scope.cancel()
             finally:
+                self.up = False
                 if proc.returncode is None:  # cancelled: never leave it running
                     await _reap(proc)
                 assert proc.stdout is not None
@@ -620,6 +670,10 @@ class Supervisor:
         self.command = command
         self.specs = list(specs)
         self.procs: dict[int, trio.Process] = {}
+        #: worker number -> how many times it was started again after it exited
+        self.restarts: dict[int, int] = {}
+        #: called on SIGHUP after the signal went to the workers (the supervisor's own files)
+        self.on_reload: Callable[[], Awaitable[object]] | None = None
         self.stopping = False
         self.exit_status = 0
         self.stop_requested = trio.Event()
@@ -649,6 +703,8 @@ class Supervisor:
             name = signal.Signals(signum).name
             if signum == signal.SIGHUP:
                 log.info("reload_forwarded", signal=name, pids=self.forward(signal.SIGHUP))
+                if self.on_reload is not None:
+                    await self.on_reload()
             elif not self.stop_requested.is_set():
                 log.info("shutdown_requested", signal=name)
                 self.request_stop()
@@ -684,6 +740,7 @@ class Supervisor:
             if restarts == 0:
                 task_status.started(proc.pid)
             else:
+                self.restarts[index] = restarts
                 log.info("worker_restarted", worker=index, pid=proc.pid, restarts=restarts)
             started = trio.current_time()
             try:
@@ -830,11 +887,25 @@ async def supervise(config: Config, workers: int, *, log_format: str, log_level:
         stack.callback(os.close, write_fd)
         if redis is not None:
             await redis.prepare(stack)
-        specs = [WorkerSpec(k, redis_url, ports, read_fd) for k in range(1, workers + 1)]
+        # The http listeners are the supervisor's, over every worker's private socket.
+        concrete = replace(
+            config,
+            listeners=tuple(
+                replace(listener, port=port)
+                for listener, port in zip(config.listeners, ports, strict=True)
+            ),
+        )
+        sockets = _prepare_monitoring(concrete, workers, stack)
+        specs = [
+            WorkerSpec(k, redis_url, ports, read_fd, str(sockets[k]) if sockets else None)
+            for k in range(1, workers + 1)
+        ]
         command = worker_command(config, log_format=log_format, log_level=log_level)
         supervisor = Supervisor(config, command, specs)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(supervisor.handle_signals, signals)
+            if sockets:
+                await _start_monitoring(nursery, concrete, supervisor, redis, sockets)
             with trio.CancelScope() as supervisor.starting:
                 if redis is not None:
                     await nursery.start(redis.run)
@@ -854,3 +925,60 @@ async def supervise(config: Config, workers: int, *, log_format: str, log_level:
                 await redis.stop()
             nursery.cancel_scope.cancel()
         return supervisor.exit_status
+
+
+def _prepare_monitoring(config: Config, workers: int, stack: ExitStack) -> dict[int, Path]:
+    """When ``config`` has an http listener: each worker's private socket
+    (``<data_dir>/workers/w<k>.sock``), in a directory this supervisor locks (``stack``).
+
+    Returns:
+        Worker number -> its socket; empty without an http listener.
+
+    Raises:
+        StartupError: the directory cannot be had, or a socket path is too long.
+    """
+    if not any(listener.type == "http" for listener in config.listeners):
+        return {}
+    from mqttd.worker_endpoints import SOCKET_DIR, worker_socket
+
+    data_dir = config.broker.data_dir
+    sockets = {k: worker_socket(data_dir, k) for k in range(1, workers + 1)}
+    check_socket_path(sockets[workers], "set a shorter broker.data_dir")
+    directory = data_dir / SOCKET_DIR
+    lock_directory(
+        directory, stack, what="the workers' monitoring directory", hint="set broker.data_dir"
+    )
+    try:
+        os.chmod(directory, 0o700)  # the sockets answer without auth: mqttd's user only
+    except OSError as exc:
+        raise StartupError(f"{directory}: {exc.strerror or exc}: set broker.data_dir") from None
+    return sockets
+
+
+async def _start_monitoring(
+    nursery: trio.Nursery,
+    config: Config,
+    supervisor: Supervisor,
+    redis: PrivateRedis | None,
+    sockets: dict[int, Path],
+) -> None:
+    """Serve ``config``'s http listeners in ``nursery`` (``mqttd.worker_endpoints``); a SIGHUP
+    reloads their auth files.
+
+    Raises:
+        StartupError: a password or ACL file cannot be read, or a listener cannot start.
+    """
+    from mqttd.access import AccessControl
+    from mqttd.worker_endpoints import SupervisorEndpoints, serve_supervisor_listeners
+
+    try:
+        access = AccessControl(config)
+    except ConfigError as exc:
+        raise StartupError(str(exc)) from None
+
+    async def reload() -> None:
+        await trio.to_thread.run_sync(access.reload)
+
+    supervisor.on_reload = reload
+    endpoints = SupervisorEndpoints(supervisor, redis, sockets, access)
+    await nursery.start(serve_supervisor_listeners, config, endpoints)

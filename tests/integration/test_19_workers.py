@@ -30,6 +30,7 @@ from conformance.broker_process import (
     mqttd_env,
     run_mqttd,
 )
+from mqttd.config import parse_config
 from mqttd.supervisor import (
     RESTART_DELAY_MAX_S,
     RESTART_DELAY_S,
@@ -37,6 +38,7 @@ from mqttd.supervisor import (
     redis_persistence,
     restart_delay,
     safe_url,
+    worker_config,
 )
 from tests.helpers import wire
 from tests.helpers.client import WireClient, connect_client, subscribe
@@ -178,8 +180,19 @@ async def test_worker_spec_round_trips_and_urls_lose_their_password() -> None:
     """The supervisor's spec survives its JSON form; logged Redis URLs hide passwords."""
     spec = WorkerSpec(2, "unix:///tmp/x/redis.sock", (1883, 8080), 7)
     assert WorkerSpec.from_json(spec.to_json()) == spec
+    spec = WorkerSpec(2, "unix:///tmp/x/redis.sock", (1883, 8080), 7, "/tmp/x/workers/w2.sock")
+    assert WorkerSpec.from_json(spec.to_json()) == spec
     assert safe_url("redis://:s3cret@db:6379/0") == "redis://:***@db:6379/0"
     assert safe_url("redis://db:6379/0") == "redis://db:6379/0"
+
+
+async def test_workers_leave_the_http_listeners_to_the_supervisor() -> None:
+    """A worker's configuration has every listener on its reserved port but the http ones,
+    which the supervisor serves for all workers."""
+    config = parse_config({"listeners": [{"type": "tcp"}, {"type": "http"}, {"type": "ws"}]})
+    spec = WorkerSpec(2, "unix:///tmp/r.sock", (40001, 40002, 40003), None, "/tmp/w2.sock")
+    listeners = worker_config(config, spec).listeners
+    assert [(lc.type, lc.port) for lc in listeners] == [("tcp", 40001), ("ws", 40003)]
 
 
 # -- one broker over several workers ----------------------------------------------------------
