@@ -42,6 +42,7 @@ __all__ = [
     "LimitsConfig",
     "ListenerConfig",
     "LogConfig",
+    "check_workers",
     "load_config",
     "parse_config",
 ]
@@ -78,6 +79,7 @@ class ListenerConfig:
         metrics_path: ws/wss: URL path where the Prometheus metrics are served on this listener
             (with /healthz and /readyz beside it), behind the listener's auth like MQTT
             clients (HTTP Basic); unset serves none of them (an http listener always does).
+            Refused with workers > 1: use an http listener, which the supervisor serves.
         allowed_origins: ws/wss: accepted Origin headers; empty accepts any origin.
         trusted_proxies: ws/wss: proxy addresses whose X-Forwarded-For is believed.
         ws_handshake_timeout_s: ws/wss: seconds allowed for the HTTP upgrade handshake.
@@ -555,6 +557,29 @@ def parse_config(data: Mapping[str, Any], source: Path | None = None) -> Config:
     return loader.config(data)
 
 
+def check_workers(config: Config, workers: int) -> None:
+    """Rules for running ``config`` as ``workers`` worker processes (``[broker] workers`` when
+    the file is loaded, ``--workers`` at start-up).
+
+    With more than one worker every worker binds every ws/wss port, so a request at a
+    ``metrics_path`` would reach one worker chosen by the kernel: its counters, not the
+    broker's. Only an http listener, which the supervisor serves for all workers, shows them.
+
+    Raises:
+        ConfigError: a ws/wss listener has a ``metrics_path``: one line naming it.
+    """
+    if workers <= 1:
+        return
+    for i, listener in enumerate(config.listeners):
+        if listener.metrics_path is not None:
+            where = str(config.source) if config.source is not None else "<config>"
+            raise ConfigError(
+                f"{where}: listeners[{i}].metrics_path: not served with {workers} workers (a "
+                "scrape would reach one worker at random): remove it and add an http listener, "
+                "whose /metrics, /healthz and /readyz cover every worker"
+            )
+
+
 def _type_name(tp: Any) -> str:
     """Describe an annotation the way a TOML author thinks of it."""
     origin = typing.get_origin(tp)
@@ -635,6 +660,7 @@ class _Loader:
             if not host or not port.isdigit() or not 0 < int(port) < 65536:
                 raise self.fail(f"cluster.sentinels[{i}]", f"expected host:port, got {address!r}")
         self.check_bridges(cfg)
+        check_workers(cfg, cfg.broker.workers)
         if cfg.store.path is None:
             cfg = dataclasses.replace(
                 cfg, store=dataclasses.replace(cfg.store, path=cfg.broker.data_dir / "mqttd.db")

@@ -26,7 +26,8 @@ makes them one broker (routes, retained messages, sessions, client ids).
   random. Worker k serves its own endpoints on ``<data_dir>/workers/w<k>.sock`` (in a
   directory locked like the Redis one, mode 0700); the supervisor's ``/metrics`` is every
   worker's, labelled ``worker="<k>"``, and its ``/readyz`` is 200 only when every worker is
-  ready (``mqttd.worker_endpoints``).
+  ready (``mqttd.worker_endpoints``). ``metrics_path`` on ws/wss listeners is refused
+  (``check``).
 * **Node ids.** Worker k is node ``<cluster.node_id>-w<k>``, or ``default_node_id(k)``: the same
   across its restarts, so a restarted worker cleans up after its previous life and adopts the
   persistent sessions it hosted (``mqttd.cluster.node``).
@@ -74,7 +75,7 @@ from urllib.parse import urlsplit, urlunsplit
 import structlog
 import trio
 
-from mqttd.config import Config, ListenerConfig
+from mqttd.config import Config, ListenerConfig, check_workers
 from mqttd.errors import ConfigError, StartupError
 
 __all__ = [
@@ -831,17 +832,23 @@ def worker_command(
 
 
 def check(config: Config, workers: int) -> str | None:
-    """What ``supervise`` needs before it starts anything: SO_REUSEPORT, and a Redis.
+    """What ``supervise`` needs before it starts anything: SO_REUSEPORT, a configuration
+    workers can serve (``mqttd.config.check_workers``: no ``metrics_path``), and a Redis.
 
     Returns:
         The redis-server executable to start, or None when ``cluster.redis_url`` is set.
 
     Raises:
-        StartupError: this system has no SO_REUSEPORT, or no Redis is set and redis-server is
-            not on PATH: one line that names the key to set.
+        StartupError: this system has no SO_REUSEPORT, a ws/wss listener has a metrics_path,
+            or no Redis is set and redis-server is not on PATH: one line that names the key
+            to set.
     """
     if not hasattr(socket, "SO_REUSEPORT"):
         raise StartupError(f"{workers} workers need SO_REUSEPORT, which this system lacks")
+    try:
+        check_workers(config, workers)  # the file's rule, for --workers N over the file's 1
+    except ConfigError as exc:
+        raise StartupError(str(exc)) from None
     if config.cluster.enabled:  # redis_url or sentinels: the operator's Redis
         return None
     binary = shutil.which("redis-server")

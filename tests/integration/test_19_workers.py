@@ -451,6 +451,29 @@ async def test_workers_without_redis_server_or_redis_url_exit_2(data_dir: Path) 
     assert "cluster.redis_url" in lines[0], lines
 
 
+async def test_metrics_path_with_workers_exits_2_with_one_line(data_dir: Path) -> None:
+    """A ws listener's metrics_path with workers (one worker at random would answer):
+    `mqttd check-config` (workers = 2 in the file) and a start with --workers 2 over a file
+    without workers both exit 2 with one line asking for an http listener, before any
+    redis-server or worker starts."""
+    listeners = listeners_toml("tcp") + listeners_toml("ws", metrics_path="/metrics")
+    in_file = data_dir / "in_file.toml"
+    in_file.write_text(f'[broker]\ndata_dir = "{data_dir}"\nworkers = 2\n' + listeners)
+    by_flag = data_dir / "by_flag.toml"
+    by_flag.write_text(f'[broker]\ndata_dir = "{data_dir}"\n' + listeners)
+    for result in (
+        await run_to_exit("check-config", in_file),
+        await run_to_exit("--config", by_flag, "--workers", "2"),
+    ):
+        lines = result.stderr.decode().splitlines()
+        assert result.returncode == 2, lines
+        assert len(lines) == 1, lines
+        assert lines[0].startswith("mqttd: "), lines
+        assert "listeners[1].metrics_path: not served with 2 workers" in lines[0], lines
+        assert "add an http listener" in lines[0], lines
+    assert not (data_dir / "redis").exists()
+
+
 async def test_a_port_in_use_stops_the_supervisor_with_one_line(data_dir: Path) -> None:
     """A fixed port another program listens on: exit 2 before any worker starts."""
     with socket.socket() as taken:

@@ -18,6 +18,7 @@ from mqttd.config import (
     LimitsConfig,
     ListenerConfig,
     LogConfig,
+    check_workers,
     load_config,
     parse_config,
 )
@@ -369,6 +370,23 @@ def test_invalid_value_names_file_and_key(
     assert "\n" not in message
     assert message.startswith(f"{path}: {key}: "), message
     assert expected in message
+
+
+def test_metrics_path_is_refused_with_workers(write_config: Any) -> None:
+    """With workers > 1 (in the file, or --workers over it) a ws metrics_path would be served
+    by one worker at random: one line naming the key and the http listener to use instead."""
+    listeners = '[[listeners]]\ntype = "tcp"\n[[listeners]]\ntype = "ws"\nmetrics_path = "/m"\n'
+    path = write_config("[broker]\nworkers = 2\n" + listeners)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    message = str(info.value)
+    assert "\n" not in message
+    assert message.startswith(f"{path}: listeners[1].metrics_path: not served with 2 workers")
+    assert "add an http listener" in message
+    single = load_config(write_config(listeners))
+    check_workers(single, 1)
+    with pytest.raises(ConfigError, match=r"listeners\[1\]\.metrics_path: not served with 3"):
+        check_workers(single, 3)
 
 
 def test_tls_dev_certs_replace_certfile_and_keyfile(write_config: Any) -> None:
