@@ -17,15 +17,20 @@ messages, and QoS 1/2 publishers keep at most ``window`` messages unacknowledged
 
 Correctness is checked while measuring: every subscriber records which sequence numbers it saw
 from each publisher, so the run reports losses, duplicates and out-of-order deliveries. Broker
-CPU % comes from ``/proc/<pid>/stat`` (utime + stime) deltas, memory from ``VmRSS``.
+CPU % comes from ``/proc/<pid>/task/*/schedstat`` deltas, memory from ``VmRSS``, both summed
+over every process of the broker (``mqttd --workers N``: supervisor, workers, redis-server).
 
 Everything is bounded: each phase has a deadline, every wait has a timeout, workers exit by
 themselves, brokers listen on loopback only and are stopped at the end.
 
 Modules: ``wsclient`` (RFC 6455 client framing), ``load`` (payloads, connections, the pipelined
 connector), ``flow`` (publisher/subscriber worker processes), ``probes`` (idle connections, one
-big payload), ``machine`` (/proc readings), ``brokers`` (starting mosquitto and mqttd),
-``scenarios``, ``report``, ``cli``; ``store`` holds bench_store's client, scenarios and report.
+big payload), ``clusterprobes`` (what a cluster's Redis pays per event), ``machine`` (/proc
+readings), ``meter`` (a broker's CPU by role, Redis's command counts, which worker holds each
+connection), ``redisinfo`` (INFO commandstats over RESP), ``brokers`` (starting mosquitto and
+the forms of mqttd), ``scenarios``, ``report``, ``scaling`` (``--scaling``: interleaved
+rounds, medians, ratios), ``model`` (``--model``: bounds for N workers), ``cli``; ``store``
+holds bench_store's client, scenarios and report.
 """
 
 from __future__ import annotations

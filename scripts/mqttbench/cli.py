@@ -2,12 +2,15 @@
 
 For each (scenario, transport) in the plan, each broker in turn is started fresh, measured and
 stopped, so brokers take turns under the same machine load; a failed measurement is reported in
-its row and the run goes on.
+its row and the run goes on. ``--workers N`` and ``--cluster`` choose the form of mqttd
+(``brokers``); ``--scaling`` runs the rounds of ``scaling`` instead, ``--model`` adds the Redis
+cost probes and the model of ``model``.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import resource
@@ -15,15 +18,35 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .brokers import Broker, make_certs, start_mosquitto_broker, start_mqttd_broker, version_of
+from . import scaling
+from .brokers import (
+    REDIS_PERSISTENCE,
+    Broker,
+    Certs,
+    make_certs,
+    mqttd_name,
+    start_mosquitto_broker,
+    start_mqttd_broker,
+    version_of,
+)
 from .load import Target
+from .machine import load_average
+from .model import render_costs, render_model
 from .report import Metric, Row, fmt, fmt_ld, render_table, write_markdown
-from .scenarios import ROW_INFO, SCENARIOS, Settings, measure, scenario_units
+from .scenarios import (
+    CLUSTER_PROBES,
+    DEFAULT_SCENARIOS,
+    ROW_INFO,
+    SCENARIOS,
+    Settings,
+    measure,
+    scenario_units,
+)
 
-STARTERS = {"mosquitto": start_mosquitto_broker, "mqttd": start_mqttd_broker}
 DESCRIPTION = (
     "Benchmark an MQTT broker (mqttd, Mosquitto, or any running broker) with its own load"
     " generator."
@@ -52,8 +75,41 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--port", type=int, default=1883, help="its MQTT/TCP port (with --host)")
     ap.add_argument("--ws-port", type=int, help="its MQTT-over-WebSocket port (with --host)")
     ap.add_argument("--pid", type=int, help="its process id, for CPU%% and RSS (with --host)")
+    ap.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        metavar="N",
+        help="start mqttd as `mqttd --workers N` (N=1 is the plain process, by mqttd's CLI)",
+    )
+    ap.add_argument(
+        "--cluster",
+        action="store_true",
+        help="start mqttd as one cluster node over a redis-server this script starts",
+    )
+    ap.add_argument(
+        "--durability",
+        choices=sorted(REDIS_PERSISTENCE),
+        help="mqttd's [store] durability, also its Redis's persistence (default: mqttd's)",
+    )
+    ap.add_argument(
+        "--scaling",
+        action="store_true",
+        help="interleaved rounds of mqttd (single, cluster of 1, --workers 1, --workers 2)"
+        " and mosquitto: medians and ratios",
+    )
+    ap.add_argument("--rounds", type=int, help="rounds of --scaling (default 3; --quick 1)")
+    ap.add_argument(
+        "--model",
+        action="store_true",
+        help="with --scaling: also the Redis cost probes and the 8/16-core model",
+    )
     ap.add_argument("--quick", action="store_true", help="short durations: a smoke check")
-    ap.add_argument("--scenarios", help=f"comma-separated subset of {','.join(SCENARIOS)}")
+    ap.add_argument(
+        "--scenarios",
+        help=f"comma-separated subset of {','.join(SCENARIOS)} (default: "
+        f"{','.join(DEFAULT_SCENARIOS)}; with --scaling: {','.join(scaling.SCALING_SCENARIOS)})",
+    )
     ap.add_argument("--transports", default="tcp,ws", help="comma-separated: tcp,ws")
     ap.add_argument("--duration", type=float, help="seconds per throughput measurement")
     ap.add_argument("--idle-conns", type=int, help="idle connections to open (default 5000)")
@@ -68,16 +124,26 @@ def main(argv: list[str] | None = None) -> int:
     if args.host and not args.host.startswith("127.") and args.host != "localhost":
         print("refusing to load a non-loopback host", file=sys.stderr)
         return 2
+    if args.workers < 0 or (args.cluster and args.workers > 1):
+        print("--workers N needs N >= 1, and --cluster is one node (no --workers)", file=sys.stderr)
+        return 2
+    if args.model and not args.scaling:
+        print("--model goes with --scaling", file=sys.stderr)
+        return 2
     quick = args.quick
     st = Settings(
         duration_s=args.duration or (1.0 if quick else 10.0),
         quick=quick,
-        idle_conns=args.idle_conns or 5000,
+        idle_conns=args.idle_conns or (1000 if quick and args.scaling else 5000),
         big_reps=1 if quick else 3,
         big_timeout_s=40.0 if quick else 60.0,
         probes=20 if quick else 100,
+        quiet_s=2.0 if quick else 10.0,
+        route_changes=100 if quick else 1000,
+        churn_conns=300 if quick else 2000,
     )
-    scenarios = args.scenarios.split(",") if args.scenarios else list(SCENARIOS)
+    default = scaling.SCALING_SCENARIOS if args.scaling else DEFAULT_SCENARIOS
+    scenarios = args.scenarios.split(",") if args.scenarios else list(default)
     for s in scenarios:
         if s not in SCENARIOS:
             print(f"unknown scenario {s!r}; choose from {SCENARIOS}", file=sys.stderr)
@@ -87,17 +153,28 @@ def main(argv: list[str] | None = None) -> int:
     if "idle" in scenarios and fd_limit < st.idle_conns + 1000:
         st.idle_conns = max(100, fd_limit - 1000)
         print(f"fd limit {fd_limit}: idle scenario uses {st.idle_conns} connections")
+    mqttd = mqttd_name(args.workers, args.cluster)
     if args.against:
-        names = ["mosquitto", "mqttd"]
+        names = ["mosquitto", mqttd]
     elif args.broker:
-        names = [args.broker]
+        names = [mqttd if args.broker == "mqttd" else args.broker]
     else:
         names = ["external"]
     workdir = Path(tempfile.mkdtemp(prefix="mqttd-bench-"))
     # Mosquitto started as root drops to the 'mosquitto' user: it must be able to read the
     # generated config and the throw-away certificates.
     workdir.chmod(0o755)
+    if args.scaling:
+        try:
+            return _run_scaling(args, argv, st, scenarios, workdir)
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
     certs = make_certs(workdir)
+    options = {"workers": args.workers, "cluster": args.cluster, "durability": args.durability}
+    starters: dict[str, Callable[[Path, Certs | None], Broker]] = {
+        "mosquitto": start_mosquitto_broker,
+        mqttd: functools.partial(start_mqttd_broker, **options),
+    }
     rows: dict[tuple[str, str, str], Row] = {}
     raw: list[dict[str, Any]] = []
     versions = {n: version_of(n) for n in names if n != "external"}
@@ -126,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
                             ports["ws"] = args.ws_port
                         target = Target("external", args.host, ports, args.pid)
                     else:
-                        broker = STARTERS[name](_fresh(workdir, name), certs)
+                        broker = starters[name](_fresh(workdir, name), certs)
                         target = broker.target
                     if t not in target.ports:
                         print(f"skipped ({name} has no {t} listener)")
@@ -182,6 +259,78 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         Path(args.json).write_text(json.dumps(raw, indent=1, default=str))
     shutil.rmtree(workdir, ignore_errors=True)
+    return 0
+
+
+def _run_scaling(
+    args: argparse.Namespace,
+    argv: list[str] | None,
+    st: Settings,
+    scenarios: list[str],
+    workdir: Path,
+) -> int:
+    """``--scaling`` (and ``--model``): the interleaved rounds, their tables, the model."""
+    rounds = args.rounds or (1 if st.quick else 3)
+    brokers = list(scaling.SCALING_BROKERS)
+    if args.broker:  # --scaling --broker X: only that form (a quick look)
+        brokers = [b for b in brokers if b == args.broker or b.startswith(args.broker + "-")]
+    probes = list(CLUSTER_PROBES) if args.model else []
+    flows = [s for s in scenarios if s not in CLUSTER_PROBES]
+    probes += [s for s in scenarios if s in CLUSTER_PROBES and s not in probes]
+    starters = scaling.starters_for(
+        brokers,
+        start_mqttd_broker,
+        start_mosquitto_broker,
+        lambda name: _fresh(workdir, name),
+        args.durability,
+    )
+    versions = {n: version_of(n) for n in ("mosquitto", "mqttd")}
+    load0 = load_average()
+    print(
+        f"bench --scaling: {rounds} round(s) of {','.join(flows + probes)} on "
+        f"{', '.join(brokers)}; load {load0}; workdir {workdir}",
+        flush=True,
+    )
+    started = time.monotonic()
+    try:
+        samples = scaling.run_rounds(
+            brokers, starters, flows, probes, rounds, st, lambda line: print(line, flush=True)
+        )
+    except KeyboardInterrupt:
+        print("\ninterrupted", flush=True)
+        return 1
+    elapsed = time.monotonic() - started
+    parts = [
+        f"Medians of {rounds} round(s); ratios are medians of per-round ratios. "
+        + scaling.load_summary(samples, load0)
+        + ".",
+        scaling.render_main(samples, brokers),
+        "CPU % (100 = one core), median: the broker's processes summed (workers, supervisor,"
+        " redis-server), redis-server's part in brackets; gen = the load generator's CPU over"
+        " its active time.",
+        scaling.render_cpu(samples, brokers, flows),
+        "Where the connections went and what crossed workers (cluster forms):",
+        scaling.render_crossing(samples, brokers, flows),
+    ]
+    if probes:
+        costs = scaling.costs_from(samples)
+        parts += [
+            "Redis cost probes:",
+            scaling.render_probes(samples),
+            "Model inputs:",
+            render_costs(costs),
+            "Model (bounds per N workers on N cores, Redis on one core of its own):",
+            render_model(costs),
+        ]
+    parts += ["Every round:", scaling.render_rounds(samples, brokers)]
+    text = "\n\n".join(parts)
+    print()
+    print(text)
+    print(f"\n(total {elapsed:.0f} s)")
+    if args.markdown:
+        write_markdown(Path(args.markdown), text, ["mosquitto", "mqttd"], versions, argv, elapsed)
+    if args.json:
+        Path(args.json).write_text(json.dumps([vars(s) for s in samples], indent=1, default=str))
     return 0
 
 

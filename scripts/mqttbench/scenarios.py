@@ -6,12 +6,29 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from .clusterprobes import run_churn, run_quiet, run_routes
 from .flow import FlowSpec, run_flow
 from .load import Target
 from .probes import run_big, run_idle
 from .report import Metric
 
-SCENARIOS = ["qos0", "qos1", "qos2", "qos2w20", "fanout", "many", "latency", "idle", "mb1"]
+#: What a run without ``--scenarios`` measures.
+DEFAULT_SCENARIOS = ["qos0", "qos1", "qos2", "qos2w20", "fanout", "many", "latency", "idle", "mb1"]
+#: Every scenario: the defaults, QoS 1 fan-out and many→many, 100 publisher/subscriber pairs
+#: (QoS 0 and 1), and the Redis cost probes of a cluster (``clusterprobes``: an idle broker,
+#: route changes, connect/disconnect churn).
+SCENARIOS = [
+    *DEFAULT_SCENARIOS,
+    "fanout1",
+    "many1",
+    "pairs",
+    "pairs1",
+    "quiet",
+    "routes",
+    "churn",
+]
+#: The probes that only mean something for mqttd in cluster mode.
+CLUSTER_PROBES = ("quiet", "routes", "churn")
 
 
 @dataclass
@@ -24,6 +41,9 @@ class Settings:
     big_reps: int
     big_timeout_s: float
     probes: int
+    quiet_s: float = 10.0
+    route_changes: int = 1000
+    churn_conns: int = 2000
 
 
 def scenario_units(name: str, transport: str, st: Settings, tag: str) -> list[Any]:
@@ -37,10 +57,11 @@ def scenario_units(name: str, transport: str, st: Settings, tag: str) -> list[An
         # inflight window was full only when another message arrives: a deeper backlog strands.
         e2e = window if qos == 2 else 20_000
         return [FlowSpec(transport, qos=qos, window=window, e2e_window=e2e, duration_s=d, tag=tag)]
-    if name == "fanout":
+    if name in ("fanout", "fanout1"):
         return [
             FlowSpec(
                 transport,
+                qos=1 if name == "fanout1" else 0,
                 n_sub=1000,
                 sub_procs=2,
                 e2e_window=50_000,
@@ -51,16 +72,35 @@ def scenario_units(name: str, transport: str, st: Settings, tag: str) -> list[An
                 tag=tag,
             )
         ]
-    if name == "many":
+    if name in ("many", "many1"):
         return [
             FlowSpec(
                 transport,
+                qos=1 if name == "many1" else 0,
                 n_pub=100,
                 n_sub=100,
                 sub_procs=2,
                 shared_topic=False,
                 e2e_window=100_000,
                 batch=4,
+                duration_s=d,
+                tag=tag,
+            )
+        ]
+    if name in ("pairs", "pairs1"):
+        # Subscriber i takes publisher i's topic only: every message has one subscriber, so
+        # on several workers a message either stays on its worker or crosses, whole.
+        return [
+            FlowSpec(
+                transport,
+                qos=1 if name == "pairs1" else 0,
+                n_pub=100,
+                n_sub=100,
+                sub_procs=2,
+                shared_topic=False,
+                pairs=True,
+                e2e_window=20_000,
+                batch=16,
                 duration_s=d,
                 tag=tag,
             )
@@ -79,14 +119,40 @@ def scenario_units(name: str, transport: str, st: Settings, tag: str) -> list[An
         return [("idle", transport, st.idle_conns)]
     if name == "mb1":
         return [("big", transport, 1024 * 1024)]
+    if name == "quiet":
+        return [("quiet", transport, st.quiet_s)]
+    if name == "routes":
+        return [("routes", transport, st.route_changes)]
+    if name == "churn":
+        return [("churn", transport, st.churn_conns)]
     raise ValueError(name)
 
 
 def measure(unit: Any, target: Target, st: Settings, tag: str) -> dict[str, Metric]:
     """Run one unit against one broker and turn it into metrics keyed by row suffix."""
+    return metrics_of(unit, run_unit(unit, target, st, tag), st)
+
+
+def run_unit(unit: Any, target: Target, st: Settings, tag: str) -> dict[str, Any]:
+    """Run one unit against one broker; its raw results."""
     if isinstance(unit, FlowSpec):
         unit.tag = tag
-        r = run_flow(unit, target)
+        return run_flow(unit, target)
+    kind, transport, n = unit
+    if kind == "idle":
+        return run_idle(target, transport, n, tag)
+    if kind == "quiet":
+        return run_quiet(target, n)
+    if kind == "routes":
+        return run_routes(target, transport, n, tag)
+    if kind == "churn":
+        return run_churn(target, transport, n, tag)
+    return run_big(target, transport, n, st.big_reps, st.big_timeout_s)
+
+
+def metrics_of(unit: Any, r: dict[str, Any], st: Settings) -> dict[str, Metric]:
+    """The table's metrics, keyed by row suffix, from a unit's raw results."""
+    if isinstance(unit, FlowSpec):
         common = {"cpu": r["cpu"], "lost": r["lost"], "dup": r["dup"]}
         note = _flow_note(r)
         if unit.rate:
@@ -102,14 +168,14 @@ def measure(unit: Any, target: Target, st: Settings, tag: str) -> dict[str, Metr
             out["reach50"] = Metric(ra["p50"], **common)
             out["reach99"] = Metric(ra["p99"], **common)
         return out
-    kind, transport, n = unit
+    kind = unit[0]
     if kind == "idle":
-        r = run_idle(target, transport, n, tag)
         return {
             "cps": Metric(r["connects_per_s"], r["cpu"], 0, 0),
             "kib": Metric(r["kib_per_conn"], r["cpu"], 0, 0),
         }
-    r = run_big(target, transport, n, st.big_reps, st.big_timeout_s)
+    if kind in CLUSTER_PROBES:
+        return {k: Metric(v, r["cpu"], 0, 0) for k, v in r["metrics"].items()}
     note = "" if r["secs"] is not None else f"not delivered within {st.big_timeout_s:.0f} s"
     return {"secs": Metric(r["secs"], r["cpu"], r["lost"], 0, note)}
 
@@ -134,10 +200,22 @@ ROW_INFO = {
     ("fanout", "reach50"): ("fan-out: one msg reaches all 1000, p50", "ms", False),
     ("fanout", "reach99"): ("fan-out: one msg reaches all 1000, p99", "ms", False),
     ("many", "rate"): ("many→many 100→100 (+ filter)", "deliveries/s", True),
+    ("fanout1", "rate"): ("fan-out 1→1000 QoS 1", "deliveries/s", True),
+    ("fanout1", "reach50"): ("fan-out QoS 1: one msg reaches all 1000, p50", "ms", False),
+    ("fanout1", "reach99"): ("fan-out QoS 1: one msg reaches all 1000, p99", "ms", False),
+    ("many1", "rate"): ("many→many 100→100 QoS 1 (+ filter)", "deliveries/s", True),
+    ("pairs", "rate"): ("pairs: 100 of 1→1, own topics", "msg/s", True),
+    ("pairs1", "rate"): ("pairs: 100 of 1→1, QoS 1", "msg/s", True),
     ("latency", "p50"): ("latency @1000 msg/s p50", "ms", False),
     ("latency", "p99"): ("latency @1000 msg/s p99", "ms", False),
     ("latency", "max"): ("latency @1000 msg/s max", "ms", False),
     ("idle", "cps"): ("idle connections: connects", "conn/s", True),
     ("idle", "kib"): ("idle connections: RSS each", "KiB", False),
     ("mb1", "secs"): ("1 MB payload delivery", "s", False),
+    ("quiet", "redis_us_per_s"): ("idle cluster: Redis CPU per second", "µs", False),
+    ("routes", "redis_us_add"): ("route added: Redis CPU each", "µs", False),
+    ("routes", "redis_us_del"): ("route removed: Redis CPU each", "µs", False),
+    ("churn", "redis_us_connect"): ("connect: Redis CPU each", "µs", False),
+    ("churn", "redis_us_disconnect"): ("disconnect: Redis CPU each", "µs", False),
+    ("churn", "broker_us_connect"): ("connect: broker CPU each", "µs", False),
 }
