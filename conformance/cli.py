@@ -9,7 +9,17 @@ import time
 import trio
 
 from conformance import coverage, load_cases
-from conformance.runner import FAIL, print_live, run_all, select, summary_text, write_report
+from conformance.core import PROTOCOL_NAMES, PROTOCOLS
+from conformance.runner import (
+    FAIL,
+    print_live,
+    probe_protocols,
+    protocols_text,
+    run_all,
+    select,
+    summary_text,
+    write_report,
+)
 from conformance.transport import Target
 
 
@@ -33,10 +43,23 @@ def url_list(text: str) -> tuple[str, ...]:
     return urls
 
 
+def protocol_list(text: str) -> tuple[int, ...]:
+    """``--protocol 5`` or ``--protocol 3,4,5``: protocol levels (3 = 3.1, 4 = 3.1.1, 5 = 5.0)."""
+    try:
+        levels = tuple(sorted({int(item) for item in text.split(",")}))
+    except ValueError:
+        levels = ()
+    if not levels or not set(levels) <= set(PROTOCOLS):
+        message = f"protocols are 3 (3.1), 4 (3.1.1) and 5 (5.0), comma separated: {text!r}"
+        raise argparse.ArgumentTypeError(message)
+    return levels
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m conformance",
-        description="Test an MQTT 3.1.1 broker against the spec, statement by statement.",
+        description="Test an MQTT 5.0, 3.1.1 or 3.1 broker against the spec, statement by "
+        "statement.",
     )
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument(
@@ -68,6 +91,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="TOPIC",
         help="a topic the broker's ACL forbids this identity to publish to (enables ACL cases)",
     )
+    p.add_argument(
+        "--protocol",
+        type=protocol_list,
+        default=None,
+        metavar="N[,N...]",
+        help="protocol levels to test: 3 (MQTT 3.1), 4 (3.1.1), 5 (5.0), e.g. 4,5; default: "
+        "every level the broker answers (one CONNECT of each is tried first)",
+    )
     p.add_argument("--only", metavar="ID-OR-REGEX", help="case id or statement id, or a regex")
     p.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for a reply/close")
     p.add_argument("--concurrency", type=int, default=8, help="cases run at the same time")
@@ -81,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     cases = load_cases()
     if args.coverage_table:
-        print(coverage.table(cases), end="")
+        print(coverage.table(cases) + "\n" + coverage.table(cases, protocol=5), end="")
         return 0
     ports: tuple[int, ...] = args.port or ((8883 if args.tls else 1883),)
     ws_urls: tuple[str, ...] = args.wss or args.ws or ()
@@ -98,18 +129,27 @@ def main(argv: list[str] | None = None) -> int:
         timeout=args.timeout,
         denied_topic=args.denied_topic,
     )
-    selected = select(cases, args.only, target)
     if args.list:
-        for c in selected:
+        for c in select(cases, args.only, target, args.protocol):
             extra = " (WebSocket only)" if c.transport == "ws" else ""
-            extra += " (MQTT 3.1)" if c.mqtt31 else ""
+            extra += f" ({PROTOCOL_NAMES[c.protocol]})" if c.protocol != 4 else ""
             refs = " ".join(c.statements) or (f"section {c.section}" if c.section else "-")
             print(f"{c.id:<44} {refs}{extra}\n    {c.title}")
         return 0
+    protocols: tuple[int, ...] = args.protocol or ()
+    if not protocols:
+        answers = trio.run(probe_protocols, target)
+        print(f"Protocols of {target.describe()}:\n{protocols_text(answers)}", flush=True)
+        protocols = tuple(v for v, (ok, _) in answers.items() if ok)
+        if not protocols:
+            print("the broker answers no MQTT version: nothing to test", file=sys.stderr)
+            return 1
+    selected = select(cases, args.only, target, protocols)
     if not selected:
         print(f"no case matches {args.only!r}", file=sys.stderr)
         return 2
-    print(f"Running {len(selected)} cases against {target.describe()}", flush=True)
+    names = ", ".join(PROTOCOL_NAMES[v] for v in protocols)
+    print(f"Running {len(selected)} cases ({names}) against {target.describe()}", flush=True)
     start = time.monotonic()
     results = trio.run(
         lambda: run_all(

@@ -6,14 +6,25 @@ import json
 import re
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from typing import TextIO
 
 import trio
 
-from conformance.core import MQTT31_SECTION, Case, Context, Fail, Skip
-from conformance.transport import Closed, Target
+from conformance import wire
+from conformance.core import (
+    MQTT31_SECTION,
+    PROTOCOL_NAMES,
+    PROTOCOLS,
+    V5_SUFFIX,
+    Case,
+    Context,
+    Fail,
+    Skip,
+    rand,
+)
+from conformance.transport import Closed, Target, open_connection
 
 PASS, FAIL, SKIP, INFO = "pass", "fail", "skip", "info"
 
@@ -29,10 +40,21 @@ class Result:
     status: str
     detail: str
     duration_s: float
+    #: The protocol version the case speaks (3, 4 or 5) and whose statement ids it cites.
+    protocol: int = 4
 
 
-def select(cases: list[Case], only: str | None, target: Target) -> list[Case]:
-    """Cases to run: ``--only`` matches a case id or a statement id, exactly or as a regex."""
+def select(
+    cases: list[Case],
+    only: str | None,
+    target: Target,
+    protocols: Iterable[int] | None = None,
+) -> list[Case]:
+    """Cases to run: those of ``protocols`` (default: all) that ``--only`` matches (a case id
+    or a statement id, exactly or as a regex)."""
+    if protocols is not None:
+        wanted = set(protocols)
+        cases = [c for c in cases if c.protocol in wanted]
     if only:
         pattern = re.compile(only)
         cases = [
@@ -49,7 +71,7 @@ def select(cases: list[Case], only: str | None, target: Target) -> list[Case]:
 
 async def run_case(case: Case, target: Target) -> Result:
     """Run one case with its own context; cleanup never turns a pass into a failure."""
-    ctx = Context(target=target, case_id=case.id)
+    ctx = Context(target=target, case_id=case.id, version=5 if case.protocol == 5 else 4)
     start = time.monotonic()
     status, detail = PASS, ""
     if case.transport == "ws" and not target.is_ws:
@@ -83,14 +105,16 @@ async def run_case(case: Case, target: Target) -> Result:
         status,
         detail,
         round(time.monotonic() - start, 3),
+        case.protocol,
     )
 
 
 def references(r: Result) -> list[str]:
     """What a result checks: its statement ids, else its section (a paragraph with no id), or
-    MQTT 3.1."""
+    MQTT 3.1. MQTT 5.0 ids are marked ``(5.0)``: many exist in 3.1.1 too, with other meanings."""
     if r.statements:
-        return list(r.statements)
+        suffix = V5_SUFFIX if r.protocol == 5 else ""
+        return [sid + suffix for sid in r.statements]
     return ["MQTT 3.1" if s == MQTT31_SECTION else f"section {s}" for s in r.sections]
 
 
@@ -127,10 +151,14 @@ async def run_all(
 
 
 def section_key(sec: str) -> tuple[int, ...]:
+    """Sort key of a summary section: 3.1.1 sections by number, then MQTT 5.0 ones."""
+    v5 = sec.endswith(V5_SUFFIX)
+    if v5:
+        sec = sec[: -len(V5_SUFFIX)]
     try:
-        return tuple(int(x) for x in sec.split("."))
+        return (1 if v5 else 0, *(int(x) for x in sec.split(".")))
     except ValueError:
-        return (99,)
+        return (2 if v5 else 1, 99)
 
 
 def summary_rows(results: list[Result]) -> list[tuple[str, int, int, int, int]]:
@@ -175,7 +203,7 @@ def write_report(path: str, results: list[Result], target: Target, elapsed: floa
             f.write("\n")
         return
     out = [
-        f"# MQTT 3.1.1 conformance report: {target.describe()}",
+        f"# MQTT conformance report: {target.describe()}",
         "",
         "| section | pass | fail | skip | info |",
         "|---|---|---|---|---|",
@@ -194,3 +222,62 @@ def print_live(stream: TextIO = sys.stdout) -> Callable[[Result], None]:
         print(format_line(r), file=stream, flush=True)
 
     return emit
+
+
+async def probe(target: Target, version: int) -> tuple[bool, str]:
+    """Does the broker answer a CONNECT of protocol ``version`` (3, 4 or 5)? Accepted (a
+    CONNACK with code 0) counts as answered; returns (answered, what happened)."""
+    stream = None
+    try:
+        with trio.fail_after(target.timeout):
+            stream = await open_connection(target)
+            proto = ("MQIsdp", 3) if version == 3 else ("MQTT", version)
+            password = None if target.password is None else target.password.encode()
+            await stream.send(
+                wire.connect(
+                    f"probe{version}{rand(10)}",
+                    username=target.username,
+                    password=password,
+                    proto=proto,
+                    version=version,
+                )
+            )
+            decoder = wire.Decoder(5 if version == 5 else 4)
+            while (pkt := decoder.next()) is None:
+                decoder.feed(await stream.receive())
+            if pkt.type != wire.CONNACK:
+                return False, f"answered with {pkt.describe()}"
+            if pkt.reason != 0:
+                return False, f"refused: {pkt.describe()}"
+            await stream.send(wire.disconnect())
+            return True, "accepted"
+    except wire.WireError as exc:
+        return False, f"answered with a packet of another version ({exc})"
+    except (Closed, OSError) as exc:
+        return False, f"closed ({exc})"
+    except trio.TooSlowError:
+        return False, "no answer"
+    finally:
+        if stream is not None:
+            await stream.aclose()
+
+
+async def probe_protocols(target: Target) -> dict[int, tuple[bool, str]]:
+    """Every protocol version (3, 4, 5) -> whether the broker answers it, and how."""
+    out: dict[int, tuple[bool, str]] = {}
+
+    async def one(version: int) -> None:
+        out[version] = await probe(target, version)
+
+    async with trio.open_nursery() as nursery:
+        for version in PROTOCOLS:
+            nursery.start_soon(one, version)
+    return {v: out[v] for v in PROTOCOLS}
+
+
+def protocols_text(answers: dict[int, tuple[bool, str]]) -> str:
+    """One line per probed version, for the run's header."""
+    return "\n".join(
+        f"  {PROTOCOL_NAMES[v]}: {'answered' if ok else 'not answered'} ({how})"
+        for v, (ok, how) in answers.items()
+    )

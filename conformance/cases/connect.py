@@ -213,7 +213,7 @@ async def connack_first(ctx: Context) -> None:
 async def sp0_new(ctx: Context) -> None:
     c = await ctx.client()
     cid = ctx.cid("p")
-    ctx.persistent_ids.add((cid, True))
+    ctx.persistent_ids.add((cid, 4))
     await c.send(wire.connect(cid, clean=False))
     await c.expect_bytes(wire.connack(False, 0), "CONNACK")
 
