@@ -327,8 +327,10 @@ def test_two_workers_every_connection_found_and_counted(tmp_path: Path) -> None:
     assert sum(placement.per_worker.values()) == 40
     usage = r["usage"]
     assert usage.cpu_by_role["broker"] > 0
-    # Each message of a pair split over the workers is one XADD into the other's inbox.
-    assert usage.calls("xadd") == pytest.approx(placement.crossed * r["published"], abs=0.5)
+    # Each message of a pair split over the workers is one XADD into the other's inbox (a few
+    # more XADDs are the nodes saying they applied the route log of the subscriptions).
+    forwarded = placement.crossed * r["published"]
+    assert forwarded <= usage.calls("xadd") <= forwarded + 10
 
 
 @needs_redis
