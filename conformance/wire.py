@@ -1205,7 +1205,6 @@ def check_packet(pkt: Packet) -> list[str]:
 
 _ZERO_OR_ONE = frozenset(
     {
-        PAYLOAD_FORMAT_INDICATOR,
         REQUEST_PROBLEM_INFORMATION,
         REQUEST_RESPONSE_INFORMATION,
         MAXIMUM_QOS,

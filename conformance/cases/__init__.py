@@ -11,6 +11,8 @@ from conformance.cases import (  # noqa: F401
     retain,
     strings,
     subscribe,
+    v5_connect,
+    v5_will,
     websocket,
     will,
 )

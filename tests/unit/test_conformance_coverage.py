@@ -11,52 +11,92 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from conformance import coverage, load_cases, wire
-from conformance.statements import STATEMENTS, server_testable
+from conformance import coverage, load_cases, statements, statements5, wire
+from conformance.cli import build_parser
 
 REPO = Path(__file__).resolve().parents[2]
 README = REPO / "conformance" / "README.md"
-SPEC_TSV = REPO.parent / "shared" / "spec" / "mqtt-3.1.1-normative.tsv"
+SPEC_DIR = REPO.parent / "shared" / "spec"
+#: protocol level -> (the statement module its cases cite, the shared spec table it copies).
+SPECS = {
+    4: (statements, SPEC_DIR / "mqtt-3.1.1-normative.tsv"),
+    5: (statements5, SPEC_DIR / "mqtt-5.0-normative.tsv"),
+}
+MARKERS = {4: (coverage.BEGIN, coverage.END), 5: (coverage.BEGIN_5, coverage.END_5)}
+NOT_COVERABLE = {4: coverage.NOT_COVERABLE, 5: coverage.NOT_COVERABLE_5}
 
 
-def test_readme_coverage_table_is_up_to_date() -> None:
-    """The README table equals what `python -m conformance --coverage-table` generates."""
+@pytest.mark.parametrize("protocol", [4])
+def test_readme_coverage_table_is_up_to_date(protocol: int) -> None:
+    """The README's 3.1.1 and 5.0 tables equal what `python -m conformance --coverage-table`
+    generates."""
     text = README.read_text(encoding="utf-8")
-    start = text.index(coverage.BEGIN)
-    end = text.index(coverage.END) + len(coverage.END) + 1
-    assert text[start:end] == coverage.table(load_cases())
+    begin, end_marker = MARKERS[protocol]
+    start = text.index(begin)
+    end = text.index(end_marker) + len(end_marker) + 1
+    assert text[start:end] == coverage.table(load_cases(), protocol)
 
 
-def test_every_testable_statement_is_covered_or_explained() -> None:
-    """Each server-side testable statement has a case, or a reason it cannot have one."""
-    cov = coverage.covering(load_cases())
-    for sid in server_testable():
-        if sid in coverage.NOT_COVERABLE:
+@pytest.mark.parametrize("protocol", [4])
+def test_every_testable_statement_is_covered_or_explained(protocol: int) -> None:
+    """Each server-side testable statement (3.1.1 and 5.0) has a case, or a reason it cannot
+    have one."""
+    module, _ = SPECS[protocol]
+    cov = coverage.covering(load_cases(), protocol)
+    for sid in module.server_testable():
+        if sid in NOT_COVERABLE[protocol]:
             assert not cov[sid], f"{sid} is covered but listed as not coverable"
-            assert coverage.NOT_COVERABLE[sid].strip()
+            assert NOT_COVERABLE[protocol][sid].strip()
         else:
             assert cov[sid], f"{sid} has no case"
 
 
 def test_case_statement_ids_exist_and_case_ids_are_unique() -> None:
-    """Every case names real statement ids (or a real section, for a paragraph without an id,
-    or is an MQTT 3.1 case) and ids are unique."""
+    """Every case names real statement ids of its protocol's spec (or a real section, for a
+    paragraph without an id, or is an MQTT 3.1 case) and ids are unique; MQTT 5 case ids
+    start with 'v5-'."""
     cases = load_cases()
-    sections = {row[0] for row in STATEMENTS.values()}
     assert len({c.id for c in cases}) == len(cases)
     for c in cases:
+        table = (statements5 if c.protocol == 5 else statements).STATEMENTS
+        sections = {row[0] for row in table.values()}
         assert c.statements or c.section or c.mqtt31, c.id
         for sid in c.statements:
-            assert sid in STATEMENTS, (c.id, sid)
+            assert sid in table, (c.id, sid)
         assert not c.section or c.section in sections, (c.id, c.section)
+        assert c.id.startswith("v5-") == (c.protocol == 5), c.id
+        assert c.mqtt31 == (c.protocol == 3), c.id
 
 
-@pytest.mark.skipif(not SPEC_TSV.exists(), reason="shared spec table not present")
-def test_statements_match_the_spec_table() -> None:
-    """conformance/statements.py is an exact copy of the shared normative-statement table."""
-    with SPEC_TSV.open(encoding="utf-8") as f:
+@pytest.mark.parametrize("protocol", [4, 5])
+def test_statements_match_the_spec_table(protocol: int) -> None:
+    """conformance/statements.py and statements5.py are exact copies of the shared
+    normative-statement tables (3.1.1 and 5.0)."""
+    module, tsv = SPECS[protocol]
+    if not tsv.exists():
+        pytest.skip("shared spec table not present")
+    with tsv.open(encoding="utf-8") as f:
         rows = list(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE))[1:]
-    assert {r[0]: tuple(r[1:]) for r in rows} == STATEMENTS
+    assert {r[0]: tuple(r[1:]) for r in rows} == module.STATEMENTS
+
+
+def test_load_cases_by_protocol() -> None:
+    """load_cases(protocols) keeps the registry order and only the cases of those levels."""
+    every = load_cases()
+    assert {c.protocol for c in every} == {3, 4, 5}
+    for protocols in ((3,), (3, 4), (5,), (4, 5)):
+        assert load_cases(protocols) == [c for c in every if c.protocol in protocols]
+
+
+def test_protocol_option() -> None:
+    """--protocol takes one level or a comma list of 3, 4 and 5; absent means probe."""
+    parser = build_parser()
+    assert parser.parse_args([]).protocol is None
+    assert parser.parse_args(["--protocol", "5"]).protocol == (5,)
+    assert parser.parse_args(["--protocol", "5,3,4,4"]).protocol == (3, 4, 5)
+    for bad in ("6", "x", "4,", ""):
+        with pytest.raises(SystemExit):
+            parser.parse_args(["--protocol", bad])
 
 
 def test_suite_does_not_import_mqttd() -> None:
