@@ -12,6 +12,7 @@ from conformance.cases import (  # noqa: F401
     strings,
     subscribe,
     v5_connect,
+    v5_publish,
     v5_will,
     websocket,
     will,
