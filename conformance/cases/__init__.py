@@ -13,6 +13,7 @@ from conformance.cases import (  # noqa: F401
     subscribe,
     v5_connect,
     v5_publish,
+    v5_subscribe,
     v5_will,
     websocket,
     will,
