@@ -26,7 +26,7 @@ MARKERS = {4: (coverage.BEGIN, coverage.END), 5: (coverage.BEGIN_5, coverage.END
 NOT_COVERABLE = {4: coverage.NOT_COVERABLE, 5: coverage.NOT_COVERABLE_5}
 
 
-@pytest.mark.parametrize("protocol", [4])
+@pytest.mark.parametrize("protocol", [4, 5])
 def test_readme_coverage_table_is_up_to_date(protocol: int) -> None:
     """The README's 3.1.1 and 5.0 tables equal what `python -m conformance --coverage-table`
     generates."""
@@ -37,7 +37,7 @@ def test_readme_coverage_table_is_up_to_date(protocol: int) -> None:
     assert text[start:end] == coverage.table(load_cases(), protocol)
 
 
-@pytest.mark.parametrize("protocol", [4])
+@pytest.mark.parametrize("protocol", [4, 5])
 def test_every_testable_statement_is_covered_or_explained(protocol: int) -> None:
     """Each server-side testable statement (3.1.1 and 5.0) has a case, or a reason it cannot
     have one."""
@@ -49,6 +49,16 @@ def test_every_testable_statement_is_covered_or_explained(protocol: int) -> None
             assert NOT_COVERABLE[protocol][sid].strip()
         else:
             assert cov[sid], f"{sid} has no case"
+
+
+def test_partly_testable_5_0_statements_say_their_condition() -> None:
+    """Every 5.0 statement a black-box test sees only in part says, in the table, what its
+    cases need or see; conditions name only server-side testable statements."""
+    testable = set(statements5.server_testable())
+    partly = {sid for sid in testable if statements5.STATEMENTS[sid][2] == "partly"}
+    assert partly <= set(coverage.CONDITIONS_5)
+    assert set(coverage.CONDITIONS_5) <= testable
+    assert all(text.strip() for text in coverage.CONDITIONS_5.values())
 
 
 def test_case_statement_ids_exist_and_case_ids_are_unique() -> None:
