@@ -59,6 +59,18 @@ def cpu_ns(pid: int) -> int | None:
     return total
 
 
+def cpu_delta_ns(sched_ns: int | None, ticks_ns: int | None, tick_ns: int) -> int | None:
+    """A process's CPU time over an interval from its two readings: the schedstat sum
+    (ns-precise, but it loses the whole CPU time of a thread that ended meanwhile) and
+    ``/proc/<pid>/stat`` (whole process, ended threads included, in ticks of ``tick_ns``).
+    The precise one, unless the ticks say more than two ticks went missing with a thread."""
+    if sched_ns is None:
+        return ticks_ns
+    if ticks_ns is not None and ticks_ns - sched_ns > 2 * tick_ns:
+        return ticks_ns
+    return max(sched_ns, 0)
+
+
 class CpuMeter:
     """CPU % of one process, or the sum over several, between ``start()`` and ``stop()``;
     ``by_pid`` then holds each one's CPU % (a process gone meanwhile counts as 0)."""
@@ -69,20 +81,28 @@ class CpuMeter:
         )
         self.by_pid: dict[int, float] = {}
         self._t0 = 0.0
-        self._c0: dict[int, int] = {}
+        self._c0: dict[int, tuple[int | None, int | None]] = {}
+
+    @staticmethod
+    def _read(pid: int) -> tuple[int | None, int | None]:
+        return cpu_ns(pid), cpu_ticks(pid)
 
     def start(self) -> None:
         self._t0 = time.monotonic()
-        self._c0 = {p: c for p in self.pids if (c := cpu_ns(p)) is not None}
+        self._c0 = {p: r for p in self.pids if (r := self._read(p)) != (None, None)}
 
     def stop(self) -> float | None:
         wall = time.monotonic() - self._t0
         if not self._c0 or wall <= 0:
             return None
+        tick_ns = 1_000_000_000 // os.sysconf("SC_CLK_TCK")
         self.by_pid = {}
-        for pid, c0 in self._c0.items():
-            c1 = cpu_ns(pid)
-            self.by_pid[pid] = 0.0 if c1 is None else 100.0 * (c1 - c0) / 1e9 / wall
+        for pid, (s0, t0) in self._c0.items():
+            s1, t1 = self._read(pid)
+            sched = None if s0 is None or s1 is None else s1 - s0
+            ticks = None if t0 is None or t1 is None else (t1 - t0) * tick_ns
+            ns = cpu_delta_ns(sched, ticks, tick_ns)
+            self.by_pid[pid] = 0.0 if ns is None else 100.0 * ns / 1e9 / wall
         return sum(self.by_pid.values())
 
 

@@ -29,6 +29,16 @@ def test_tree_pids_lists_root_then_descendants_by_level() -> None:
     assert machine.tree_pids(31, parents) == [31]
 
 
+def test_cpu_delta_prefers_schedstat_unless_a_thread_took_its_time_away() -> None:
+    """schedstat's ns are used; when a thread ended meanwhile (its CPU gone from the sum, so
+    the process-wide ticks say more), the ticks are; a negative sum never comes out."""
+    tick = 10_000_000
+    assert machine.cpu_delta_ns(123_456_789, 120_000_000, tick) == 123_456_789
+    assert machine.cpu_delta_ns(5_000_000, 400_000_000, tick) == 400_000_000
+    assert machine.cpu_delta_ns(-3_000_000, 0, tick) == 0
+    assert machine.cpu_delta_ns(None, 20_000_000, tick) == 20_000_000
+
+
 PROC_NET_TCP = """\
   sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
    0: 0100007F:0B32 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1001 1
