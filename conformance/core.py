@@ -180,6 +180,10 @@ class Client:
         self.receive_max = 65535
         self.request_problem_info = True
         self.auth_method: str | None = None
+        #: What the broker's CONNACK announced (defaults: everything on).
+        self.server_max_qos = 2
+        self.retain_available = True
+        self.server_max_packet_size: int | None = None
         #: Topic aliases the broker set up on this connection: alias -> topic.
         self.aliases: dict[int, bytes] = {}
         #: Packet ids of QoS 1/2 PUBLISHes from the broker not acknowledged yet ([MQTT-3.3.4-9]).
@@ -490,9 +494,25 @@ class Client:
                 will_properties=will_properties,
             )
         )
-        pkt = await self.recv(what="CONNACK")
+        try:
+            pkt = await self.recv(what="CONNACK")
+        except Fail:
+            small = self.max_packet_size is not None and self.max_packet_size < 64
+            if self.closed and small:
+                # [MQTT-3.1.2-24]: a broker whose CONNACK needs more than the client allows
+                # can only close the connection.
+                raise Skip(
+                    f"closed before CONNACK: the broker's CONNACK may not fit in "
+                    f"{self.max_packet_size} bytes"
+                ) from None
+            raise
         if pkt.type != wire.CONNACK:
             raise Fail(f"{self.label}: expected CONNACK, got {pkt.describe()}")
+        max_qos = pkt.prop(wire.MAXIMUM_QOS)
+        self.server_max_qos = max_qos if isinstance(max_qos, int) else 2
+        self.retain_available = pkt.prop(wire.RETAIN_AVAILABLE) != 0
+        limit = pkt.prop(wire.MAXIMUM_PACKET_SIZE)
+        self.server_max_packet_size = limit if isinstance(limit, int) else None
         assigned = pkt.prop(wire.ASSIGNED_CLIENT_IDENTIFIER)
         if not client_id and isinstance(assigned, str):
             self.client_id = assigned
@@ -521,6 +541,16 @@ class Client:
             elif ident == wire.AUTHENTICATION_METHOD and isinstance(value, str):
                 self.auth_method = value
 
+    def requires(self, *, qos: int = 0, retain: bool = False, size: int = 0) -> None:
+        """Skip the case if this client's CONNACK (MQTT 5) announced that the broker does not
+        take a PUBLISH of this QoS, retained messages, or packets of ``size`` bytes."""
+        if self.server_max_packet_size is not None and size > self.server_max_packet_size:
+            raise Skip(f"the broker announces Maximum Packet Size {self.server_max_packet_size}")
+        if qos > self.server_max_qos:
+            raise Skip(f"the broker announces Maximum QoS {self.server_max_qos}")
+        if retain and not self.retain_available:
+            raise Skip("the broker announces Retain Available 0")
+
     async def subscribe(
         self,
         filters: Iterable[tuple[str | bytes, int]],
@@ -540,7 +570,7 @@ class Client:
         else:
             await self.send(wire.subscribe(pid, filters))
         suback = await self.expect_type(wire.SUBACK, pid)
-        want = [q & 0x03 if self.version == 5 else q for _, q in filters]
+        want = [min(q & 0x03, self.server_max_qos) if self.version == 5 else q for _, q in filters]
         if check and list(suback.codes) != want:
             raise Fail(
                 f"{self.label}: SUBACK codes {[hex(c) for c in suback.codes]} for requested {want}"
@@ -569,7 +599,9 @@ class Client:
         properties: Iterable[wire.PropertyIn] | None = None,
     ) -> int | None:
         """PUBLISH; with ``complete`` finish the QoS 1/2 flow before returning (MQTT 5: a
-        PUBREC with a reason code of 0x80 or more ends it, without PUBREL)."""
+        PUBREC with a reason code of 0x80 or more ends it, without PUBREL). An MQTT 5 case
+        that publishes what the broker announced it does not take is skipped (``requires``)."""
+        self.requires(qos=qos, retain=retain)
         pid = self.pid() if qos else None
         if retain:
             self.ctx.retained_topics.add(topic)
@@ -696,6 +728,13 @@ class Context:
         c = await self.client(name)
         await c.connect(**kwargs)  # type: ignore[arg-type]
         return c
+
+    async def requires(self, *, qos: int = 0, retain: bool = False) -> None:
+        """Skip the case unless the broker takes QoS ``qos`` and (if ``retain``) retained
+        messages, as its CONNACK to a probe connection announces (MQTT 5)."""
+        probe = await self.connected("probe")
+        probe.requires(qos=qos, retain=retain)
+        await probe.disconnect()
 
     async def persistent_subscriber(
         self, qos: int, *, session_expiry: int = 300

@@ -89,6 +89,7 @@ V5_BYTE_CASES: list[dict[str, Any]] = [
         ),
         "reasons": MALFORMED,
         "before": [wire.PUBREC],
+        "qos": 2,
     },
     {
         "id": "v5-flags-subscribe-0000",
@@ -349,6 +350,7 @@ for _name, _bad in BAD_UTF8.items():
 def _make(spec: dict[str, Any]) -> Callable[[Context], Any]:
     async def run(ctx: Context) -> None:
         c = await ctx.connected("raw")
+        c.requires(qos=spec.get("qos", 0))
         send: Builder = spec["send"]
         await c.send(send if isinstance(send, bytes) else send(ctx))
         for kind in spec.get("before", []):

@@ -59,6 +59,7 @@ async def qos0_bytes(ctx: Context) -> None:
 async def qos_responses(ctx: Context) -> None:
     topic = ctx.topic("r")
     s, p = await _pair(ctx, topic, 2)
+    p.requires(qos=2)
     await p.ensure_marker()
     await p.send(wire.publish(topic, b"q0", version=5))
     before = await p.flush()
@@ -89,6 +90,7 @@ async def qos_responses(ctx: Context) -> None:
 )
 async def no_subscribers(ctx: Context) -> None:
     p = await ctx.connected("pub")
+    p.requires(qos=2)
     codes = []
     for qos, kind in ((1, wire.PUBACK), (2, wire.PUBREC)):
         pid = p.pid()
@@ -174,6 +176,7 @@ async def qos1_reuse(ctx: Context) -> None:
 async def qos2_dedup(ctx: Context) -> None:
     topic = ctx.topic("q2")
     s, p = await _pair(ctx, topic, 2)
+    p.requires(qos=2)
     await p.send(wire.publish(topic, b"once", 2, pid=77, version=5))
     await p.expect_type(wire.PUBREC, 77)
     await p.send(wire.publish(topic, b"once", 2, dup=True, pid=77, version=5))
@@ -262,6 +265,7 @@ async def pubrel_unknown(ctx: Context) -> None:
 )
 async def qos2_expired(ctx: Context) -> None:
     p = await ctx.connected("pub")
+    p.requires(qos=2)
     await p.send(
         wire.publish(
             ctx.topic("exp"),
@@ -417,6 +421,7 @@ async def expiry_after_send(ctx: Context) -> None:
 async def _ordered(ctx: Context, qos: int, n: int = 20) -> None:
     topic = ctx.topic(f"ord{qos}")
     s, p = await _pair(ctx, topic, qos)
+    p.requires(qos=qos)
     payloads = [f"{i:03d}".encode() for i in range(n)]
     data = b"".join(
         wire.publish(topic, pl, qos, pid=i + 1 if qos else None, version=5)
@@ -481,6 +486,7 @@ async def large_payload(ctx: Context) -> None:
     topic = ctx.topic("big")
     payload = bytes(range(256)) * 1024
     s, p = await _pair(ctx, topic, 1)
+    p.requires(size=len(payload) + 100)
     await p.publish(topic, payload, qos=1)
     got = (await s.publishes(1))[0]
     if got.payload != payload:
@@ -916,11 +922,69 @@ async def receive_max_exceeded(ctx: Context) -> None:
     assert isinstance(rm, int)
     if rm > 1000:
         raise Skip(f"the broker's Receive Maximum is {rm}")
+    c.requires(qos=2)
     topic = ctx.topic("rmx")
     await c.send(b"".join(wire.publish(topic, b"x", 2, pid=i, version=5) for i in range(1, rm + 2)))
     seen = await c.expect_closed(allow_packets=True, reasons={wire.RECEIVE_MAXIMUM_EXCEEDED})
     if any(x.type not in (wire.PUBREC, wire.DISCONNECT) for x in seen):
         raise Fail("before closing: " + ", ".join(x.describe() for x in seen))
+
+
+# ---- the limits the broker announces --------------------------------------------------------
+
+
+async def _announced(ctx: Context, ident: int) -> wire.Value | None:
+    probe = await ctx.client("probe")
+    value = (await probe.connect()).prop(ident)
+    await probe.disconnect()
+    return value
+
+
+@case5(
+    "v5-publish-qos-above-maximum",
+    "MQTT-4.13.1-1",
+    title="PUBLISH above the announced Maximum QoS: closed (DISCONNECT 0x9B)",
+)
+async def qos_above_maximum(ctx: Context) -> None:
+    max_qos = await _announced(ctx, wire.MAXIMUM_QOS)
+    if not isinstance(max_qos, int):
+        raise Skip("the broker announces no Maximum QoS (it supports QoS 2)")
+    c = await ctx.connected()
+    await c.send(wire.publish(ctx.topic("q"), b"x", max_qos + 1, pid=1, version=5))
+    await c.expect_closed(reasons={wire.QOS_NOT_SUPPORTED})
+
+
+@case5(
+    "v5-publish-retain-unavailable",
+    "MQTT-4.13.1-1",
+    title="Retained PUBLISH when the broker announces Retain Available 0: closed (DISCONNECT 0x9A)",
+)
+async def retain_unavailable(ctx: Context) -> None:
+    if await _announced(ctx, wire.RETAIN_AVAILABLE) != 0:
+        raise Skip("the broker supports retained messages (Retain Available absent or 1)")
+    c = await ctx.connected()
+    await c.send(wire.publish(ctx.topic("r"), b"x", 0, True, version=5))
+    await c.expect_closed(reasons={wire.RETAIN_NOT_SUPPORTED})
+
+
+@case5(
+    "v5-packet-above-server-maximum",
+    "MQTT-4.13.1-1",
+    title="A PUBLISH one byte over the announced Maximum Packet Size: closed (DISCONNECT 0x95)",
+)
+async def above_server_maximum(ctx: Context) -> None:
+    limit = await _announced(ctx, wire.MAXIMUM_PACKET_SIZE)
+    if not isinstance(limit, int) or limit > 4 * 1024 * 1024:
+        raise Skip(f"the broker announces no Maximum Packet Size of 4 MiB or less ({limit!r})")
+    c = await ctx.connected()
+    topic = ctx.topic("big")
+    overhead = len(wire.publish(topic, b"", version=5))
+    payload = b"x" * (limit + 1 - overhead)
+    data = wire.publish(topic, payload, version=5)
+    if len(data) != limit + 1:  # the Remaining Length took another byte: one less payload
+        data = wire.publish(topic, payload[: len(payload) - (len(data) - limit - 1)], version=5)
+    await c.send(data)
+    await c.expect_closed(reasons={wire.PACKET_TOO_LARGE})
 
 
 # ---- Maximum Packet Size ----------------------------------------------------------------------
@@ -930,8 +994,8 @@ async def receive_max_exceeded(ctx: Context) -> None:
     "v5-maximum-packet-size-respected",
     "MQTT-3.1.2-24",
     "MQTT-3.1.2-25",
-    title="Subscriber with Maximum Packet Size 128: a larger message is dropped (not sent, not "
-    "re-sent on reconnect), the next small one arrives",
+    title="Subscriber with Maximum Packet Size 128: a 200-byte message and one whose PUBLISH "
+    "would be 129 bytes are dropped (not sent, not re-sent on reconnect); the next arrives",
 )
 async def max_packet_size(ctx: Context) -> None:
     cid = ctx.cid("mps")
@@ -940,8 +1004,11 @@ async def max_packet_size(ctx: Context) -> None:
     limit: list[wire.PropertyIn] = [(wire.MAXIMUM_PACKET_SIZE, 128)]
     await s.connect(cid, clean=False, session_expiry=300, properties=limit)
     await s.subscribe([(topic, 1)])
+    # The QoS 1 PUBLISH the subscriber would get, without properties: one byte over the limit.
+    over = b"O" * (129 - len(wire.publish(topic, b"", 1, pid=1, version=5)))
     p = await ctx.connected("pub")
     await p.publish(topic, b"B" * 200, qos=1)
+    await p.publish(topic, over, qos=1)
     await p.publish(topic, b"small", qos=1)
     got = (await s.publishes(1))[0]  # anything over 128 bytes fails the case as it arrives
     if got.payload != b"small":
@@ -1023,6 +1090,7 @@ async def refused_pid_new(ctx: Context) -> None:
     if topic is None:
         raise Skip("needs --denied-topic: a topic the ACL forbids this identity to publish to")
     c = await ctx.connected()
+    c.requires(qos=2)
     await c.send(wire.publish(topic, b"denied", 2, pid=31, version=5))
     rec = await c.expect_type(wire.PUBREC, 31)
     if (rec.reason or 0) < 0x80:

@@ -37,7 +37,14 @@ async def _need_shared(ctx: Context) -> None:
 
 async def _need_sub_ids(ctx: Context) -> None:
     if not await _feature(ctx, wire.SUBSCRIPTION_IDENTIFIER_AVAILABLE):
-        raise Skip("the broker announces Subscription Identifier Available 0")
+        c = await ctx.connected("subid")
+        props: list[wire.PropertyIn] = [(wire.SUBSCRIPTION_IDENTIFIER, 1)]
+        await c.send(wire.subscribe(1, [(ctx.topic("x"), 1)], version=5, properties=props))
+        await c.expect_closed(reasons={wire.SUBSCRIPTION_IDENTIFIERS_NOT_SUPPORTED})
+        raise Skip(
+            "the broker announces Subscription Identifier Available 0 (and refuses "
+            "them with DISCONNECT 0xA1)"
+        )
 
 
 @case5(
@@ -55,6 +62,7 @@ async def _need_sub_ids(ctx: Context) -> None:
 async def multi(ctx: Context) -> None:
     a, b, c = ctx.topic("a"), ctx.topic("b"), ctx.topic("c")
     s = await ctx.connected("sub")
+    s.requires(qos=2)
     await s.send(wire.subscribe(0x5A5A, [(a, 2), (b, 0), (c, 1)], version=5))
     suback = await s.recv(what="SUBACK")
     if suback.type != wire.SUBACK or suback.pid != 0x5A5A or list(suback.codes) != [2, 0, 1]:

@@ -48,6 +48,7 @@ async def will_on_close(ctx: Context) -> None:
     title="Will Retain 1: the Will is published as a retained message",
 )
 async def will_retained(ctx: Context) -> None:
+    await ctx.requires(retain=True)
     wt = ctx.topic("will")
     ctx.retained_topics.add(wt)
     c = await ctx.client("dying")
