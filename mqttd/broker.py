@@ -9,7 +9,7 @@ is needed between trio checkpoints.
 from __future__ import annotations
 
 import time
-from collections.abc import Container, Iterable, Iterator
+from collections.abc import Callable, Container, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
@@ -18,12 +18,14 @@ import structlog
 from mqttd.config import LimitsConfig
 from mqttd.message import Message
 from mqttd.retain import RetainStore
+from mqttd.schedule import Schedule, Timer
 from mqttd.session import OfferResult, Ready, RetainedBatch, Session
 from mqttd.subscription import (
     NO_LOCAL,
     RETAIN_AS_PUBLISHED,
     SHARE_PREFIX,
     SHARED,
+    SUBSCRIPTION_ID_SHIFT,
     SharedGroup,
     parse_shared,
     shared_key,
@@ -99,6 +101,9 @@ class ClusterLink(Protocol):
     def forward(self, message: Message) -> None:
         """A message published here: send it to the other nodes with matching subscribers."""
 
+    def has_routes(self, topic: str) -> bool:
+        """Whether another node has a subscriber matching ``topic``."""
+
     def filter_added(self, topic_filter: str) -> None:
         """A session here subscribed to ``topic_filter``."""
 
@@ -137,6 +142,10 @@ class Broker:
         self.store = store
         #: the cluster this broker is a node of (None = a broker on its own)
         self.cluster: ClusterLink | None = None
+        #: MQTT 5 session expiry and delayed Wills (a server task runs what comes due)
+        self.schedule = Schedule()
+        #: client id -> the timer of its delayed Will (MQTT 5 Will Delay Interval)
+        self.delayed_wills: dict[str, tuple[Timer, Callable[[], None]]] = {}
 
     def restore(self, state: StoredState) -> None:
         """Rebuild persistent sessions and retained messages loaded from the store."""
@@ -228,6 +237,8 @@ class Broker:
         *,
         check_owner: bool = True,
         restored: StoredSession | None = None,
+        mqtt5: bool = False,
+        expiry: int | None = None,
     ) -> tuple[Session, bool]:
         """The session a newly accepted connection attaches to, and the Session Present flag.
 
@@ -240,15 +251,26 @@ class Broker:
         session and the old one is discarded -- its messages were meant for someone else.
         A session stored before owners were recorded is claimed by its next user. ``restored``
         is the client's persistent session as another node of the cluster left it.
+
+        With ``mqtt5``, ``clean_session`` is Clean Start ([MQTT-3.1.2-4], [MQTT-3.1.2-5]) and
+        ``expiry`` the Session Expiry Interval in seconds (None: never expires); for MQTT
+        3.1.1 a persistent session never expires by itself.
         """
         if restored is not None and client_id not in self.sessions:
             self.restore_session(restored)
+        # MQTT 5: Clean Start decides whether a session is resumed, the Session Expiry
+        # Interval how long it outlives the connection (0: it ends with it, None: never).
+        ends_with_connection = expiry == 0 if mqtt5 else clean_session
+        expiry_interval = expiry if mqtt5 else None
         existing = self.sessions.get(client_id)
         if existing is not None:
             if not clean_session and not existing.clean_session:
                 if not check_owner or not existing.owned or existing.owner == owner:
                     if not existing.owned:  # stored before owners were recorded: claimed
                         existing.owner, existing.owned = owner, True
+                    self._will_on_reconnect(client_id, session_ended=False)
+                    existing.clean_session = ends_with_connection
+                    existing.expiry_interval = expiry_interval
                     self._seen(existing)
                     return existing, True
                 self.stats.sessions_reowned += 1
@@ -260,18 +282,44 @@ class Broker:
                     discarded_messages=len(existing.inflight) + len(existing.queue),
                 )
             self._discard(existing)
+        self._will_on_reconnect(client_id, session_ended=True)
         session = Session(
             client_id,
-            clean_session=clean_session,
+            clean_session=ends_with_connection,
             limits=self.limits,
             traffic=self.stats.traffic_out,
         )
         session.owner = owner
+        session.expiry_interval = expiry_interval
         self.sessions[client_id] = session
-        if not clean_session:
+        if not ends_with_connection:
             session.store = self.store
             self._seen(session)
         return session, False
+
+    def _will_on_reconnect(self, client_id: str, *, session_ended: bool) -> None:
+        """A new connection for ``client_id``: its delayed Will, if any, is not sent when the
+        session goes on ([MQTT-3.1.3-9]); it is sent now when the session ended (Clean Start,
+        another owner), as when it expires (3.1.3.2)."""
+        pending = self.delayed_wills.pop(client_id, None)
+        if pending is not None:
+            timer, publish = pending
+            timer.cancel()
+            if session_ended:
+                publish()
+
+    def delay_will(self, client_id: str, delay: float, publish: Callable[[], None]) -> None:
+        """Publish a Will (``publish``) after ``delay`` seconds unless the client reconnects
+        first; the session ending first sends it then (MQTT 5 Will Delay Interval, 3.1.3.2)."""
+
+        def due() -> None:
+            if self.delayed_wills.get(client_id, (None,))[0] is timer:
+                del self.delayed_wills[client_id]
+                publish()
+
+        self._will_on_reconnect(client_id, session_ended=True)  # an older one goes first
+        timer = self.schedule.call_at(time.time() + delay, due)
+        self.delayed_wills[client_id] = (timer, publish)
 
     def _seen(self, session: Session) -> None:
         session.last_seen = time.time()
@@ -289,12 +337,33 @@ class Broker:
             self.cluster.client_detached(client_id)
 
     def end_session(self, session: Session) -> None:
-        """The session's network connection ended: detach it, and forget a clean session."""
+        """The session's network connection ended: detach it, and forget a clean session (or
+        an MQTT 5 one with Session Expiry Interval 0); one with an interval ends after it."""
         session.detach()
         if session.clean_session:
             self._discard(session)
-        else:
-            self._seen(session)
+            return
+        self._seen(session)
+        interval = session.expiry_interval
+        if interval is not None:
+            deadline = session.last_seen + interval
+            self.schedule.call_at(deadline, lambda: self._expire(session, deadline))
+
+    def _expire(self, session: Session, deadline: float) -> None:
+        """A session's expiry timer came due: end it if it is still offline and its deadline
+        unchanged (a reconnect, a later disconnect or a new interval made the timer stale)."""
+        interval = session.expiry_interval
+        if (
+            self.sessions.get(session.client_id) is not session
+            or session.connected
+            or interval is None
+            or session.last_seen + interval != deadline
+        ):
+            return
+        self.stats.sessions_expired += 1
+        log.info("session_expired", client_id=session.client_id, expiry_interval=interval)
+        self._discard(session)
+        self._will_on_reconnect(session.client_id, session_ended=True)  # its Will goes now
 
     def _unsubscribe_all(self, session: Session) -> None:
         for topic_filter in session.subscriptions:
@@ -337,12 +406,25 @@ class Broker:
             ``max_retained_bytes`` (it is routed all the same; the old one, if any, stays).
         """
         message = Message(topic, payload, qos, retain)
+        return self.publish_message(message, durable=durable, publisher=publisher)
+
+    def publish_message(
+        self, message: Message, *, durable: bool = True, publisher: str | None = None
+    ) -> bool:
+        """``publish`` for a message already made (MQTT 5: with its properties)."""
         self.stats.messages_received += 1
         kept = True
-        if retain:
+        if message.retain:
             kept = self._retain(message, durable)
         self.route(message, from_cluster=not durable, publisher=publisher)
         return kept
+
+    def has_subscribers(self, topic: str) -> bool:
+        """Whether any subscription, here or on another node, matches ``topic`` (MQTT 5's
+        0x10, No matching subscribers, in PUBACK and PUBREC)."""
+        if self.tree.matches(topic):
+            return True
+        return self.cluster is not None and self.cluster.has_routes(topic)
 
     def apply_retained(self, topic: str, message: Message | None) -> None:
         """Another node (or this one, through the cluster's log) changed a retained message:
@@ -449,6 +531,7 @@ class Broker:
             # ([MQTT-3.3.4-2]), RETAIN as published if any of them asks for it.
             qos = -1
             retain_as_published = 0
+            identifiers: list[int] = []
             topic = message.topic
             for topic_filter, options in session.subscriptions.items():
                 if topic_filter.startswith(SHARE_PREFIX) or not topic_matches(topic_filter, topic):
@@ -457,21 +540,34 @@ class Broker:
                     continue  # [MQTT-3.8.3-3]
                 qos = max(qos, options & 3)
                 retain_as_published |= options & RETAIN_AS_PUBLISHED
+                if options >> SUBSCRIPTION_ID_SHIFT:
+                    identifiers.append(options >> SUBSCRIPTION_ID_SHIFT)
             if qos >= 0:
-                self._deliver(session, message, qos | retain_as_published)
+                # Every matching subscription's identifier ([MQTT-3.3.4-3]), in one message.
+                self._deliver(session, message, qos | retain_as_published, tuple(identifiers))
             return
         if value & NO_LOCAL and key == publisher:
             return  # [MQTT-3.8.3-3]
         self._deliver(session, message, value)
 
-    def _deliver(self, session: Session, message: Message, options: int) -> None:
-        """Offer ``message`` to ``session`` as the subscription ``options`` ask."""
+    def _deliver(
+        self,
+        session: Session,
+        message: Message,
+        options: int,
+        subscription_ids: tuple[int, ...] | None = None,
+    ) -> None:
+        """Offer ``message`` to ``session`` as the subscription ``options`` ask (with its
+        Subscription Identifier, or ``subscription_ids`` for several subscriptions)."""
         if session.may_receive is not None and not session.may_receive(message.topic):
             return
         granted = options & 3
         qos = granted if granted < message.qos else message.qos
         retain = message.retain if options & RETAIN_AS_PUBLISHED else False
-        result = session.offer(message, qos, retain)
+        if subscription_ids is None:
+            identifier = options >> SUBSCRIPTION_ID_SHIFT
+            subscription_ids = (identifier,) if identifier else ()
+        result = session.offer(message, qos, retain, subscription_ids)
         if result is OfferResult.DROPPED:
             self._dropped(session)
         elif result is not OfferResult.NOT_KEPT:
@@ -555,7 +651,13 @@ class Broker:
         if self.cluster is not None:
             self.cluster.filter_removed(route)
 
-    def deliver_retained(self, session: Session, topic_filter: str, granted_qos: int) -> None:
+    def deliver_retained(
+        self,
+        session: Session,
+        topic_filter: str,
+        granted_qos: int,
+        subscription_ids: tuple[int, ...] = (),
+    ) -> None:
         """Send the retained messages matching a new subscription, RETAIN=1 ([MQTT-3.3.1-6]).
 
         They go lazily, paced by the client (``Session.add_retained``): a filter matching
@@ -571,7 +673,9 @@ class Broker:
         if topic_filter.startswith(SHARE_PREFIX):
             return  # a shared subscription gets no retained messages, as with Mosquitto
         ready = self.cluster.retained_ready() if self.cluster is not None else None
-        session.add_retained(RetainedBatch(topic_filter, granted_qos, source, ready))
+        session.add_retained(
+            RetainedBatch(topic_filter, granted_qos, source, ready, subscription_ids)
+        )
 
     def unsubscribe(self, session: Session, topic_filters: Iterable[str]) -> None:
         """Remove subscriptions by exact filter string ([MQTT-3.10.4-1]); unknown ones are fine.

@@ -197,6 +197,9 @@ class LimitsConfig:
             it is delivered but not retained.
         store_backlog_limit: store operations recorded but not yet committed above which
             clients are read more slowly until the disk catches up.
+        topic_alias_maximum: MQTT 5 Topic Aliases per connection, each way: how many a client
+            may use (announced in CONNACK; Mosquitto's max_topic_alias) and the most the
+            broker uses toward a client that accepts them; 0 turns them off.
     """
 
     max_inflight_messages: int = 20
@@ -219,6 +222,7 @@ class LimitsConfig:
     max_retained_messages: int = 1_000_000
     max_retained_bytes: int = 256 * 1024 * 1024
     store_backlog_limit: int = 200_000
+    topic_alias_maximum: int = 10
 
 
 @dataclass(frozen=True, slots=True)
@@ -504,6 +508,7 @@ _BOUNDS: dict[tuple[type, str], tuple[float | None, float | None]] = {
     (BrokerConfig, "sys_interval_s"): (0, None),
     (BrokerConfig, "workers"): (1, 256),
     (LimitsConfig, "max_keepalive"): (0, 65535),
+    (LimitsConfig, "topic_alias_maximum"): (0, 65535),
     (LimitsConfig, "max_connect_rate_per_ip"): (0, None),
     (LimitsConfig, "max_publish_rate"): (0, None),
     (BridgeTopicConfig, "qos"): (0, 2),

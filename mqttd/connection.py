@@ -131,6 +131,7 @@ class Connection:
             self._note("internal_error")
             log.exception("connection_failed")
         finally:
+            self._say_farewell()
             self._finish()
             if self._writer_running or not self.stream.close_now():
                 # close_now closes at once, without a task switch, when nothing is being
@@ -191,9 +192,26 @@ class Connection:
 
     async def _close_refused(self, close: Close) -> None:
         self._note(close.reason)
-        if close.flush:  # the CONNACK refusing the client ([MQTT-3.2.2-5])
+        if close.flush:  # the CONNACK refusing the client ([MQTT-3.2.2-5]), MQTT 5's DISCONNECT
             with trio.move_on_after(self.state.config.limits.write_timeout_s):
-                await self.stream.send_all(self.protocol.data_to_send())
+                if self._writer_running:  # it writes what is queued, the DISCONNECT included
+                    self._writer_done = trio.Event()
+                    await self._writer_done.wait()
+                mark = self.protocol.store_mark
+                data = self.protocol.data_to_send()
+                if self.gate is not None and self.gate.must_wait(mark):
+                    await self.gate.wait(mark)  # acknowledgements before it stay durable first
+                await self.stream.send_all(data)
+
+    def _say_farewell(self) -> None:
+        """An MQTT 5 client closed from outside (takeover, shutdown, keep alive, ...) is told
+        why with a DISCONNECT, if it can go at once, after everything sent before it."""
+        farewell = self.protocol.farewell(self.close_reason)
+        if farewell and not self._writer_running and not self.stream.has_unsent:
+            try:
+                self.bytes_out += self.stream.try_send(farewell)
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                pass
 
     async def _take_over(self, client_id: str) -> None:
         """Disconnect any existing connection with this client id ([MQTT-3.1.4-2])."""

@@ -40,6 +40,7 @@ bug); the peer's mistakes never raise, they become ``Close`` actions.
 from __future__ import annotations
 
 import enum
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -50,15 +51,29 @@ import structlog
 from mqttd.auth import PasswordFile
 from mqttd.codec.decoder import CLOSED, Decoder
 from mqttd.codec.decoder import NEED_DATA as DECODER_NEED_DATA
-from mqttd.codec.packets import ConnackCode, Connect, Publish
-from mqttd.errors import LocalProtocolError, ProtocolError
+from mqttd.codec.encoder import encode
+from mqttd.codec.packets import (
+    CONNACK_REASON_CODES,
+    NO_PROPERTIES,
+    Connack,
+    ConnackCode,
+    Connect,
+    Disconnect,
+    Properties,
+    Publish,
+    ReasonCode,
+    Will,
+)
+from mqttd.errors import LocalProtocolError, MalformedPacket, ProtocolError
+from mqttd.message import Message
 from mqttd.protocol import ClientProtocol, connack_bytes
-from mqttd.session import Ready, Session
+from mqttd.protocol5 import NEVER_EXPIRES, ClientProtocol5
+from mqttd.session import Peer, Ready, Session
 
 if TYPE_CHECKING:
     from mqttd.access import AccessControl
     from mqttd.broker import Broker
-    from mqttd.config import ListenerConfig
+    from mqttd.config import Config, ListenerConfig
     from mqttd.store import StoredSession
 
 __all__ = [
@@ -77,6 +92,26 @@ __all__ = [
 ]
 
 log = structlog.get_logger("mqttd.connection")
+
+#: The MQTT 5 CONNACK reason code for each MQTT 3.1.1 refusal (3.2.2.2).
+_CONNACK5 = {
+    ConnackCode.UNACCEPTABLE_PROTOCOL_VERSION: ReasonCode.UNSUPPORTED_PROTOCOL_VERSION,
+    ConnackCode.IDENTIFIER_REJECTED: ReasonCode.CLIENT_IDENTIFIER_NOT_VALID,
+    ConnackCode.SERVER_UNAVAILABLE: ReasonCode.SERVER_UNAVAILABLE,
+    ConnackCode.BAD_USERNAME_OR_PASSWORD: ReasonCode.BAD_USER_NAME_OR_PASSWORD,
+    ConnackCode.NOT_AUTHORIZED: ReasonCode.NOT_AUTHORIZED,
+}
+
+#: The DISCONNECT reason code an MQTT 5 client gets when the server closes its connection for
+#: a reason found outside its input (3.14.2.1); other closes send none.
+_FAREWELL = {
+    "session_taken_over": ReasonCode.SESSION_TAKEN_OVER,
+    "server_shutdown": ReasonCode.SERVER_SHUTTING_DOWN,
+    "keepalive_timeout": ReasonCode.KEEP_ALIVE_TIMEOUT,
+    "slow_consumer": ReasonCode.QUOTA_EXCEEDED,
+    "user_removed": ReasonCode.ADMINISTRATIVE_ACTION,
+    "anonymous_not_allowed": ReasonCode.ADMINISTRATIVE_ACTION,
+}
 
 
 class State(enum.Enum):
@@ -149,6 +184,7 @@ class ServerView(Protocol):
 
     broker: Broker
     access: AccessControl
+    config: Config
     shutting_down: bool
 
 
@@ -229,6 +265,7 @@ class ConnectionProtocol:
             max_packet_size=limits.max_packet_size,
             max_connect_packet_size=limits.max_connect_packet_size,
             counts=server.broker.stats.traffic_in,
+            mqtt5=True,
         )
         self.state = State.AWAIT_CONNECT
         self.client_id: str | None = None
@@ -278,6 +315,10 @@ class ConnectionProtocol:
         except ProtocolError as exc:
             if exc.connack_code is not None:
                 return self._refuse(exc.connack_code, exc.reason)
+            if exc.reason_code in CONNACK_REASON_CODES:
+                # An MQTT 5 CONNECT the decoder refused: CONNACK with the reason, then close
+                # ([MQTT-4.13.1-1]; 0x81 malformed, 0x82 protocol error, 0x95 too large).
+                return self._refuse(exc.reason_code, exc.reason, mqtt5=True)
             return self._fail(exc)
         if packet is DECODER_NEED_DATA:
             return NEED_DATA
@@ -340,6 +381,10 @@ class ConnectionProtocol:
 
     def _authenticate(self, connect: Connect) -> Action:
         listener = self.listener
+        if connect.properties.authentication_method is not None:
+            # Enhanced authentication (4.12): no method is configured, so every one is
+            # unknown: 0x8C, as Mosquitto answers without an auth plugin.
+            return self._refuse(ReasonCode.BAD_AUTHENTICATION_METHOD, "unknown_auth_method")
         policy = self.server.access.policy(listener)
         if listener.use_identity_as_username and self.tls_identity is not None:
             return self._authorised(self.tls_identity)  # the verified certificate is the key
@@ -399,6 +444,20 @@ class ConnectionProtocol:
             raise LocalProtocolError("taken_over_out_of_turn")
         server = self.server
         broker = server.broker
+        limits = broker.limits
+        mqtt5 = connect.protocol_level == 5
+        properties = connect.properties
+        connack = _ConnackProperties()
+        expiry: int | None = 0
+        if mqtt5:
+            asked = properties.session_expiry_interval or 0
+            expiry = None if asked == NEVER_EXPIRES else asked
+            cap = server.config.store.expiration_s
+            if cap is not None and (expiry is None or expiry > cap):
+                # persistent_client_expiration caps MQTT 5 sessions too; the client is told
+                # the interval in force (3.2.2.3.2).
+                expiry = int(cap)
+                connack.session_expiry_interval = expiry
         gate = self._gate
         token = gate.begin() if gate is not None else 0
         session, present = broker.open_session(
@@ -407,25 +466,51 @@ class ConnectionProtocol:
             self.username,
             check_owner=server.access.policy(self.listener).config.session_owner_check,
             restored=restored,
+            mqtt5=mqtt5,
+            expiry=expiry,
         )
         broker.client_attached(client_id, connect.will)
         if gate is not None:
             gate.end(token)
         if connect.protocol_level == 3:
             present = False  # MQTT 3.1 has no Session Present flag
-        limits = broker.limits
         cap = limits.max_keepalive
-        # A client asking for more than the cap (or for none) is held to the cap.
+        # A client asking for more than the cap (or for none) is held to the cap; an MQTT 5
+        # client is told so with Server Keep Alive ([MQTT-3.2.2-21], [MQTT-3.1.2-21]).
         self.keepalive = cap if cap and not 0 < connect.keepalive <= cap else connect.keepalive
+        if mqtt5 and self.keepalive != connect.keepalive:
+            connack.server_keep_alive = self.keepalive
         acl = server.access.client_acl(self.listener, self.username, client_id)
         session.may_receive = None if acl.allows_everything else acl.can_receive
         kick = self._kick
         if limits.slow_consumer == "disconnect" and kick is not None:
             session.on_overflow = lambda: kick("slow_consumer")
         self.session = session
-        self._client = ClientProtocol(
-            broker, session, connect.protocol_level, acl, bridge=self.decoder.bridge
-        )
+        bridge = self.decoder.bridge
+        if mqtt5:
+            # What the client takes: Receive Maximum caps our window ([MQTT-3.3.4-7]),
+            # Maximum Packet Size what we send ([MQTT-3.1.2-24]), Topic Alias Maximum how
+            # many aliases we may use ([MQTT-3.1.2-26]).
+            session.window = min(limits.max_inflight_messages, properties.receive_maximum or 65535)
+            session.peer = Peer(
+                properties.maximum_packet_size or 0,
+                min(properties.topic_alias_maximum or 0, limits.topic_alias_maximum),
+            )
+            self._client = ClientProtocol5(
+                broker,
+                session,
+                acl,
+                bridge=bridge,
+                topic_alias_maximum=limits.topic_alias_maximum,
+                session_expiry=asked,
+                problem_information=properties.request_problem_information != 0,
+                set_session_expiry=lambda value: _set_session_expiry(session, value),
+            )
+        else:
+            session.window = limits.max_inflight_messages
+            self._client = ClientProtocol(
+                broker, session, connect.protocol_level, acl, bridge=bridge
+            )
         self._connect = None  # only the Will is kept ([MQTT-3.1.2-8])
         self._client.will = connect.will
         self.state = State.CONNECTED
@@ -435,7 +520,20 @@ class ConnectionProtocol:
         # session's re-sends follow it once attached ([MQTT-4.4.0-1]).
         connects = broker.stats.connects
         connects["accepted"] = connects.get("accepted", 0) + 1
-        session.send_packet(connack_bytes(present, ConnackCode.ACCEPTED))
+        if mqtt5:
+            if not connect.client_id:
+                connack.assigned_client_identifier = client_id  # [MQTT-3.2.2-16]
+            if limits.max_packet_size < 268_435_455:
+                # Our limit is on the Remaining Length; the property counts the whole packet.
+                size = limits.max_packet_size
+                connack.maximum_packet_size = size + 1 + len(_varint(size))
+            if limits.topic_alias_maximum:
+                connack.topic_alias_maximum = limits.topic_alias_maximum
+            session.send_packet(
+                encode(Connack(present, ReasonCode.SUCCESS, connack.properties()), version=5)
+            )
+        else:
+            session.send_packet(connack_bytes(present, ConnackCode.ACCEPTED))
         session.attach(self.wake)
         self.wake()  # CONNACK is output even when the session had nothing to re-send
         log.info(
@@ -445,9 +543,10 @@ class ConnectionProtocol:
             session_present=present,
             keepalive=connect.keepalive,
             protocol_level=connect.protocol_level,
-            bridge=self.decoder.bridge,
+            bridge=bridge,
             username=self.username,
             will=connect.will is not None,
+            **({"session_expiry": expiry} if mqtt5 else {}),
         )
 
     def refuse_unavailable(self, reason: str) -> Close:
@@ -457,21 +556,50 @@ class ConnectionProtocol:
             raise LocalProtocolError("refuse_unavailable_out_of_turn")
         return self._refuse(ConnackCode.SERVER_UNAVAILABLE, reason)
 
-    def _refuse(self, code: int, reason: str) -> Close:
+    def _refuse(self, code: int, reason: str, *, mqtt5: bool = False) -> Close:
         """CONNACK with a non-zero code, then close ([MQTT-3.2.2-5]); what the client sends
-        after is not read ([MQTT-3.1.4-5])."""
+        after is not read ([MQTT-3.1.4-5]). An MQTT 5 client gets the MQTT 5 reason code
+        ([MQTT-3.2.2-7]) and a Reason String."""
+        connect = self._connect
+        if connect is not None and connect.protocol_level == 5:
+            mqtt5 = True
+        if mqtt5:
+            code = _CONNACK5.get(code, code)  # type: ignore[call-overload]
         log.info("connect_refused", reason=reason, return_code=code, client_id=self.client_id)
         connects = self.server.broker.stats.connects
         connects[reason] = connects.get(reason, 0) + 1
-        self._early = connack_bytes(False, code)
+        if mqtt5:
+            properties = Properties(reason_string=reason)
+            self._early = encode(Connack(False, code, properties), version=5)
+        else:
+            self._early = connack_bytes(False, code)
         self.state = State.CLOSING
         return Close(reason, flush=True)
 
     def _fail(self, exc: ProtocolError) -> Close:
-        """The client broke the protocol: close the connection ([MQTT-4.8.0-1])."""
+        """The client broke the protocol: close the connection ([MQTT-4.8.0-1]); an MQTT 5
+        client gets a DISCONNECT with the reason first ([MQTT-4.13.1-1])."""
         log.warning("protocol_error", reason=exc.reason, client_id=self.client_id)
         self.state = State.CLOSING
+        session = self.session
+        if session is not None and isinstance(self._client, ClientProtocol5):
+            code = exc.reason_code
+            if code is None:
+                is_malformed = isinstance(exc, MalformedPacket)
+                code = ReasonCode.MALFORMED_PACKET if is_malformed else ReasonCode.PROTOCOL_ERROR
+            session.send_packet(_disconnect(code, exc.reason))
+            return Close(exc.reason, flush=True)
         return Close(exc.reason)
+
+    def farewell(self, reason: str) -> bytes:
+        """The DISCONNECT an MQTT 5 client is sent before the server closes its connection
+        for ``reason`` from outside (a takeover, shutdown, keep alive, ...), or b"" (3.14)."""
+        code = _FAREWELL.get(reason)
+        if code is None or self.state is not State.CONNECTED:
+            return b""
+        if not isinstance(self._client, ClientProtocol5):
+            return b""
+        return _disconnect(code, reason)
 
     def _closing(self, reason: str) -> Close:
         self.state = State.CLOSING
@@ -584,15 +712,21 @@ class ConnectionProtocol:
             log.info("keepalive_timeout", keepalive=self.keepalive)
         if session is not None and client is not None:
             will = client.will
-            if will is not None and not client.disconnected and not server.shutting_down:
-                # Published on any close but DISCONNECT ([MQTT-3.1.2-8]), with its own QoS and
-                # RETAIN ([MQTT-3.1.2-16], [MQTT-3.1.2-17]); then removed ([MQTT-3.1.2-10]).
-                # The ACL is asked again: it may have been reloaded since CONNECT.
-                if client.acl.can_publish(will.topic, bridge=client.bridge):
-                    server.broker.publish(will.topic, will.message, will.qos, will.retain)
-                    log.info("will_published", topic_length=len(will.topic))
+            wanted = not client.disconnected or (
+                isinstance(client, ClientProtocol5) and client.will_on_disconnect
+            )
+            if will is not None and wanted and not server.shutting_down:
+                # Published on any close but DISCONNECT ([MQTT-3.1.2-8]; MQTT 5: or with
+                # 0x04), with its own QoS and RETAIN ([MQTT-3.1.2-16], [MQTT-3.1.2-17]); then
+                # removed ([MQTT-3.1.2-10]). An MQTT 5 Will Delay Interval holds it back
+                # until the delay or the session ends, unless the client comes back
+                # ([MQTT-3.1.3-9]).
+                delay = will.properties.will_delay_interval or 0
+                publish = _will_publisher(server.broker, client, will, self.client_id or "")
+                if delay and not session.clean_session:
+                    server.broker.delay_will(self.client_id or "", delay, publish)
                 else:
-                    log.warning("will_refused", topic=will.topic, reason="acl")
+                    publish()
             client.will = None
             server.broker.end_session(session)
             server.broker.client_detached(self.client_id or "")
@@ -639,3 +773,72 @@ class ConnectionProtocol:
         client.acl = acl
         session.may_receive = None if acl.allows_everything else acl.can_receive
         return None
+
+
+class _ConnackProperties:
+    """The MQTT 5 CONNACK properties a connection collects while it is accepted."""
+
+    __slots__ = (
+        "assigned_client_identifier",
+        "maximum_packet_size",
+        "server_keep_alive",
+        "session_expiry_interval",
+        "topic_alias_maximum",
+    )
+
+    def __init__(self) -> None:
+        self.session_expiry_interval: int | None = None
+        self.assigned_client_identifier: str | None = None
+        self.server_keep_alive: int | None = None
+        self.maximum_packet_size: int | None = None
+        self.topic_alias_maximum: int | None = None
+
+    def properties(self) -> Properties:
+        values = {name: getattr(self, name) for name in self.__slots__}
+        if all(value is None for value in values.values()):
+            return NO_PROPERTIES
+        return Properties(**values)
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        n, digit = n >> 7, n & 0x7F
+        out.append(digit | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def _disconnect(code: int, reason: str) -> bytes:
+    """An MQTT 5 DISCONNECT from the server, with a Reason String (3.14.2.2.3)."""
+    return encode(Disconnect(code, Properties(reason_string=reason)), version=5)
+
+
+def _set_session_expiry(session: Session, value: int) -> None:
+    """A Session Expiry Interval from an MQTT 5 DISCONNECT (3.14.2.2.2): 0 ends the session
+    with the connection, 0xFFFFFFFF never."""
+    session.expiry_interval = None if value == NEVER_EXPIRES else value
+    session.clean_session = value == 0
+
+
+def _will_publisher(
+    broker: Broker, client: ClientProtocol, will: Will, client_id: str
+) -> Callable[[], None]:
+    """What publishes ``will``, now or after its delay: the ACL is asked again then (it may
+    have been reloaded since CONNECT); an MQTT 5 Will keeps its properties."""
+
+    def publish() -> None:
+        if not client.acl.can_publish(will.topic, bridge=client.bridge):
+            log.warning("will_refused", client_id=client_id, topic=will.topic, reason="acl")
+            return
+        if will.properties is NO_PROPERTIES:
+            broker.publish(will.topic, will.message, will.qos, will.retain)
+        else:
+            broker.publish_message(
+                Message.from_publish(
+                    will.topic, will.message, will.qos, will.retain, will.properties, time.time()
+                )
+            )
+        log.info("will_published", client_id=client_id, topic_length=len(will.topic))
+
+    return publish

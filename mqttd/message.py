@@ -4,11 +4,26 @@ A PUBLISH fanned out to a thousand subscribers is encoded once per (QoS, RETAIN,
 the fixed header and topic are cached as bytes and only the two packet-identifier bytes differ per
 subscriber. ``publish_chunks`` returns the pieces without copying the payload; the connection's
 writer joins everything queued for one ``send_all``.
+
+MQTT 5 (``publish_chunks5``) adds the properties between the packet identifier and the payload:
+the publisher's own (Payload Format Indicator, Content Type, Response Topic, Correlation Data,
+User Properties -- passed on unchanged and in order, [MQTT-3.3.2-4], [MQTT-3.3.2-17..20]) are
+encoded once per message; what differs per delivery -- the Message Expiry Interval left
+([MQTT-3.3.2-6]), Subscription Identifiers ([MQTT-3.3.4-3]), a Topic Alias -- is written for
+that delivery only, and a delivery with none of them shares the cached header as MQTT 3.1.1
+deliveries do.
 """
 
 from __future__ import annotations
 
+import math
+import time
+from dataclasses import replace
 from typing import Final
+
+from mqttd.codec.fields import write_varint
+from mqttd.codec.packets import NO_PROPERTIES, Properties
+from mqttd.codec.properties import encode_properties
 
 _VARINT_LIMIT: Final = 268_435_455
 
@@ -50,20 +65,39 @@ class Message:
 
     __slots__ = (
         "_headers",
+        "_properties5",
         "_topic_field",
         "cluster_id",
+        "expires_at",
         "payload",
+        "properties",
         "qos",
         "retain",
         "store_id",
         "topic",
     )
 
-    def __init__(self, topic: str, payload: bytes, qos: int = 0, retain: bool = False) -> None:
+    def __init__(
+        self,
+        topic: str,
+        payload: bytes,
+        qos: int = 0,
+        retain: bool = False,
+        *,
+        properties: Properties = NO_PROPERTIES,
+        expires_at: float | None = None,
+    ) -> None:
         self.topic = topic
         self.payload = payload
         self.qos = qos
         self.retain = retain
+        #: the publisher's MQTT 5 properties that travel with the message (never a Topic
+        #: Alias or Subscription Identifier, nor the Message Expiry Interval: ``expires_at``)
+        self.properties = properties
+        #: wall-clock time (``time.time()``) the message expires at, None when it never does
+        #: (MQTT 5 Message Expiry Interval, 3.3.2.3.3)
+        self.expires_at = expires_at
+        self._properties5: bytes | None = None  # the encoded ``properties`` (MQTT 5)
         encoded = topic.encode("utf-8")
         self._topic_field = len(encoded).to_bytes(2, "big") + encoded
         self._headers: dict[int, bytes] = {}
@@ -74,6 +108,48 @@ class Message:
         #: when it is first sent to another node: a node receiving it twice during a session
         #: handover delivers it once
         self.cluster_id: bytes | None = None
+
+    @classmethod
+    def from_publish(
+        cls, topic: str, payload: bytes, qos: int, retain: bool, properties: Properties, now: float
+    ) -> Message:
+        """A message from an MQTT 5 PUBLISH (or Will) with its properties, arriving at ``now``.
+
+        The Topic Alias is the connection's (the decoder refuses Subscription Identifiers from
+        clients), the Will Delay Interval the Will's, not the message's; the Message Expiry
+        Interval becomes ``expires_at``.
+        """
+        if properties is NO_PROPERTIES:
+            return cls(topic, payload, qos, retain)
+        expiry = properties.message_expiry_interval
+        if (
+            properties.topic_alias is not None
+            or expiry is not None
+            or properties.will_delay_interval is not None
+        ):
+            properties = replace(
+                properties,
+                topic_alias=None,
+                message_expiry_interval=None,
+                will_delay_interval=None,  # a Will's, not the message's
+            )
+            if properties == NO_PROPERTIES:
+                properties = NO_PROPERTIES
+        return cls(
+            topic,
+            payload,
+            qos,
+            retain,
+            properties=properties,
+            expires_at=None if expiry is None else now + expiry,
+        )
+
+    def expired(self, now: float | None = None) -> bool:
+        """Whether the Message Expiry Interval has passed ([MQTT-3.3.2-5]: not delivered)."""
+        expires_at = self.expires_at
+        if expires_at is None:
+            return False
+        return expires_at <= (time.time() if now is None else now)
 
     def __repr__(self) -> str:
         return (
@@ -111,3 +187,73 @@ class Message:
         if qos == 0:
             return (self._header(0, retain, False), self.payload)
         return (self._header(qos, retain, dup), packet_id_bytes(packet_id), self.payload)
+
+    def publish_chunks5(
+        self,
+        qos: int,
+        retain: bool,
+        dup: bool,
+        packet_id: int,
+        *,
+        subscription_ids: tuple[int, ...] = (),
+        alias: int = 0,
+        send_topic: bool = True,
+        now: float = 0.0,
+    ) -> tuple[bytes, ...]:
+        """The MQTT 5 PUBLISH delivering this message (arguments as ``publish_chunks``).
+
+        Args:
+            subscription_ids: the identifiers of the subscriptions it matched ([MQTT-3.3.4-3]).
+            alias: the Topic Alias to send (0: none).
+            send_topic: False sends an empty Topic Name with ``alias`` (the client knows it).
+            now: the time (``time.time()``), for the Message Expiry Interval left.
+        """
+        static = self._properties5
+        if static is None:
+            static = self._properties5 = encode_properties(self.properties)
+        extra = b""
+        if self.expires_at is not None:
+            # The interval left, rounded up: a message waiting no time keeps its value.
+            left = max(1, math.ceil(self.expires_at - now))
+            extra = b"\x02" + min(left, 0xFFFFFFFF).to_bytes(4, "big")
+        for identifier in subscription_ids:
+            extra += b"\x0b" + write_varint(identifier)
+        if alias:
+            extra += b"\x23" + alias.to_bytes(2, "big")
+        if qos == 0:
+            dup = False
+        if not extra:
+            flags = 0x100 | (dup << 3) | (qos << 1) | retain
+            header = self._headers.get(flags)
+            if header is None:
+                remaining = len(self._topic_field) + (2 if qos else 0) + len(static)
+                remaining += len(self.payload)
+                header = bytes((0x30 | (flags & 0xFF),)) + _remaining_length(remaining)
+                header += self._topic_field
+                self._headers[flags] = header
+            if qos == 0:
+                return (header, static, self.payload)
+            return (header, packet_id_bytes(packet_id), static, self.payload)
+        # Per delivery: the properties' body is the extra ones, then the publisher's.
+        body_length = len(extra) + _varint_body_length(static)
+        publisher_properties = static[len(static) - _varint_body_length(static) :]
+        block = write_varint(body_length) + extra + publisher_properties
+        topic_field = self._topic_field if send_topic else b"\x00\x00"
+        remaining = len(topic_field) + (2 if qos else 0) + len(block) + len(self.payload)
+        first = bytes((0x30 | (dup << 3) | (qos << 1) | retain,))
+        header = first + _remaining_length(remaining) + topic_field
+        if qos == 0:
+            return (header, block, self.payload)
+        return (header, packet_id_bytes(packet_id), block, self.payload)
+
+
+def _varint_body_length(block: bytes) -> int:
+    """The body length of an encoded property block (its leading varint's value)."""
+    value = shift = index = 0
+    while True:
+        byte = block[index]
+        value |= (byte & 0x7F) << shift
+        index += 1
+        if not byte & 0x80:
+            return value
+        shift += 7

@@ -8,7 +8,9 @@ command line: stop listening, close every client, exit within ``graceful_timeout
 
 from __future__ import annotations
 
+import math
 import signal
+import time
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from functools import partial
@@ -27,6 +29,7 @@ from mqttd.connection import Connection
 from mqttd.errors import ConfigError, StartupError
 from mqttd.health import MonitoringEndpoints
 from mqttd.metrics import new_registry
+from mqttd.schedule import Schedule
 from mqttd.shared import ServerState
 from mqttd.store import Store
 from mqttd.sysinfo import Monitor, publish_status
@@ -169,6 +172,7 @@ async def _serve(
             bridges = await background.start(run_bridges, state) if config.bridges else []
             background.start_soon(state.flusher)
             background.start_soon(state.timeouts.run)
+            background.start_soon(run_schedule, broker.schedule, state)
             if config.broker.sys_interval_s:
                 background.start_soon(
                     publish_status, state, config.broker.sys_interval_s, monitor
@@ -265,6 +269,24 @@ async def _open_store(config: Config) -> Store | None:
     if database is None:
         database = config.broker.data_dir / "mqttd.db"
     return await trio.to_thread.run_sync(Store.open, database, config.store.durability)
+
+
+async def run_schedule(schedule: Schedule, state: ServerState) -> None:
+    """Run the broker's timers (MQTT 5 session expiry, delayed Wills) as they come due."""
+    sooner = trio.Event()
+
+    def wake() -> None:
+        sooner.set()
+
+    schedule.on_sooner = wake
+    while True:
+        if schedule.run_due(time.time()):
+            state.flush_dirty()  # what an expired session's Will routed
+        due = schedule.next_at()
+        delay = math.inf if due is None else max(0.0, due - time.time())
+        with trio.move_on_after(delay):
+            await sooner.wait()
+        sooner = trio.Event()
 
 
 async def _expire_sessions(broker: Broker, max_age_s: float) -> None:

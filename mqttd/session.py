@@ -30,11 +30,14 @@ another user resuming the session, can only take messages away.
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from enum import IntEnum
 from typing import TYPE_CHECKING, Protocol, cast
 
+from mqttd.codec.encoder import encode
+from mqttd.codec.packets import Puback, Pubcomp, Pubrec, Pubrel, ReasonCode
 from mqttd.config import LimitsConfig
 from mqttd.errors import ProtocolViolation
 from mqttd.message import Message
@@ -62,6 +65,62 @@ CHUNK_SLOT_BYTES = 8
 RETAINED_STEP = 256
 
 
+class Peer:
+    """How an MQTT 5 connection takes PUBLISH packets: what its CONNECT asked for, and the
+    Topic Aliases this server gave it (they live as long as the network connection,
+    [MQTT-3.3.2-7]).
+
+    Args:
+        maximum_packet_size: the client's Maximum Packet Size (0: no limit); a PUBLISH larger
+            than it is never sent ([MQTT-3.1.2-24], [MQTT-3.1.2-25]).
+        topic_alias_maximum: how many Topic Aliases the server may use (0: none,
+            [MQTT-3.1.2-26]); the first topics sent get one, in turn.
+    """
+
+    __slots__ = ("aliases", "maximum_packet_size", "topic_alias_maximum")
+
+    def __init__(self, maximum_packet_size: int = 0, topic_alias_maximum: int = 0) -> None:
+        self.maximum_packet_size = maximum_packet_size
+        self.topic_alias_maximum = topic_alias_maximum
+        self.aliases: dict[str, int] = {}
+
+    def chunks(
+        self,
+        message: Message,
+        qos: int,
+        retain: bool,
+        dup: bool,
+        packet_id: int,
+        subscription_ids: tuple[int, ...],
+    ) -> tuple[bytes, ...] | None:
+        """The PUBLISH for this connection, or None when it is larger than the client takes."""
+        alias = 0
+        send_topic = True
+        new_alias = False
+        if self.topic_alias_maximum:
+            alias = self.aliases.get(message.topic, 0)
+            if alias:
+                send_topic = False
+            elif len(self.aliases) < self.topic_alias_maximum:
+                alias = len(self.aliases) + 1  # [MQTT-3.3.2-10]: 1 .. the client's maximum
+                new_alias = True
+        chunks = message.publish_chunks5(
+            qos,
+            retain,
+            dup,
+            packet_id,
+            subscription_ids=subscription_ids,
+            alias=alias,
+            send_topic=send_topic,
+            now=time.time() if message.expires_at is not None else 0.0,
+        )
+        if self.maximum_packet_size and sum(map(len, chunks)) > self.maximum_packet_size:
+            return None
+        if new_alias:
+            self.aliases[message.topic] = alias
+        return chunks
+
+
 class Ready(Protocol):
     """Something a retained batch may have to wait for (a cluster barrier; a trio.Event)."""
 
@@ -82,7 +141,7 @@ class RetainedBatch:
             has applied every retained change made anywhere before the SUBSCRIBE).
     """
 
-    __slots__ = ("_next", "_source", "_start", "qos", "ready", "topic_filter")
+    __slots__ = ("_next", "_source", "_start", "qos", "ready", "subscription_ids", "topic_filter")
 
     def __init__(
         self,
@@ -90,9 +149,12 @@ class RetainedBatch:
         qos: int,
         source: Callable[[], Iterator[tuple[str, Message]]],
         ready: Ready | None = None,
+        subscription_ids: tuple[int, ...] = (),
     ) -> None:
         self.topic_filter = topic_filter
         self.qos = qos
+        #: the subscription's identifier, sent with each message (MQTT 5, [MQTT-3.3.4-3])
+        self.subscription_ids = subscription_ids
         self._start = source
         self._source: Iterator[tuple[str, Message]] | None = None
         self.ready = ready
@@ -111,8 +173,9 @@ class RetainedBatch:
         self._next = None
 
 
-#: A queue entry: a message waiting for the window, or a batch of retained messages.
-QueueEntry = tuple[Message, int, bool, int] | RetainedBatch
+#: A queue entry: a message waiting for the window -- (message, QoS, RETAIN, seq,
+#: subscription identifiers) -- or a batch of retained messages.
+QueueEntry = tuple[Message, int, bool, int, tuple[int, ...]] | RetainedBatch
 
 #: The shared empty queue of every session that never queued anything (an empty deque is
 #: ~600 B); swapped for a real deque on the first entry.
@@ -125,20 +188,28 @@ class OfferResult(IntEnum):
     SENT = 0
     QUEUED = 1
     DROPPED = 2  # a limit was hit: counted, and logged once per episode
-    NOT_KEPT = 3  # QoS 0 for an offline client: not kept by policy
+    NOT_KEPT = 3  # QoS 0 for an offline client (policy), an expired message, one too large
 
 
 class Outgoing:
     """An outgoing QoS 1/2 message in flight, awaiting PUBACK, PUBREC or (released) PUBCOMP."""
 
-    __slots__ = ("message", "qos", "released", "retain", "seq")
+    __slots__ = ("message", "qos", "released", "retain", "seq", "subscription_ids")
 
-    def __init__(self, message: Message, qos: int, retain: bool, seq: int) -> None:
+    def __init__(
+        self,
+        message: Message,
+        qos: int,
+        retain: bool,
+        seq: int,
+        subscription_ids: tuple[int, ...] = (),
+    ) -> None:
         self.message = message
         self.qos = qos
         self.retain = retain
         self.seq = seq  # the delivery's key in the durable store
         self.released = False  # QoS 2 only: PUBREC received and PUBREL sent
+        self.subscription_ids = subscription_ids
 
 
 class Session:
@@ -153,6 +224,7 @@ class Session:
         "client_id",
         "connected",
         "dropped",
+        "expiry_interval",
         "inflight",
         "last_seen",
         "limits",
@@ -162,6 +234,7 @@ class Session:
         "outbox_bytes",
         "owned",
         "owner",
+        "peer",
         "queue",
         "queued_bytes",
         "resume_wanted",
@@ -186,6 +259,9 @@ class Session:
         #: ``[type]`` packets, ``[16 + type]`` bytes, ``[32]`` PUBLISH payload bytes)
         self.traffic = traffic if traffic is not None else [0] * 33
         self.clean_session = clean_session
+        #: MQTT 5 Session Expiry Interval in seconds (None: never; persistent MQTT 3.1.1
+        #: sessions too); a session with ``clean_session`` ends with its connection instead
+        self.expiry_interval: int | None = None
         self.limits = limits
         #: most QoS 1/2 deliveries in flight at once: max_inflight_messages, or less when an
         #: MQTT 5 client's Receive Maximum asks for less
@@ -215,6 +291,8 @@ class Session:
         self.owner: str | None = None
         self.owned = True
         self.connected = False
+        #: the attached connection's MQTT 5 needs (None: MQTT 3.1.1 or 3.1, or offline)
+        self.peer: Peer | None = None
         self.wake: Callable[[], None] | None = None
         self.dropped = 0
         self._dropping = False
@@ -250,9 +328,18 @@ class Session:
             elif may_receive is not None and not may_receive(outgoing.message.topic):
                 refused.append(packet_id)  # the reader attached now may not read it
             else:
-                self._write_chunks(
-                    outgoing.message.publish_chunks(outgoing.qos, False, True, packet_id)
+                chunks = self._chunks(
+                    outgoing.message,
+                    outgoing.qos,
+                    outgoing.retain,
+                    True,
+                    packet_id,
+                    outgoing.subscription_ids,
                 )
+                if chunks is None:
+                    refused.append(packet_id)  # too large for the client now: as if sent
+                else:
+                    self._write_chunks(chunks)
         for packet_id in refused:
             outgoing = self.inflight.pop(packet_id)
             if self.store is not None:
@@ -264,6 +351,7 @@ class Session:
         """The network connection ended. Unsent bytes are discarded; QoS 1/2 state is kept."""
         self.connected = False
         self.wake = None
+        self.peer = None
         self.on_overflow = None
         self.outbox.clear()
         self.outbox_bytes = 0
@@ -328,19 +416,44 @@ class Session:
         if self.wake is not None:
             self.wake()
 
+    def _chunks(
+        self,
+        message: Message,
+        qos: int,
+        retain: bool,
+        dup: bool,
+        packet_id: int,
+        subscription_ids: tuple[int, ...],
+    ) -> tuple[bytes, ...] | None:
+        """The PUBLISH delivering ``message`` on the connection attached now, or None when
+        it is larger than an MQTT 5 client's Maximum Packet Size ([MQTT-3.1.2-25])."""
+        peer = self.peer
+        if peer is None:
+            return message.publish_chunks(qos, retain, dup, packet_id)
+        return peer.chunks(message, qos, retain, dup, packet_id, subscription_ids)
+
     def send_packet(self, data: bytes) -> None:
         """Queue an encoded control packet (CONNACK, SUBACK, PINGRESP, ...) for the client."""
         self._write(data)
 
     # -- outgoing messages ------------------------------------------------------------------
 
-    def offer(self, message: Message, qos: int, retain: bool = False) -> OfferResult:
+    def offer(
+        self,
+        message: Message,
+        qos: int,
+        retain: bool = False,
+        subscription_ids: tuple[int, ...] = (),
+    ) -> OfferResult:
         """Deliver ``message`` to this client at ``qos`` (already min(published, granted)).
 
         Args:
             retain: the RETAIN flag on the wire (1 only for retained messages sent because of a
-                new subscription, [MQTT-3.3.1-8]).
+                new subscription, [MQTT-3.3.1-8], or as published, [MQTT-3.3.1-13]).
+            subscription_ids: MQTT 5 Subscription Identifiers of the matching subscriptions.
         """
+        if message.expires_at is not None and message.expired():
+            return OfferResult.NOT_KEPT  # [MQTT-3.3.2-5]
         if not self.connected:
             if qos == 0:
                 # QoS 0 is not kept for offline clients: the spec's MAY, Mosquitto's default
@@ -350,9 +463,15 @@ class Session:
             if qos == 0:
                 if self.outbox_bytes > self.limits.max_outbox_bytes:
                     return self._drop()
-                self._write_chunks(message.publish_chunks(0, retain))
-            else:
-                self._send_inflight(message, qos, retain)
+                if self.peer is None:
+                    self._write_chunks(message.publish_chunks(0, retain))
+                else:
+                    chunks = self.peer.chunks(message, 0, retain, False, 0, subscription_ids)
+                    if chunks is None:
+                        return OfferResult.NOT_KEPT  # too large for the client
+                    self._write_chunks(chunks)
+            elif not self._send_inflight(message, qos, retain, 0, subscription_ids):
+                return OfferResult.NOT_KEPT
             return OfferResult.SENT
         # Online with a full window (or messages already waiting: keep their order), or offline.
         if (
@@ -364,7 +483,7 @@ class Session:
         self._next_seq += 1
         if self.queue is _NO_QUEUE:
             self.queue = deque()
-        self.queue.append((message, qos, retain, seq))
+        self.queue.append((message, qos, retain, seq, subscription_ids))
         self.queued_bytes += message.size
         if self.store is not None and qos:
             self.store.delivery_added(self.client_id, seq, message, qos, retain, None)
@@ -390,9 +509,24 @@ class Session:
         self._next_packet_id = packet_id % 65535 + 1
         return packet_id
 
-    def _send_inflight(self, message: Message, qos: int, retain: bool, seq: int = 0) -> None:
+    def _send_inflight(
+        self,
+        message: Message,
+        qos: int,
+        retain: bool,
+        seq: int = 0,
+        subscription_ids: tuple[int, ...] = (),
+    ) -> bool:
+        """Send a QoS 1/2 delivery into the window; False when it was larger than the client
+        takes, which ends it as if it had been sent ([MQTT-3.1.2-25])."""
         packet_id = self._allocate_packet_id()
         store = self.store
+        chunks = self._chunks(message, qos, retain, False, packet_id, subscription_ids)
+        if chunks is None:
+            if seq and store is not None:  # it was queued, so stored
+                store.delivery_removed(self.client_id, seq, message)
+                self.store_mark = store.recorded
+            return False
         if not seq:  # straight to the window, never queued
             seq = self._next_seq
             self._next_seq += 1
@@ -402,8 +536,9 @@ class Session:
         elif store is not None:
             store.delivery_sent(self.client_id, seq, packet_id)
             self.store_mark = store.recorded
-        self.inflight[packet_id] = Outgoing(message, qos, retain, seq)
-        self._write_chunks(message.publish_chunks(qos, retain, False, packet_id))
+        self.inflight[packet_id] = Outgoing(message, qos, retain, seq, subscription_ids)
+        self._write_chunks(chunks)
+        return True
 
     def _pump(self) -> None:
         """Move queued messages into the window while there is room and a connection.
@@ -421,20 +556,24 @@ class Session:
                     break
                 queue.popleft()
                 continue
-            message, qos, retain, seq = entry  # type: ignore[misc]
+            message, qos, retain, seq, subscription_ids = entry  # type: ignore[misc]
             if qos and len(self.inflight) >= limit:
                 break
             queue.popleft()
             self.queued_bytes -= message.size
-            if may_receive is not None and not may_receive(message.topic):
+            if (may_receive is not None and not may_receive(message.topic)) or (
+                message.expires_at is not None and message.expired()  # [MQTT-3.3.2-5]
+            ):
                 if qos and self.store is not None:
                     self.store.delivery_removed(self.client_id, seq, message)
                     self.store_mark = self.store.recorded
                 continue
             if qos:
-                self._send_inflight(message, qos, retain, seq)
+                self._send_inflight(message, qos, retain, seq, subscription_ids)
             else:
-                self._write_chunks(message.publish_chunks(0, retain))
+                chunks = self._chunks(message, 0, retain, False, 0, subscription_ids)
+                if chunks is not None:
+                    self._write_chunks(chunks)
         if not queue:
             self._dropping = False
 
@@ -459,13 +598,17 @@ class Session:
                 self.resume_wanted = True  # the connection resumes once it has written
                 return False
             batch.advance()
-            if may_receive is not None and not may_receive(topic):
+            if (may_receive is not None and not may_receive(topic)) or (
+                message.expires_at is not None and message.expired()
+            ):
                 continue
             budget -= 1
             if qos:
-                self._send_inflight(message, qos, True)
+                self._send_inflight(message, qos, True, 0, batch.subscription_ids)
             else:
-                self._write_chunks(message.publish_chunks(0, True))
+                chunks = self._chunks(message, 0, True, False, 0, batch.subscription_ids)
+                if chunks is not None:
+                    self._write_chunks(chunks)
         return True
 
     def add_retained(self, batch: RetainedBatch) -> None:
@@ -516,28 +659,43 @@ class Session:
             return
         if outgoing.qos != 1:
             raise ProtocolViolation("puback_for_qos2_delivery")
-        del self.inflight[packet_id]
-        if self.store is not None:
-            self.store.delivery_removed(self.client_id, outgoing.seq, outgoing.message)
-            self.store_mark = self.store.recorded
-        self._pump()
+        self._complete(packet_id, outgoing)
 
-    def on_pubrec(self, packet_id: int) -> None:
+    def on_pubrec(self, packet_id: int, reason_code: int = 0) -> None:
         """PUBREC: release a QoS 2 delivery with PUBREL ([MQTT-4.3.3-1]).
 
         A PUBREC for an unknown id is still answered with PUBREL, as Mosquitto does, so a
-        client that lost track finishes its flow; a repeated PUBREC gets PUBREL again.
+        client that lost track finishes its flow (on MQTT 5 with 0x92, Packet Identifier not
+        found); a repeated PUBREC gets PUBREL again. An MQTT 5 PUBREC with an error reason code
+        (0x80 or above) ends the delivery there: no PUBREL (4.3.3).
         """
         outgoing = self.inflight.get(packet_id)
         if outgoing is not None:
             if outgoing.qos != 2:
                 raise ProtocolViolation("pubrec_for_qos1_delivery")
+            if reason_code >= 0x80:
+                self._complete(packet_id, outgoing)
+                return
             if not outgoing.released:
                 outgoing.released = True
                 if self.store is not None:
                     self.store.delivery_released(self.client_id, outgoing.seq)
                     self.store_mark = self.store.recorded
+        elif reason_code >= 0x80:
+            return
+        elif self.peer is not None:
+            reason = ReasonCode.PACKET_IDENTIFIER_NOT_FOUND
+            self._write(encode(Pubrel(packet_id, reason_code=reason), version=5))
+            return
         self._write(_PUBREL + packet_id.to_bytes(2, "big"))
+
+    def _complete(self, packet_id: int, outgoing: Outgoing) -> None:
+        """A delivery in flight is over: free its slot and let the queue move."""
+        del self.inflight[packet_id]
+        if self.store is not None:
+            self.store.delivery_removed(self.client_id, outgoing.seq, outgoing.message)
+            self.store_mark = self.store.recorded
+        self._pump()
 
     def on_pubcomp(self, packet_id: int) -> None:
         """PUBCOMP: a QoS 2 delivery is complete."""
@@ -548,25 +706,32 @@ class Session:
             raise ProtocolViolation("pubcomp_for_qos1_delivery")
         if not outgoing.released:
             raise ProtocolViolation("pubcomp_before_pubrec")
-        del self.inflight[packet_id]
-        if self.store is not None:
-            self.store.delivery_removed(self.client_id, outgoing.seq, outgoing.message)
-            self.store_mark = self.store.recorded
-        self._pump()
+        self._complete(packet_id, outgoing)
 
     # -- incoming messages ------------------------------------------------------------------
 
-    def acknowledge_qos1(self, packet_id: int) -> None:
-        """PUBACK an incoming QoS 1 PUBLISH ([MQTT-4.3.2-2])."""
-        self._write(_PUBACK + packet_id.to_bytes(2, "big"))
+    def acknowledge_qos1(self, packet_id: int, reason_code: int = 0) -> None:
+        """PUBACK an incoming QoS 1 PUBLISH ([MQTT-4.3.2-2]); MQTT 5 may give a reason code
+        (0x10 no matching subscribers, 0x87 not authorised, 0x99 payload format invalid)."""
+        if reason_code:
+            self._write(encode(Puback(packet_id, reason_code), version=5))
+        else:
+            self._write(_PUBACK + packet_id.to_bytes(2, "big"))
 
-    def receive_qos2(self, packet_id: int) -> bool:
+    def receive_qos2(self, packet_id: int, reason_code: int = 0) -> bool:
         """Record an incoming QoS 2 PUBLISH and PUBREC it ([MQTT-4.3.3-2]).
+
+        An MQTT 5 error reason code (0x80 or above) refuses the message: the PUBREC carries it
+        and the flow ends there, with nothing recorded (4.3.3).
 
         Returns:
             True if the message is new and must be routed; False for a re-send of a packet id
-            still awaiting PUBREL, which must not be delivered again (exactly once).
+            still awaiting PUBREL, which must not be delivered again (exactly once), or for a
+            refused message.
         """
+        if reason_code >= 0x80:
+            self._write(encode(Pubrec(packet_id, reason_code), version=5))
+            return False
         new = packet_id not in self.awaiting_release
         if new:
             if self.awaiting_release is _NONE_AWAITING:
@@ -575,16 +740,24 @@ class Session:
             if self.store is not None:
                 self.store.incoming_added(self.client_id, packet_id)
                 self.store_mark = self.store.recorded
-        self._write(_PUBREC + packet_id.to_bytes(2, "big"))
+        if reason_code:
+            self._write(encode(Pubrec(packet_id, reason_code), version=5))
+        else:
+            self._write(_PUBREC + packet_id.to_bytes(2, "big"))
         return new
 
     def release_qos2(self, packet_id: int) -> None:
-        """PUBREL: forget the packet id and answer PUBCOMP, known id or not ([MQTT-4.3.3-2])."""
+        """PUBREL: forget the packet id and answer PUBCOMP, known id or not ([MQTT-4.3.3-2];
+        MQTT 5: an unknown one with 0x92, Packet Identifier not found)."""
         if packet_id in self.awaiting_release:
             self.awaiting_release.remove(packet_id)
             if self.store is not None:
                 self.store.incoming_removed(self.client_id, packet_id)
                 self.store_mark = self.store.recorded
+        elif self.peer is not None:
+            reason = ReasonCode.PACKET_IDENTIFIER_NOT_FOUND
+            self._write(encode(Pubcomp(packet_id, reason), version=5))
+            return
         self._write(_PUBCOMP + packet_id.to_bytes(2, "big"))
 
     # -- persistence ------------------------------------------------------------------------
@@ -618,7 +791,7 @@ class Session:
             else:
                 if self.queue is _NO_QUEUE:
                     self.queue = deque()
-                self.queue.append((message, qos, retain, seq))
+                self.queue.append((message, qos, retain, seq, ()))
                 self.queued_bytes += message.size
             self._next_seq = max(self._next_seq, seq + 1)
         if incoming:

@@ -97,7 +97,13 @@ class BridgeSession(Session):
     def last_seen(self, value: float) -> None:
         pass
 
-    def offer(self, message: Message, qos: int, retain: bool = False) -> OfferResult:
+    def offer(
+        self,
+        message: Message,
+        qos: int,
+        retain: bool = False,
+        subscription_ids: tuple[int, ...] = (),
+    ) -> OfferResult:
         """Queue or send ``message`` toward the remote, renamed, with RETAIN as published.
 
         Returns:
@@ -110,8 +116,15 @@ class BridgeSession(Session):
         if topic is None:
             return OfferResult.NOT_KEPT
         if topic != message.topic:
-            message = Message(topic, message.payload, message.qos, message.retain)
-        return super().offer(message, qos, retain or message.retain)
+            message = Message(
+                topic,
+                message.payload,
+                message.qos,
+                message.retain,
+                properties=message.properties,
+                expires_at=message.expires_at,
+            )
+        return super().offer(message, qos, retain or message.retain, subscription_ids)
 
 
 def open_bridge_session(broker: Broker, config: BridgeConfig, topics: TopicMap) -> BridgeSession:
@@ -139,7 +152,7 @@ def open_bridge_session(broker: Broker, config: BridgeConfig, topics: TopicMap) 
         ]
         for entry in old.queue:
             if not isinstance(entry, RetainedBatch):
-                message, qos, retain, seq = entry
+                message, qos, retain, seq, _ = entry
                 deliveries.append((seq, message, qos, retain, None, False))
         deliveries.sort(key=lambda delivery: delivery[0])
         session.restore(deliveries, set(old.awaiting_release))

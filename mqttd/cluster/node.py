@@ -135,7 +135,13 @@ class ForwardingSession(Session):
         self._cluster_store = store
         self._target = target
 
-    def offer(self, message: Message, qos: int, retain: bool = False) -> OfferResult:
+    def offer(
+        self,
+        message: Message,
+        qos: int,
+        retain: bool = False,
+        subscription_ids: tuple[int, ...] = (),
+    ) -> OfferResult:
         self._cluster_store.forward_to(self._target, self.client_id, message, qos)
         return OfferResult.SENT
 
@@ -222,6 +228,9 @@ class ClusterNode:
             # back through its previous node must not be delivered again.
             self._handed_over(message, self.store.message_id(message))
 
+    def has_routes(self, topic: str) -> bool:
+        return bool(self.routes.nodes_for(topic))
+
     def filter_added(self, topic_filter: str) -> None:
         if self.routes.local_added(topic_filter):
             self.store.route_added(topic_filter)
@@ -267,7 +276,7 @@ class ClusterNode:
                     store.delivery_released(client_id, outgoing.seq)
             for entry in session.queue:
                 if isinstance(entry, tuple) and entry[1]:
-                    message, qos, retain, seq = entry
+                    message, qos, retain, seq, _ = entry
                     store.delivery_added(client_id, seq, message, qos, retain, None)
             for packet_id in session.awaiting_release:
                 store.incoming_added(client_id, packet_id)
@@ -468,9 +477,7 @@ class ClusterNode:
                 fields = entry.field_values
                 packed = fields.get(b"message", b"")
                 topic = _text(fields[b"topic"])
-                self.broker.apply_retained(
-                    topic, unpack_message(bytes(packed)) if packed else None
-                )
+                self.broker.apply_retained(topic, unpack_message(bytes(packed)) if packed else None)
             self._retained_log_id = last
             self._retained_applied = _stream_id(last)
             event, self._retained_changed = self._retained_changed, trio.Event()
@@ -836,4 +843,3 @@ class ClusterNode:
             "wills_published": self.wills_published,
             "sessions_adopted": self.sessions_adopted,
         }
-

@@ -296,8 +296,9 @@ def forbidden_packets(draw: st.DrawFn) -> Case:
         packet = wire.packet(0x36 | draw(st.sampled_from([0, 1, 8, 9])), wire.string("a") + body)
     elif choice == "level":
         # [MQTT-3.1.2-2] unsupported protocol level: CONNACK 0x01, then close
-        name, good = draw(st.sampled_from([("MQTT", 4), ("MQIsdp", 3)]))
-        level = draw(st.integers(0, 255).filter(lambda n: n != good))
+        # Accepted: MQTT 4 and 5, MQIsdp 3, and each with a bridge's high bit (0x80).
+        name, good = draw(st.sampled_from([("MQTT", (4, 5)), ("MQIsdp", (3,))]))
+        level = draw(st.integers(0, 255).filter(lambda n: n & 0x7F not in good))
         data = wire.connect(draw(client_ids()), proto=(name, level))
         return Case("protocol_level", data, closes=True, expected=wire.connack(0, 1), exact=True)
     else:

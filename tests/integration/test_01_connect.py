@@ -26,9 +26,9 @@ async def test_mqtt31_connect_accepted(server: Server) -> None:
 
 
 async def test_unacceptable_protocol_level(server: Server) -> None:
-    """Level 5 with name MQTT → CONNACK 0x01, then close [MQTT-3.1.2-2] [MQTT-3.2.2-5]."""
+    """Level 6 with name MQTT → CONNACK 0x01, then close [MQTT-3.1.2-2] [MQTT-3.2.2-5]."""
     client = await WireClient.open(server.port())
-    await client.send(wire.connect("c", proto=("MQTT", 5)))
+    await client.send(wire.connect("c", proto=("MQTT", 6)))
     await client.expect(wire.connack(0, 1))
     await client.expect_closed()
 

@@ -155,7 +155,7 @@ def test_first_packet_must_be_connect() -> None:
 @pytest.mark.parametrize(
     ("connect", "code", "reason"),
     [
-        (wire.connect("c", proto=("MQTT", 5)), 1, "unacceptable_protocol_level"),
+        (wire.connect("c", proto=("MQTT", 6)), 1, "unacceptable_protocol_level"),
         (wire.connect("", clean=False), 2, "empty_client_id_without_clean_session"),
     ],
 )
