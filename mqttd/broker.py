@@ -458,7 +458,21 @@ class Broker:
         self.retained.set(topic, new)
         self.retained_count += (new is not None) - (old is not None)
         self.retained_bytes += cost - freed
+        if new is not None and new.expires_at is not None:
+            # An MQTT 5 retained message leaves when its Message Expiry Interval passes.
+            self.schedule.call_at(new.expires_at, lambda: self._retained_expired(new))
         return True
+
+    def _retained_expired(self, message: Message) -> None:
+        """Remove ``message`` from the retained store if it is still the topic's one."""
+        topic = message.topic
+        if self.retained.get(topic) is not message:
+            return
+        if self.store is not None:
+            self.store.retained_set(topic, message, None)
+        self.retained.set(topic, None)
+        self.retained_count -= 1
+        self.retained_bytes -= retained_cost(message)
 
     def route(
         self,
