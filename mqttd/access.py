@@ -9,13 +9,14 @@ their next check.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import structlog
 
 from mqttd.acl import Acl, ClientAcl
 from mqttd.auth import PasswordFile
 from mqttd.config import AuthConfig, Config, ListenerConfig
+from mqttd.enhanced_auth import Authenticator, load_authenticators
 from mqttd.errors import ConfigError
 
 log = structlog.get_logger("mqttd.access")
@@ -28,6 +29,8 @@ class Policy:
     config: AuthConfig
     passwords: PasswordFile | None
     acl: Acl
+    #: MQTT 5 enhanced authentication methods by name (``[auth] methods``)
+    authenticators: dict[str, Authenticator] = field(default_factory=dict)
 
     @classmethod
     def load(cls, config: AuthConfig) -> Policy:
@@ -40,7 +43,7 @@ class Policy:
         acl = Acl.load(config.acl_file) if config.acl_file else Acl.allow_all()
         for warning in acl.warnings:
             log.warning("acl_warning", file=str(config.acl_file), warning=warning)
-        return cls(config, passwords, acl)
+        return cls(config, passwords, acl, load_authenticators(config))
 
 
 class AccessControl:

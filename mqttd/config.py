@@ -130,12 +130,16 @@ class AuthConfig:
             another user connecting with its client id starts a clean session (the old one is
             discarded and logged); false resumes it, as Mosquitto does, delivering only what
             the new user may read.
+        methods: MQTT 5 enhanced authentication methods, as "package.module:factory" names;
+            each factory is called with this table and returns the method's authenticator
+            (see mqttd/enhanced_auth.py); a method not listed gets CONNACK 0x8C.
     """
 
     allow_anonymous: bool | None = None
     password_file: Path | None = None
     acl_file: Path | None = None
     session_owner_check: bool = True
+    methods: tuple[str, ...] = ()
 
     def anonymous_allowed(self, listener_host: str) -> bool:
         """``allow_anonymous``, or its default for a listener on ``listener_host``."""

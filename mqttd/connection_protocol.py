@@ -55,6 +55,7 @@ from mqttd.codec.encoder import encode
 from mqttd.codec.packets import (
     CONNACK_REASON_CODES,
     NO_PROPERTIES,
+    Auth,
     Connack,
     ConnackCode,
     Connect,
@@ -64,7 +65,8 @@ from mqttd.codec.packets import (
     ReasonCode,
     Will,
 )
-from mqttd.errors import LocalProtocolError, MalformedPacket, ProtocolError
+from mqttd.enhanced_auth import Exchange, Outcome, Step
+from mqttd.errors import LocalProtocolError, MalformedPacket, ProtocolError, ProtocolViolation
 from mqttd.message import Message
 from mqttd.protocol import ClientProtocol, connack_bytes
 from mqttd.protocol5 import NEVER_EXPIRES, ClientProtocol5
@@ -217,9 +219,12 @@ class ConnectionProtocol:
     """
 
     __slots__ = (
+        "_auth_data",
+        "_auth_method",
         "_client",
         "_connect",
         "_early",
+        "_exchange",
         "_gate",
         "_kick",
         "_last_packet_at",
@@ -275,6 +280,10 @@ class ConnectionProtocol:
         self._connect: Connect | None = None
         self._pending: Action | None = None  # decided while authenticating
         self._early = b""  # output before there is a session (a refusing CONNACK)
+        #: MQTT 5 enhanced authentication under way (4.12), and its last server data
+        self._exchange: Exchange | None = None
+        self._auth_data: bytes | None = None
+        self._auth_method: str | None = None
         self.keepalive = 0
         self.packets_in = 0
         self.bytes_in = 0
@@ -307,6 +316,8 @@ class ConnectionProtocol:
             return self._serve(now)
         if state is State.AWAIT_CONNECT:
             return self._await_connect()
+        if state is State.AUTHENTICATING and self._exchange is not None:
+            return self._await_auth()
         raise LocalProtocolError(f"next_action_when_{state.value}")
 
     def _await_connect(self) -> Action:
@@ -381,11 +392,16 @@ class ConnectionProtocol:
 
     def _authenticate(self, connect: Connect) -> Action:
         listener = self.listener
-        if connect.properties.authentication_method is not None:
-            # Enhanced authentication (4.12): no method is configured, so every one is
-            # unknown: 0x8C, as Mosquitto answers without an auth plugin.
-            return self._refuse(ReasonCode.BAD_AUTHENTICATION_METHOD, "unknown_auth_method")
         policy = self.server.access.policy(listener)
+        method = connect.properties.authentication_method
+        if method is not None:
+            # Enhanced authentication (4.12) by a method of [auth] methods; one not configured
+            # gets 0x8C, as Mosquitto answers without a plugin for it.
+            authenticator = policy.authenticators.get(method)
+            if authenticator is None:
+                return self._refuse(ReasonCode.BAD_AUTHENTICATION_METHOD, "unknown_auth_method")
+            self._exchange = authenticator.start(connect.client_id, connect.username)
+            return self._auth_step(self._exchange.step(connect.properties.authentication_data))
         if listener.use_identity_as_username and self.tls_identity is not None:
             return self._authorised(self.tls_identity)  # the verified certificate is the key
         if connect.username is None:
@@ -395,6 +411,80 @@ class ConnectionProtocol:
         if policy.passwords is not None:
             return CheckPassword(connect.username, connect.password, policy.passwords)
         return self._authorised(connect.username)
+
+    def _await_auth(self) -> Action:
+        """During enhanced authentication only AUTH 0x18 with the same method may come."""
+        connect = self._connect
+        assert connect is not None
+        try:
+            packet = self.decoder.next_packet()
+        except ProtocolError as exc:
+            return self._refuse(exc.reason_code or ReasonCode.MALFORMED_PACKET, exc.reason)
+        if packet is DECODER_NEED_DATA:
+            return NEED_DATA
+        if packet is CLOSED:
+            return self._closing("closed_while_authenticating")
+        self.packets_in += 1
+        if (
+            not isinstance(packet, Auth)
+            or packet.reason_code != ReasonCode.CONTINUE_AUTHENTICATION
+            or packet.properties.authentication_method != connect.properties.authentication_method
+        ):
+            return self._refuse(ReasonCode.PROTOCOL_ERROR, "unexpected_packet_in_authentication")
+        assert self._exchange is not None
+        return self._auth_step(self._exchange.step(packet.properties.authentication_data))
+
+    def _auth_step(self, step: Step) -> Action:
+        """What an enhanced authentication step decided, before CONNACK."""
+        connect = self._connect
+        assert connect is not None
+        method = connect.properties.authentication_method
+        if step.outcome is Outcome.CONTINUE:
+            auth = Auth(
+                ReasonCode.CONTINUE_AUTHENTICATION,
+                Properties(authentication_method=method, authentication_data=step.data),
+            )
+            self._early += encode(auth, version=5)
+            self.wake()
+            return NEED_DATA
+        self._exchange = None
+        if step.outcome is Outcome.FAILURE:
+            log.warning("authentication_failed", username=connect.username, method=method)
+            return self._refuse(step.reason_code, "enhanced_auth_failed")
+        self._auth_data = step.data
+        return self._authorised(step.username or connect.username)
+
+    def reauthenticate(self, packet: Auth) -> None:
+        """AUTH after CONNECT (MQTT 5, 4.12.1): 0x19 starts a re-authentication with the
+        CONNECT's method, 0x18 continues it; success answers AUTH 0x00.
+
+        Raises:
+            ProtocolViolation: no enhanced authentication at CONNECT, another method, a step
+                out of turn (0x82), or the method refused the client (0x87).
+        """
+        client = self._client
+        method = packet.properties.authentication_method
+        if self.state is not State.CONNECTED or client is None or self.session is None:
+            raise LocalProtocolError("reauthenticate_when_not_connected")
+        policy = self.server.access.policy(self.listener)
+        authenticator = policy.authenticators.get(method or "")
+        if authenticator is None or method != self._auth_method:
+            raise ProtocolViolation("auth_without_enhanced_authentication", reason_code=0x82)
+        if packet.reason_code == ReasonCode.REAUTHENTICATE:
+            self._exchange = authenticator.start(self.client_id or "", self.username)
+        elif packet.reason_code != ReasonCode.CONTINUE_AUTHENTICATION or self._exchange is None:
+            raise ProtocolViolation("auth_out_of_turn", reason_code=0x82)
+        step = self._exchange.step(packet.properties.authentication_data)
+        if step.outcome is Outcome.FAILURE:
+            self._exchange = None
+            log.warning("reauthentication_failed", username=self.username, method=method)
+            raise ProtocolViolation("reauthentication_failed", reason_code=step.reason_code)
+        code = ReasonCode.CONTINUE_AUTHENTICATION
+        if step.outcome is Outcome.SUCCESS:
+            self._exchange = None
+            code = ReasonCode.SUCCESS
+        properties = Properties(authentication_method=method, authentication_data=step.data)
+        self.session.send_packet(encode(Auth(code, properties), version=5))
 
     def password_checked(self, ok: bool) -> None:
         """The result of ``CheckPassword``; ``next_action`` tells what follows."""
@@ -505,6 +595,7 @@ class ConnectionProtocol:
                 session_expiry=asked,
                 problem_information=properties.request_problem_information != 0,
                 set_session_expiry=lambda value: _set_session_expiry(session, value),
+                reauthenticate=self.reauthenticate,
             )
         else:
             session.window = limits.max_inflight_messages
@@ -523,6 +614,10 @@ class ConnectionProtocol:
         if mqtt5:
             if not connect.client_id:
                 connack.assigned_client_identifier = client_id  # [MQTT-3.2.2-16]
+            if properties.authentication_method is not None:
+                self._auth_method = properties.authentication_method
+                connack.authentication_method = properties.authentication_method
+                connack.authentication_data = self._auth_data
             if limits.max_packet_size < 268_435_455:
                 # Our limit is on the Remaining Length; the property counts the whole packet.
                 size = limits.max_packet_size
@@ -676,7 +771,10 @@ class ConnectionProtocol:
         then one within 1.5 x Keep Alive of the last ([MQTT-3.1.2-24]); None when no deadline
         applies (Keep Alive 0, authenticating, closing)."""
         state = self.state
-        if state is State.AWAIT_CONNECT:
+        if state is State.AWAIT_CONNECT or (
+            state is State.AUTHENTICATING and self._exchange is not None
+        ):
+            # An enhanced authentication must end within the CONNECT's time too.
             return self.accepted_at + self.server.broker.limits.connect_timeout_s
         if state is not State.CONNECTED or not self.keepalive:
             return None
@@ -687,7 +785,8 @@ class ConnectionProtocol:
 
     def timeout_reason(self) -> str:
         """Why a passed ``deadline`` closes the connection."""
-        return "connect_timeout" if self.state is State.AWAIT_CONNECT else "keepalive_timeout"
+        connecting = self.state is State.AWAIT_CONNECT or self.state is State.AUTHENTICATING
+        return "connect_timeout" if connecting else "keepalive_timeout"
 
     # -- the end ----------------------------------------------------------------------------
 
@@ -780,6 +879,8 @@ class _ConnackProperties:
 
     __slots__ = (
         "assigned_client_identifier",
+        "authentication_data",
+        "authentication_method",
         "maximum_packet_size",
         "server_keep_alive",
         "session_expiry_interval",
@@ -792,6 +893,8 @@ class _ConnackProperties:
         self.server_keep_alive: int | None = None
         self.maximum_packet_size: int | None = None
         self.topic_alias_maximum: int | None = None
+        self.authentication_method: str | None = None
+        self.authentication_data: bytes | None = None
 
     def properties(self) -> Properties:
         values = {name: getattr(self, name) for name in self.__slots__}

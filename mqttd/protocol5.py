@@ -14,8 +14,8 @@ What MQTT 5 adds after CONNECT, packet by packet (the CONNECT/CONNACK side is in
 * UNSUBSCRIBE: 0x00 or 0x11 (no subscription existed) per filter.
 * DISCONNECT: 0x04 asks for the Will all the same; a new Session Expiry Interval, which may not
   turn a session that ended with its connection into one that does not [MQTT-3.14.2-2].
-* AUTH: only as part of enhanced authentication, which this connection did not start: a
-  Protocol Error.
+* AUTH: re-authentication with the CONNECT's enhanced authentication method
+  (``mqttd.enhanced_auth``); without one, a Protocol Error.
 
 Reason Strings go in acknowledgements only when the client did not set Request Problem
 Information to 0 [MQTT-3.1.2-29].
@@ -78,9 +78,11 @@ class ClientProtocol5(ClientProtocol):
             with the connection).
         problem_information: the CONNECT's Request Problem Information (default 1).
         set_session_expiry: applies a new Session Expiry Interval from DISCONNECT.
+        reauthenticate: takes an AUTH packet (enhanced re-authentication, 4.12.1).
     """
 
     __slots__ = (
+        "_reauthenticate",
         "_set_session_expiry",
         "aliases",
         "problem_information",
@@ -100,6 +102,7 @@ class ClientProtocol5(ClientProtocol):
         session_expiry: int = 0,
         problem_information: bool = True,
         set_session_expiry: Callable[[int], None] | None = None,
+        reauthenticate: Callable[[Auth], None] | None = None,
     ) -> None:
         super().__init__(broker, session, 5, acl, bridge=bridge)
         self.topic_alias_maximum = topic_alias_maximum
@@ -108,6 +111,7 @@ class ClientProtocol5(ClientProtocol):
         self.session_expiry = session_expiry
         self.problem_information = problem_information
         self._set_session_expiry = set_session_expiry
+        self._reauthenticate = reauthenticate
         #: DISCONNECT with 0x04: publish the Will although the client disconnected
         self.will_on_disconnect = False
 
@@ -276,9 +280,11 @@ class ClientProtocol5(ClientProtocol):
         self.disconnected = True
 
     def _auth(self, packet: Auth) -> None:
-        # 4.12: AUTH only continues an enhanced authentication the CONNECT began; this one
-        # did not (a method the broker does not know is refused at CONNECT with 0x8C).
-        raise ProtocolViolation("auth_without_enhanced_authentication", reason_code=0x82)
+        # 4.12.1: re-authentication with the CONNECT's method; without enhanced
+        # authentication at CONNECT, an AUTH is a Protocol Error.
+        if self._reauthenticate is None:
+            raise ProtocolViolation("auth_without_enhanced_authentication", reason_code=0x82)
+        self._reauthenticate(packet)
 
 
 def _is_utf8(payload: bytes) -> bool:

@@ -418,3 +418,55 @@ async def test_flow_control_from_the_client(server: Server) -> None:
     assert got.payload == b"two"  # the 100-byte message was too large: dropped
     await sub.send(wire.puback(got.pid or 0))
     assert (await sub.read()).payload == b"three"
+
+
+async def test_enhanced_authentication_plugged_in(start_server: StartServer) -> None:
+    """A method from ``[auth] methods`` runs its exchange: AUTH 0x18 before CONNACK, then
+    CONNACK with the method and the server's last data (4.12); a re-authentication (AUTH
+    0x19) ends with AUTH 0x00 (4.12.1); a wrong answer gets CONNACK 0x87; an unknown method
+    0x8C."""
+    from mqttd.config import AuthConfig
+    from tests.helpers import challenge_auth
+
+    auth = AuthConfig(methods=("tests.helpers.challenge_auth:ChallengeAuth",))
+    server = await start_server(auth=auth)
+    method = [(AUTH_METHOD, challenge_auth.METHOD)]
+
+    async def begin(client_id: str) -> tuple[Client5, Packet]:
+        stream = await trio.open_tcp_stream("127.0.0.1", server.port())
+        client = Client5(stream)
+        OPEN_CLIENTS.append(client)  # type: ignore[arg-type]
+        props = [*method, (0x16, b"alice")]
+        await client.send(wire.connect(client_id, version=5, properties=props))
+        challenge = await client.read()
+        assert (challenge.name, challenge.reason) == ("AUTH", 0x18)
+        assert challenge.prop(AUTH_METHOD) == challenge_auth.METHOD
+        return client, challenge
+
+    client, challenge = await begin("good")
+    nonce = challenge.prop(0x16)
+    assert isinstance(nonce, bytes)
+    answer = [*method, (0x16, challenge_auth.response(nonce))]
+    await client.send(wire.auth(0x18, answer))
+    connack = await client.read()
+    assert (connack.name, connack.reason) == ("CONNACK", 0)
+    assert connack.prop(AUTH_METHOD) == challenge_auth.METHOD
+    assert connack.prop(0x16) == b"welcome"
+    assert server.state.clients["good"].protocol.username == "alice"
+
+    await client.send(wire.auth(0x19, [*method, (0x16, b"alice")]))
+    challenge = await client.read()
+    assert (challenge.name, challenge.reason) == ("AUTH", 0x18)
+    again = challenge.prop(0x16)
+    assert isinstance(again, bytes)
+    await client.send(wire.auth(0x18, [*method, (0x16, challenge_auth.response(again))]))
+    done = await client.read()
+    assert (done.name, done.reason, done.prop(0x16)) == ("AUTH", 0x00, b"welcome")
+    await client.sync()  # still connected
+
+    wrong, _ = await begin("wrong")
+    await wrong.send(wire.auth(0x18, [*method, (0x16, b"guess")]))
+    refused = await wrong.read()
+    assert (refused.name, refused.reason) == ("CONNACK", 0x87)
+    await wrong.closed()
+    await Client5.connect(server, "other", properties=[(AUTH_METHOD, "SCRAM-SHA-1")], expect=0x8C)
