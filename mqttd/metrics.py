@@ -92,6 +92,14 @@ def _connections(f: Figures) -> Iterator[Metric]:
     yield open_
     yield clients
     yield accepted
+    by_protocol = GaugeMetricFamily(
+        "mqttd_clients_connected_by_protocol",
+        "MQTT clients connected, by protocol version",
+        labels=["protocol"],
+    )
+    for protocol, count in f.clients_by_protocol.items():
+        by_protocol.add_metric([protocol], count)
+    yield by_protocol
     refused = CounterMetricFamily(
         "mqttd_connections_refused",
         "connections closed at accept time by the admission limits, by reason",

@@ -99,6 +99,10 @@ class ListenerFigures:
         return f"{host}:{self.port}"
 
 
+#: MQTT versions by protocol level, as monitoring names them.
+PROTOCOL_NAMES = {5: "5", 4: "3.1.1", 3: "3.1"}
+
+
 @dataclass(frozen=True, slots=True)
 class StoreFigures:
     """The durable store's counters (see ``mqttd.store.Store``)."""
@@ -118,6 +122,8 @@ class Figures:
 
     uptime_s: float
     clients_connected: int
+    #: connected clients by MQTT version ("5", "3.1.1", "3.1")
+    clients_by_protocol: dict[str, int]
     #: persistent sessions whose client is not connected
     clients_disconnected: int
     #: connected clients plus disconnected persistent sessions (Mosquitto's clients/total)
@@ -266,9 +272,13 @@ class Monitor:
                 persistent_offline += 1
         clients = len(state.clients)
         per_listener: dict[int, int] = {}
+        by_protocol = dict.fromkeys(PROTOCOL_NAMES.values(), 0)
         for connection in state.clients.values():
             key = id(connection.info.listener)
             per_listener[key] = per_listener.get(key, 0) + 1
+            level = connection.protocol.decoder.protocol_level or 4
+            name = PROTOCOL_NAMES.get(level, "3.1.1")
+            by_protocol[name] += 1
         gate = self.gate
         open_by_listener = gate.per_listener if gate is not None else {}
         accepted_by_listener = gate.accepted if gate is not None else {}
@@ -307,6 +317,7 @@ class Monitor:
         return Figures(
             uptime_s=self.uptime_s(),
             clients_connected=clients,
+            clients_by_protocol=by_protocol,
             clients_disconnected=persistent_offline,
             clients_total=clients + persistent_offline,
             sessions=len(broker.sessions),
@@ -481,6 +492,10 @@ class SysTree:
             p + "connects/accepted": str(figures.connects.get("accepted", 0)),
             p + "connects/refused": str(refused),
             p + "clients/slow_consumers": str(figures.slow_consumers),
+            **{
+                f"{p}clients/protocol/{name}": str(count)
+                for name, count in figures.clients_by_protocol.items()
+            },
             p + "clients/disconnected_slow": str(figures.disconnects.get("slow_consumer", 0)),
             p + "sessions/reowned": str(figures.sessions_reowned),
             p + "messages/routed": str(figures.messages_routed),

@@ -470,3 +470,13 @@ async def test_enhanced_authentication_plugged_in(start_server: StartServer) -> 
     assert (refused.name, refused.reason) == ("CONNACK", 0x87)
     await wrong.closed()
     await Client5.connect(server, "other", properties=[(AUTH_METHOD, "SCRAM-SHA-1")], expect=0x8C)
+
+
+async def test_monitoring_counts_clients_by_protocol(server: Server) -> None:
+    """``$SYS/broker/mqttd/clients/protocol/<version>`` and the Prometheus gauge count
+    connected clients by MQTT version."""
+    await Client5.connect(server, "five")
+    await connect_client(server.port(), "four")
+    assert server.monitor is not None
+    figures = server.monitor.figures()
+    assert figures.clients_by_protocol == {"5": 1, "3.1.1": 1, "3.1": 0}

@@ -45,6 +45,7 @@ def figures(**changes: object) -> Figures:
     base = Figures(
         uptime_s=0.0,
         clients_connected=0,
+        clients_by_protocol={"5": 0, "3.1.1": 0, "3.1": 0},
         clients_disconnected=0,
         clients_total=0,
         sessions=0,
