@@ -104,6 +104,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="with --scaling: also the Redis cost probes and the 8/16-core model",
     )
+    ap.add_argument(
+        "--from-json",
+        metavar="FILE",
+        help="print (and --markdown) the tables of a run saved with --scaling --json FILE",
+    )
     ap.add_argument("--quick", action="store_true", help="short durations: a smoke check")
     ap.add_argument(
         "--scenarios",
@@ -127,6 +132,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.workers < 0 or (args.cluster and args.workers > 1):
         print("--workers N needs N >= 1, and --cluster is one node (no --workers)", file=sys.stderr)
         return 2
+    if args.from_json:
+        return _from_json(args, argv)
     if args.model and not args.scaling:
         print("--model goes with --scaling", file=sys.stderr)
         return 2
@@ -300,37 +307,44 @@ def _run_scaling(
         print("\ninterrupted", flush=True)
         return 1
     elapsed = time.monotonic() - started
-    parts = [
-        f"Medians of {rounds} round(s); ratios are medians of per-round ratios. "
-        + scaling.load_summary(samples, load0)
-        + ".",
-        scaling.render_main(samples, brokers),
-        "CPU % (100 = one core), median: the broker's processes summed (workers, supervisor,"
-        " redis-server), redis-server's part in brackets; gen = the load generator's CPU over"
-        " its active time.",
-        scaling.render_cpu(samples, brokers, flows),
-        "Where the connections went and what crossed workers (cluster forms):",
-        scaling.render_crossing(samples, brokers, flows),
-    ]
-    if probes:
-        costs = scaling.costs_from(samples)
-        parts += [
-            "Redis cost probes:",
-            scaling.render_probes(samples),
-            "Model inputs:",
-            render_costs(costs),
-            "Model (bounds per N workers on N cores, Redis on one core of its own):",
-            render_model(costs),
-        ]
-    parts += ["Every round:", scaling.render_rounds(samples, brokers)]
-    text = "\n\n".join(parts)
+    run = scaling.Run(brokers, flows, probes, rounds, load0, elapsed, samples)
+    _report_scaling(run, args, argv, versions)
+    if args.json:
+        Path(args.json).write_text(json.dumps(run.to_json(), indent=1, default=str))
+    return 0
+
+
+def _report_scaling(
+    run: scaling.Run,
+    args: argparse.Namespace,
+    argv: list[str] | None,
+    versions: dict[str, str],
+) -> None:
+    text = scaling.render_report(run)
+    if run.probes:
+        costs = scaling.costs_from(run.samples)
+        text += "\n\n" + "\n\n".join(
+            [
+                "Model inputs:",
+                render_costs(costs),
+                "Model (bounds per N workers on N cores, Redis on one core of its own):",
+                render_model(costs),
+            ]
+        )
     print()
     print(text)
-    print(f"\n(total {elapsed:.0f} s)")
+    print(f"\n(total {run.elapsed_s:.0f} s)")
     if args.markdown:
-        write_markdown(Path(args.markdown), text, ["mosquitto", "mqttd"], versions, argv, elapsed)
-    if args.json:
-        Path(args.json).write_text(json.dumps([vars(s) for s in samples], indent=1, default=str))
+        write_markdown(
+            Path(args.markdown), text, ["mosquitto", "mqttd"], versions, argv, run.elapsed_s
+        )
+
+
+def _from_json(args: argparse.Namespace, argv: list[str] | None) -> int:
+    """``--from-json FILE``: the tables (and model) of a saved ``--scaling`` run again."""
+    run = scaling.Run.from_json(json.loads(Path(args.from_json).read_text()))
+    versions = {n: version_of(n) for n in ("mosquitto", "mqttd")}
+    _report_scaling(run, args, argv, versions)
     return 0
 
 

@@ -2,27 +2,30 @@
 
 The model (pure arithmetic on what a scaling run measured, ``Costs``):
 
-* **Messages**, per traffic shape ("topology": pairs, S = 1 subscriber per message; many→many,
-  S = 100; fan-out, S = 1000). One published message costs the workers ``S*c + F*f`` µs of
-  CPU: ``c`` is the CPU per delivery of the single-node cluster (``mqttd-cluster1``) in that
-  shape, everything included (taking the message in, matching it, writing it to each
-  subscriber); ``f`` is the extra CPU per copy forwarded to another worker through Redis (the
-  sender packing and pipelining it, the receiver reading and routing it), measured in the
-  two-worker runs as their CPU per delivery minus ``c``, times ``S``, over the XADDs per
-  published message Redis counted.
+* **Forwarding.** A copy of a message forwarded from one worker to another through Redis costs
+  the workers ``f`` µs of CPU (the sender recording and pipelining an XADD, the receiver reading
+  the entry, unpacking and routing it, and deleting it) and Redis ``r`` µs (the XADD, the
+  receiver's XREAD and XDEL, the MULTI/EXEC around each pipeline, the append-only file). Both
+  are measured with pairs (publisher i → subscriber i only): there every forwarded copy carries
+  one delivery, so forwarding is most of the difference between two workers and one node.
+  ``f = (c2 - c1) / x`` with ``c1``, ``c2`` the workers' CPU per message on one node and on two
+  workers and ``x`` the XADDs per published message Redis counted; ``r`` is redis-server's CPU
+  time over the XADDs. Redis runs commands on one thread, so one Redis forwards at most
+  ``1e6 / r`` copies per second, however many workers there are.
+* **Deliveries.** Each traffic shape (pairs, S = 1 subscriber per message; many→many, S = 100;
+  fan-out, S = 1000) costs the workers ``c`` µs per delivery, everything but forwarding
+  included: on one node the single-node cluster's figure, on several workers the two-worker
+  figure with its forwards taken out (``c2 - x*f/S``; a worker holding half the subscribers
+  writes fewer deliveries per system call, which shows here).
 * ``F``, the copies one message sends through Redis, is one per *other* worker with at least one
   matching subscriber. With the S subscribers spread uniformly over N workers (what
   SO_REUSEPORT's hash of the client's port gives, as measured) that is
   ``(N - 1) * (1 - (1 - 1/N) ** S)``: ``(N - 1) / N`` for a pair, ``N - 1`` once S is well
   above N.
-* Redis pays ``r`` µs of CPU per forwarded copy: redis-server's whole CPU time in the two-worker
-  runs of that shape over the XADD count (the XADD, the receiving node's XREAD and XDEL, the
-  MULTI/EXEC around each pipeline, the append-only file). Redis runs commands on one thread,
-  so one Redis forwards at most ``1e6 / r`` copies per second, whatever N.
 * N workers get N cores; Redis and the clients have cores of their own. The publish rate is
-  then bounded by ``N * 1e6 / (S*c + F*f)`` (workers) and by ``1e6 / (F * r)`` (Redis);
-  deliveries/s are S times that.
-* **Connects**: each worker pays ``cw`` µs of CPU per connect, Redis ``cr`` per connect and ``dr``
+  bounded by ``N * 1e6 / (S*c + F*f)`` (workers) and by ``1e6 / (F*r)`` (Redis); deliveries/s
+  are S times that.
+* **Connects**: each connect costs the workers ``cw`` µs of CPU, Redis ``cr`` per connect and ``dr``
   per disconnect (the client id's registration and release); a burst of connects tops out at
   ``min(N * 1e6 / cw, 1e6 / cr)``, a steady churn of connects and disconnects at
   ``1e6 / (cr + dr)`` on Redis's side.
@@ -30,10 +33,10 @@ The model (pure arithmetic on what a scaling run measured, ``Costs``):
   it applied it, and every node sends heartbeats and polls its streams. Both are measured at
   N = 1 and N = 2 and extended on that line.
 
-Everything measured per event is taken at the rates this machine reached; ``c`` in particular
-falls a little as a broker gets busier (more deliveries share one write system call), so the
-worker bounds are conservative, and ``r`` rises when pipelines get shorter (fewer forwards per
-MULTI/EXEC), so the Redis bounds hold for load at least as heavy as the measured one.
+``r`` falls as the forwarded rate rises (more XADDs share one MULTI/EXEC, one XREAD and one
+append-only file write), so the Redis bounds, taken at the rates this machine reached, are
+lower bounds; ``c`` and ``f`` are taken as flat in N (what one worker does per message does not
+depend on how many others there are, except through ``F``).
 """
 
 from __future__ import annotations
@@ -47,13 +50,12 @@ MODEL_NS = (1, 2, 4, 8, 16)
 
 @dataclass
 class Topology:
-    """One traffic shape's measured costs, µs of one core's CPU (None: not measured)."""
+    """One traffic shape's per-delivery cost, µs of one core's CPU (None: not measured)."""
 
     name: str
     subscribers: int  # S: subscribers per message
-    delivery_us: float | None = None  # c: workers per delivery, one node
-    forward_us: float | None = None  # f: workers per forwarded copy, both ends
-    redis_forward_us: float | None = None  # r: Redis per forwarded copy
+    delivery_us: float | None = None  # c on one node
+    delivery_split_us: float | None = None  # c on several workers, forwarding taken out
 
 
 @dataclass
@@ -61,6 +63,8 @@ class Costs:
     """Everything the model needs (None: not measured)."""
 
     topologies: list[Topology] = field(default_factory=list)
+    forward_us: float | None = None  # f: workers per forwarded copy, both ends
+    redis_forward_us: float | None = None  # r: Redis per forwarded copy
     connect_us: float | None = None  # cw: workers, per connect (cluster mode)
     redis_connect_us: float | None = None  # cr
     redis_disconnect_us: float | None = None  # dr
@@ -70,19 +74,23 @@ class Costs:
     idle_n2_us_per_s: float | None = None  # ... of two nodes
 
 
-def forward_cost(
-    per_delivery_n: float, per_delivery_1: float, subscribers: float, forwards: float
-) -> float:
-    """``f``: the CPU per forwarded copy, from the CPU per delivery of a run with forwards
-    (``per_delivery_n``) and of one node (``per_delivery_1``), the subscribers per message and
-    the forwarded copies per published message of the run with forwards.
+def forward_cost(per_message_split: float, per_message_one: float, forwards: float) -> float:
+    """``f``: the workers' CPU per forwarded copy, from their CPU per published message on
+    several workers and on one node, and the copies forwarded per published message.
 
     Raises:
-        ValueError: the run forwarded nothing.
+        ValueError: nothing was forwarded.
     """
     if forwards <= 0:
         raise ValueError("no forwards")
-    return (per_delivery_n - per_delivery_1) * subscribers / forwards
+    return (per_message_split - per_message_one) / forwards
+
+
+def split_delivery_cost(
+    per_delivery_split: float, subscribers: float, forwards: float, forward_us: float
+) -> float:
+    """``c`` on several workers: their CPU per delivery with the forwarding taken out."""
+    return per_delivery_split - forwards * forward_us / subscribers
 
 
 def forwards_per_message(n: int, s: int) -> float:
@@ -92,18 +100,19 @@ def forwards_per_message(n: int, s: int) -> float:
     return (n - 1) * (1 - (1 - 1 / n) ** s)
 
 
-def message_limits(t: Topology, n: int) -> tuple[float | None, float | None]:
+def message_limits(c: Costs, t: Topology, n: int) -> tuple[float | None, float | None]:
     """Deliveries/s the N workers and the one Redis allow for shape ``t`` (None: no bound, or
     a cost not measured)."""
     s = t.subscribers
     f = forwards_per_message(n, s)
+    per_delivery = t.delivery_us if n == 1 or t.delivery_split_us is None else t.delivery_split_us
     workers = None
-    if t.delivery_us is not None:
-        per_message = s * t.delivery_us + f * (t.forward_us or 0.0)
+    if per_delivery is not None and (f == 0 or c.forward_us is not None):
+        per_message = s * per_delivery + f * (c.forward_us or 0.0)
         workers = n * 1e6 / per_message * s if per_message > 0 else None
     redis = None
-    if f > 0 and t.redis_forward_us:
-        redis = 1e6 / (f * t.redis_forward_us) * s
+    if f > 0 and c.redis_forward_us:
+        redis = 1e6 / (f * c.redis_forward_us) * s
     return workers, redis
 
 
@@ -154,7 +163,7 @@ def render_model(c: Costs, ns: Sequence[int] = MODEL_NS) -> str:
         cells = [str(n)]
         for t in c.topologies:
             f = forwards_per_message(n, t.subscribers)
-            cells.append(f"{_cell(message_limits(t, n))}; {f:.2f} fwd/msg")
+            cells.append(f"{_cell(message_limits(c, t, n))}; {f:.2f} fwd/msg")
         w, burst, churn = connect_limits(c, n)
         cells.append(f"{_k(w)} / {_k(burst)} / {_k(churn)}")
         route = on_line(c.route_n1_us, c.route_n2_us, n)
@@ -172,10 +181,14 @@ def render_costs(c: Costs) -> str:
     def row(label: str, v: float | None) -> None:
         lines.append(f"| {label} | {'n/a' if v is None else f'{v:,.2f}'} |")
 
+    row("f: workers per copy forwarded through Redis (both ends), from pairs", c.forward_us)
+    row("r: Redis per forwarded copy, from pairs", c.redis_forward_us)
     for t in c.topologies:
-        row(f"{t.name}: c, workers per delivery (one node)", t.delivery_us)
-        row(f"{t.name}: f, workers per copy forwarded through Redis", t.forward_us)
-        row(f"{t.name}: r, Redis per forwarded copy", t.redis_forward_us)
+        row(f"c, {t.name} (S = {t.subscribers}): workers per delivery, one node", t.delivery_us)
+        row(
+            f"c, {t.name}: workers per delivery, two workers, forwarding taken out",
+            t.delivery_split_us,
+        )
     row("cw: workers per connect (two workers)", c.connect_us)
     row("cr: Redis per connect", c.redis_connect_us)
     row("dr: Redis per disconnect", c.redis_disconnect_us)

@@ -30,7 +30,7 @@ from typing import Any
 
 from .brokers import Broker, Certs
 from .meter import Placement, Usage
-from .model import Costs, Topology, forward_cost
+from .model import Costs, Topology, forward_cost, split_delivery_cost
 from .report import fmt
 from .scenarios import ROW_INFO, Settings, metrics_of, run_unit, scenario_units
 
@@ -420,6 +420,66 @@ def starters_for(
     return {name: starter(name) for name in brokers}
 
 
+@dataclass
+class Run:
+    """A whole ``--scaling`` run: what was measured, and every sample."""
+
+    brokers: list[str]
+    flows: list[str]
+    probes: list[str]
+    rounds: int
+    load_start: float | None
+    elapsed_s: float
+    samples: list[Sample]
+
+    def to_json(self) -> dict[str, Any]:
+        """The run as JSON-able data (``from_json`` reads it back)."""
+        data = {k: v for k, v in vars(self).items() if k != "samples"}
+        data["samples"] = [vars(s) for s in self.samples]
+        return data
+
+    @classmethod
+    def from_json(cls, data: Any) -> Run:
+        """A run from ``to_json`` data (or a bare list of samples, as early runs saved)."""
+        if isinstance(data, list):
+            data = {"samples": data}
+        samples = [Sample(**s) for s in data["samples"]]
+        seen = list(dict.fromkeys(s.scenario for s in samples))
+        brokers = data.get("brokers") or [
+            b for b in SCALING_BROKERS if any(s.broker == b for s in samples)
+        ]
+        return cls(
+            brokers,
+            data.get("flows") or [s for s in seen if s not in MODEL_PROBES],
+            data.get("probes") or [s for s in seen if s in MODEL_PROBES],
+            data.get("rounds") or max((s.round for s in samples), default=0),
+            data.get("load_start"),
+            data.get("elapsed_s") or 0.0,
+            samples,
+        )
+
+
+def render_report(run: Run) -> str:
+    """Every table of a scaling run (the model's excepted: ``mqttbench.model``)."""
+    samples, brokers, flows = run.samples, run.brokers, run.flows
+    parts = [
+        f"Medians of {run.rounds} round(s); ratios are medians of per-round ratios. "
+        + load_summary(samples, run.load_start)
+        + ".",
+        render_main(samples, brokers),
+        "CPU % (100 = one core), median: the broker's processes summed (workers, supervisor,"
+        " redis-server), redis-server's part in brackets; gen = the load generator's CPU over"
+        " its active time.",
+        render_cpu(samples, brokers, flows),
+        "Where the connections went and what crossed workers (cluster forms):",
+        render_crossing(samples, brokers, flows),
+    ]
+    if run.probes:
+        parts += ["Redis cost probes:", render_probes(samples)]
+    parts += ["Every round:", render_rounds(samples, brokers)]
+    return "\n\n".join(parts)
+
+
 #: The traffic shapes of the model: (name, scenario, subscribers per message).
 MODEL_TOPOLOGIES = [("pairs", "pairs", 1), ("many→many", "many", 100), ("fan-out", "fanout", 1000)]
 
@@ -433,14 +493,21 @@ def costs_from(samples: Sequence[Sample]) -> Costs:
         return median(s.costs.get(key) for s in _pick(samples, scenario, broker))
 
     c = Costs()
+    # Forwarding, from pairs: one delivery per message, so per delivery = per message.
+    one, split = (
+        med("pairs", cl, "broker_us_per_delivery"),
+        med("pairs", w2, "broker_us_per_delivery"),
+    )
+    forwards = med("pairs", w2, "forwards_per_published")
+    if one is not None and split is not None and forwards:
+        c.forward_us = forward_cost(split, one, forwards)
+    c.redis_forward_us = med("pairs", w2, "redis_us_per_forward")
     for name, scenario, subscribers in MODEL_TOPOLOGIES:
-        t = Topology(name, subscribers)
-        t.delivery_us = med(scenario, cl, "broker_us_per_delivery")
-        t.redis_forward_us = med(scenario, w2, "redis_us_per_forward")
-        per_delivery_w2 = med(scenario, w2, "broker_us_per_delivery")
+        t = Topology(name, subscribers, med(scenario, cl, "broker_us_per_delivery"))
+        per_delivery = med(scenario, w2, "broker_us_per_delivery")
         fpp = med(scenario, w2, "forwards_per_published")
-        if t.delivery_us is not None and per_delivery_w2 is not None and fpp:
-            t.forward_us = forward_cost(per_delivery_w2, t.delivery_us, subscribers, fpp)
+        if per_delivery is not None and fpp is not None and c.forward_us is not None:
+            t.delivery_split_us = split_delivery_cost(per_delivery, subscribers, fpp, c.forward_us)
         if t.delivery_us is not None:
             c.topologies.append(t)
     c.connect_us = med("idle", w2, "broker_us_per_connect")

@@ -194,6 +194,25 @@ def test_main_table_shows_medians_ratios_and_losses() -> None:
     assert "**3/0 LOST**" in row
 
 
+def test_saved_run_reads_back() -> None:
+    """A run saved as JSON reads back with its samples, brokers and probes; a bare list of
+    samples (the first runs' format) too."""
+    import json
+
+    sample = scaling.Sample("pairs", "mqttd-w2", 2, metrics={"rate": 5.0}, per_worker=[3, 4])
+    probe = scaling.Sample("quiet", "mqttd-w2", 2, costs={"redis_us_per_s": 9.0})
+    run = scaling.Run(["mqttd-w2"], ["pairs"], ["quiet"], 2, 1.5, 60.0, [sample, probe])
+    back = scaling.Run.from_json(json.loads(json.dumps(run.to_json())))
+    assert back == run
+    bare = scaling.Run.from_json(json.loads(json.dumps([vars(sample), vars(probe)])))
+    assert (bare.brokers, bare.flows, bare.probes, bare.rounds) == (
+        ["mqttd-w2"],
+        ["pairs"],
+        ["quiet"],
+        2,
+    )
+
+
 def test_run_rounds_keeps_failures_and_goes_on() -> None:
     """A broker that fails to start is a failed sample; the others are still measured."""
 
@@ -219,25 +238,30 @@ def test_forwards_per_message() -> None:
     assert model.forwards_per_message(4, 1000) == pytest.approx(3.0)
 
 
-def test_forward_cost_from_two_runs() -> None:
-    """f = (CPU per delivery with forwards - without) * S / forwards per message."""
-    assert model.forward_cost(3.0, 2.0, 100, 1.0) == pytest.approx(100.0)
+def test_forward_and_split_delivery_costs() -> None:
+    """f = (CPU per message on two workers - on one node) / forwards per message; the
+    per-delivery cost on two workers is their figure less its share of the forwarding."""
+    assert model.forward_cost(30.0, 6.0, 0.5) == pytest.approx(48.0)
     with pytest.raises(ValueError, match="no forwards"):
-        model.forward_cost(3.0, 2.0, 100, 0.0)
+        model.forward_cost(3.0, 2.0, 0.0)
+    assert model.split_delivery_cost(2.5, 100, 1.0, 50.0) == pytest.approx(2.0)
 
 
 def test_message_limits_switch_from_workers_to_redis() -> None:
     """Pairs at 10 µs per delivery and 10 µs per forward on the workers, 5 µs per forward in
     Redis: 2 workers do 2e6/(10+0.5*10) = 133 k/s, Redis allows 1e6/(0.5*5) = 400 k/s; at 16
     workers the workers would do 16e6/(10+0.9375*10) = 826 k/s, Redis only 213 k/s."""
-    t = model.Topology("pairs", 1, 10.0, 10.0, 5.0)
-    w2, r2 = model.message_limits(t, 2)
+    c = model.Costs(forward_us=10.0, redis_forward_us=5.0)
+    t = model.Topology("pairs", 1, delivery_us=8.0, delivery_split_us=10.0)
+    w2, r2 = model.message_limits(c, t, 2)
     assert (w2, r2) == (pytest.approx(2e6 / 15), pytest.approx(4e5))
-    w16, r16 = model.message_limits(t, 16)
+    w16, r16 = model.message_limits(c, t, 16)
     assert w16 == pytest.approx(16e6 / (10 + 15 / 16 * 10))
     assert r16 == pytest.approx(1e6 / (15 / 16 * 5))
-    assert model.message_limits(t, 1) == (pytest.approx(1e5), None)
-    assert "(Redis)" in model.render_model(model.Costs([t]), ns=(16,))
+    assert model.message_limits(c, t, 1) == (pytest.approx(1e6 / 8), None)  # one node's c
+    c.topologies.append(t)
+    assert "(Redis)" in model.render_model(c, ns=(16,))
+    assert "(workers)" in model.render_model(c, ns=(1,))
 
 
 def test_connect_limits_and_lines() -> None:
@@ -249,7 +273,8 @@ def test_connect_limits_and_lines() -> None:
 
 
 def test_costs_from_samples() -> None:
-    """The model's inputs are the medians of the right brokers' per-event costs."""
+    """The model's inputs are the medians of the right brokers' per-event costs: forwarding
+    from the pairs runs, per-delivery costs per shape with the forwarding taken out."""
 
     def s(scenario: str, broker: str, **costs: float) -> scaling.Sample:
         return scaling.Sample(scenario, broker, 1, costs=dict(costs))
@@ -263,6 +288,8 @@ def test_costs_from_samples() -> None:
             redis_us_per_forward=6.0,
             forwards_per_published=0.5,
         ),
+        s("many", "mqttd-cluster1", broker_us_per_delivery=2.0),
+        s("many", "mqttd-w2", broker_us_per_delivery=2.5, forwards_per_published=1.0),
         s("idle", "mqttd-w2", broker_us_per_connect=400.0),
         s("churn", "mqttd-w2", redis_us_connect=40.0, redis_us_disconnect=15.0),
         s("routes", "mqttd-cluster1", redis_us_add=100.0),
@@ -270,8 +297,11 @@ def test_costs_from_samples() -> None:
         s("quiet", "mqttd-cluster1", redis_us_per_s=2000.0),
     ]
     c = scaling.costs_from(samples)
-    (t,) = c.topologies
-    assert (t.name, t.delivery_us, t.forward_us, t.redis_forward_us) == ("pairs", 10.0, 8.0, 6.0)
+    assert (c.forward_us, c.redis_forward_us) == (8.0, 6.0)
+    pairs, many = c.topologies
+    assert (pairs.name, pairs.delivery_us, pairs.delivery_split_us) == ("pairs", 10.0, 10.0)
+    assert (many.subscribers, many.delivery_us) == (100, 2.0)
+    assert many.delivery_split_us == pytest.approx(2.5 - 8.0 / 100)
     assert (c.connect_us, c.redis_connect_us, c.redis_disconnect_us) == (400.0, 40.0, 15.0)
     assert (c.route_n1_us, c.route_n2_us) == (100.0, 160.0)
     assert (c.idle_n1_us_per_s, c.idle_n2_us_per_s) == (2000.0, None)
