@@ -1,11 +1,26 @@
 """How the cluster writes messages, Wills and stored deliveries into Redis values, pure.
 
 One compact binary form for everything that carries an application message, so a forwarded
-message costs its payload plus a few bytes::
+message costs its payload plus a few bytes. A message with no MQTT 5 state is written in the
+first form, byte for byte what nodes wrote before MQTT 5 (so nodes of both versions read each
+other's MQTT 3.1.1 traffic during a rolling upgrade); one with properties or an expiry time
+in the second, which a first byte of 0x80 or more tells apart (the first form's is its QoS,
+0..2)::
 
-    message:   qos (1 byte) | retain (1) | topic length (2, big-endian) | topic | payload
-    delivery:  qos (1) | retain (1) | topic length (2) | topic | payload     (the delivered QoS)
-    will:      the message form of the Will
+    form 1:   qos (1) | retain (1) | topic length (2, big-endian) | topic | payload
+    form 2:   flags (1) | topic length (2) | topic | [expires at (8)] | [properties] | payload
+              flags = 0x80 | 0x10 if expires at | 0x08 if properties | retain << 2 | qos
+
+``expires at`` is the wall-clock time (``time.time()``, an IEEE 754 double, big-endian) the
+MQTT 5 Message Expiry Interval ends, absolute so a delivery waiting in Redis keeps counting
+down (the nodes' clocks must agree, as NTP keeps them); ``properties`` is the property block
+as on the wire (Property Length, then the properties). What uses the forms:
+
+    message:   a forwarded message (its published QoS; RETAIN is 0) or a retained one
+    delivery:  a stored delivery at its delivered QoS and RETAIN flag; its Subscription
+               Identifiers travel as Subscription Identifier properties
+    will:      the Will, its Will Properties (Will Delay Interval, Message Expiry Interval as
+               an interval: it starts when the Will is published) in the property block
 
 Keys are named here too. Every key of one persistent session shares the hash tag
 ``{prefix:s:<client id>}``, every key of one node's inbox ``{prefix:n:<node>}``, and the
@@ -15,18 +30,163 @@ Cluster as on one Redis.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import struct
+from dataclasses import dataclass, replace
+from typing import Final
 
-from mqttd.codec.packets import Will
+from mqttd.codec.packets import NO_PROPERTIES, PacketType, Properties, Will
+from mqttd.codec.properties import WILL_PROPERTIES, encode_properties, read_properties
+from mqttd.errors import ProtocolError
 from mqttd.message import Message
 
-__all__ = ["Keys", "pack_message", "pack_will", "unpack_message", "unpack_will"]
+__all__ = [
+    "Keys",
+    "pack_delivery",
+    "pack_message",
+    "pack_will",
+    "unpack_delivery",
+    "unpack_message",
+    "unpack_will",
+]
+
+#: Flags of the second form's first byte.
+_FORM2: Final = 0x80
+_HAS_PROPERTIES: Final = 0x08
+_HAS_EXPIRY: Final = 0x10
+_EXPIRY: Final = struct.Struct(">d")
 
 
-def pack_message(topic: str, payload: bytes, qos: int, retain: bool) -> bytes:
-    """The binary form of an application message."""
+def pack_message(
+    topic: str,
+    payload: bytes,
+    qos: int,
+    retain: bool,
+    *,
+    properties: Properties = NO_PROPERTIES,
+    expires_at: float | None = None,
+) -> bytes:
+    """The binary form of an application message (with its MQTT 5 properties and expiry)."""
+    block = b"" if properties is NO_PROPERTIES else encode_properties(properties)
+    return _pack(topic, payload, qos, retain, block, expires_at)
+
+
+def pack_delivery(
+    message: Message, qos: int, retain: bool, subscription_ids: tuple[int, ...] = ()
+) -> bytes:
+    """The binary form of a stored delivery: ``message`` at the delivered ``qos`` and
+    ``retain``, with the Subscription Identifiers it is delivered with."""
+    properties = message.properties
+    if subscription_ids:
+        properties = replace(properties, subscription_identifiers=subscription_ids)
+    return pack_message(
+        message.topic,
+        message.payload,
+        qos,
+        retain,
+        properties=properties,
+        expires_at=message.expires_at,
+    )
+
+
+def _pack(
+    topic: str, payload: bytes, qos: int, retain: bool, block: bytes, expires_at: float | None
+) -> bytes:
     encoded = topic.encode("utf-8")
-    return bytes((qos, retain)) + len(encoded).to_bytes(2, "big") + encoded + payload
+    head = len(encoded).to_bytes(2, "big") + encoded
+    if not block and expires_at is None:
+        return bytes((qos, retain)) + head + payload
+    flags = _FORM2 | (qos | retain << 2)
+    if expires_at is not None:
+        flags |= _HAS_EXPIRY
+        head += _EXPIRY.pack(expires_at)
+    if block:
+        flags |= _HAS_PROPERTIES
+        head += block
+    return bytes((flags,)) + head + payload
+
+
+def _unpack(
+    data: bytes, packet_type: int
+) -> tuple[str, bytes, int, bool, Properties, float | None]:
+    """(topic, payload, qos, retain, properties, expires at) of either form.
+
+    Raises:
+        ValueError: the bytes are neither form.
+    """
+    if len(data) < 4:
+        raise ValueError("packed message too short")
+    first = data[0]
+    if first & _FORM2:
+        qos, retain = first & 3, bool(first & 4)
+        if qos > 2 or first & 0x60:
+            raise ValueError("not a packed message")
+        offset = 3
+    else:
+        qos, retain = first, bool(data[1])
+        if qos > 2 or data[1] > 1:
+            raise ValueError("not a packed message")
+        offset = 4
+    size = int.from_bytes(data[offset - 2 : offset], "big")
+    pos = offset + size
+    if len(data) < pos:
+        raise ValueError("not a packed message")
+    try:
+        topic = data[offset:pos].decode("utf-8")
+    except UnicodeDecodeError:
+        raise ValueError("packed topic is not UTF-8") from None
+    expires_at = None
+    properties = NO_PROPERTIES
+    if first & _HAS_EXPIRY:
+        if len(data) < pos + 8:
+            raise ValueError("packed expiry truncated")
+        expires_at = _EXPIRY.unpack_from(data, pos)[0]
+        pos += 8
+    if first & _HAS_PROPERTIES:
+        properties, pos = _read_block(data, pos, packet_type)
+    return topic, data[pos:], qos, retain, properties, expires_at
+
+
+def _read_block(data: bytes, pos: int, packet_type: int) -> tuple[Properties, int]:
+    """The property block at ``pos`` and the offset after it."""
+    length = shift = 0
+    end = pos
+    for _ in range(4):  # a Variable Byte Integer has at most four bytes (1.5.5)
+        if end >= len(data):
+            raise ValueError("packed properties truncated")
+        byte = data[end]
+        end += 1
+        length |= (byte & 0x7F) << shift
+        shift += 7
+        if not byte & 0x80:
+            break
+    else:
+        raise ValueError("packed property length malformed")
+    stop = end + length
+    block = bytearray(data[pos:stop])
+    try:
+        properties, used = read_properties(block, 0, len(block), packet_type)
+    except ProtocolError as exc:
+        raise ValueError(f"packed properties malformed: {exc}") from None
+    if used != stop - pos:
+        raise ValueError("packed properties truncated")
+    return properties, stop
+
+
+def unpack_delivery(data: bytes) -> tuple[Message, tuple[int, ...]]:
+    """A ``Message`` (QoS and RETAIN as packed) and its Subscription Identifiers from
+    ``pack_message`` or ``pack_delivery`` bytes.
+
+    Raises:
+        ValueError: the bytes are not a packed message.
+    """
+    topic, payload, qos, retain, properties, expires_at = _unpack(data, PacketType.PUBLISH)
+    identifiers = properties.subscription_identifiers
+    if identifiers:
+        properties = replace(properties, subscription_identifiers=())
+        if properties == NO_PROPERTIES:
+            properties = NO_PROPERTIES
+    message = Message(topic, payload, qos, retain, properties=properties, expires_at=expires_at)
+    return message, identifiers
 
 
 def unpack_message(data: bytes) -> Message:
@@ -35,24 +195,24 @@ def unpack_message(data: bytes) -> Message:
     Raises:
         ValueError: the bytes are not a packed message.
     """
-    if len(data) < 4:
-        raise ValueError("packed message too short")
-    qos, retain = data[0], data[1]
-    size = int.from_bytes(data[2:4], "big")
-    if qos > 2 or retain > 1 or len(data) < 4 + size:
-        raise ValueError("not a packed message")
-    return Message(data[4 : 4 + size].decode("utf-8"), data[4 + size :], qos, bool(retain))
+    return unpack_delivery(data)[0]
 
 
 def pack_will(will: Will) -> bytes:
     """The binary form of a Will (stored so a surviving node can publish it)."""
-    return pack_message(will.topic, will.message, will.qos, will.retain)
+    properties = will.properties
+    block = b"" if properties is NO_PROPERTIES else encode_properties(properties, WILL_PROPERTIES)
+    return _pack(will.topic, will.message, will.qos, will.retain, block, None)
 
 
 def unpack_will(data: bytes) -> Will:
-    """A ``Will`` from ``pack_will`` bytes."""
-    message = unpack_message(data)
-    return Will(message.topic, message.payload, message.qos, message.retain)
+    """A ``Will`` from ``pack_will`` bytes.
+
+    Raises:
+        ValueError: the bytes are not a packed Will.
+    """
+    topic, payload, qos, retain, properties, _expires_at = _unpack(data, WILL_PROPERTIES)
+    return Will(topic, payload, qos, retain, properties)
 
 
 @dataclass(frozen=True, slots=True)
