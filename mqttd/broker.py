@@ -8,6 +8,7 @@ is needed between trio checkpoints.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable, Container, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -148,17 +149,31 @@ class Broker:
         self.delayed_wills: dict[str, tuple[Timer, Callable[[], None]]] = {}
 
     def restore(self, state: StoredState) -> None:
-        """Rebuild persistent sessions and retained messages loaded from the store."""
+        """Rebuild persistent sessions and retained messages loaded from the store (an MQTT 5
+        retained message still leaves when its Message Expiry Interval passes)."""
         for stored in state.sessions.values():
             self.restore_session(stored)
         for message in state.retained:
             self.retained.set(message.topic, message)
             self.retained_count += 1
             self.retained_bytes += retained_cost(message)
+            if message.expires_at is not None:
+                self.schedule.call_at(
+                    message.expires_at, functools.partial(self._retained_expired, message)
+                )
 
-    def restore_session(self, stored: StoredSession) -> Session:
+    def restore_session(self, stored: StoredSession, now: float | None = None) -> Session:
         """Rebuild one persistent session loaded from the store (or handed over by another
-        node of the cluster)."""
+        node of the cluster).
+
+        An MQTT 5 session with a Session Expiry Interval is offline now: it expires at
+        ``last_seen`` + the interval, at once if that passed while nobody hosted it (the
+        returned session is then already discarded). One saved with a connection attached
+        (the broker, or its node, stopped meanwhile) lost it no later than ``now``: its
+        interval counts from then.
+        """
+        if now is None:
+            now = time.time()
         session = Session(
             stored.client_id,
             clean_session=False,
@@ -169,14 +184,25 @@ class Broker:
         session.last_seen = stored.last_seen
         session.owner = stored.owner
         session.owned = stored.owned
+        session.expiry_interval = stored.expiry_interval
         for topic_filter, options in stored.subscriptions.items():
             self._add_subscription(session, topic_filter, options)
         deliveries = stored.deliveries
         session.restore(
             [(d.seq, d.message, d.qos, d.retain, d.packet_id, d.released) for d in deliveries],
             stored.incoming,
+            {d.seq: d.subscription_ids for d in deliveries if d.subscription_ids},
         )
         self.sessions[stored.client_id] = session
+        if stored.connected:
+            self._seen(session, now=now)
+        interval = session.expiry_interval
+        if interval is not None:
+            deadline = session.last_seen + interval
+            if deadline <= now:
+                self._expire(session, deadline)  # its time passed while it was not hosted
+            else:
+                self.schedule.call_at(deadline, lambda: self._expire(session, deadline))
         return session
 
     def release_session(self, client_id: str, forwarder: Session | None = None) -> None:
@@ -271,7 +297,7 @@ class Broker:
                     self._will_on_reconnect(client_id, session_ended=False)
                     existing.clean_session = ends_with_connection
                     existing.expiry_interval = expiry_interval
-                    self._seen(existing)
+                    self._seen(existing, connected=True)
                     return existing, True
                 self.stats.sessions_reowned += 1
                 log.warning(
@@ -294,7 +320,7 @@ class Broker:
         self.sessions[client_id] = session
         if not ends_with_connection:
             session.store = self.store
-            self._seen(session)
+            self._seen(session, connected=True)
         return session, False
 
     def _will_on_reconnect(self, client_id: str, *, session_ended: bool) -> None:
@@ -321,10 +347,17 @@ class Broker:
         timer = self.schedule.call_at(time.time() + delay, due)
         self.delayed_wills[client_id] = (timer, publish)
 
-    def _seen(self, session: Session) -> None:
-        session.last_seen = time.time()
+    def _seen(
+        self, session: Session, *, connected: bool = False, now: float | None = None
+    ) -> None:
+        """The session's client connected (``connected``) or went away: note the time, and
+        save the session with its Session Expiry Interval -- every change of the interval
+        (a CONNECT resuming it, a DISCONNECT setting it) comes through here."""
+        session.last_seen = time.time() if now is None else now
         if session.store is not None:
-            session.store.session_saved(session.client_id, session.owner)
+            session.store.session_saved(
+                session.client_id, session.owner, session.expiry_interval, connected=connected
+            )
 
     def client_attached(self, client_id: str, will: Will | None) -> None:
         """A client's connection was accepted here (the cluster keeps its Will)."""

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from enum import IntEnum
 from typing import TYPE_CHECKING, Protocol, cast
 
@@ -486,7 +486,9 @@ class Session:
         self.queue.append((message, qos, retain, seq, subscription_ids))
         self.queued_bytes += message.size
         if self.store is not None and qos:
-            self.store.delivery_added(self.client_id, seq, message, qos, retain, None)
+            self.store.delivery_added(
+                self.client_id, seq, message, qos, retain, None, subscription_ids
+            )
             self.store_mark = self.store.recorded
         return OfferResult.QUEUED
 
@@ -531,7 +533,9 @@ class Session:
             seq = self._next_seq
             self._next_seq += 1
             if store is not None:
-                store.delivery_added(self.client_id, seq, message, qos, retain, packet_id)
+                store.delivery_added(
+                    self.client_id, seq, message, qos, retain, packet_id, subscription_ids
+                )
                 self.store_mark = store.recorded
         elif store is not None:
             store.delivery_sent(self.client_id, seq, packet_id)
@@ -774,6 +778,7 @@ class Session:
         self,
         deliveries: list[tuple[int, Message, int, bool, int | None, bool]],
         incoming: set[int],
+        subscription_ids: Mapping[int, tuple[int, ...]] | None = None,
     ) -> None:
         """Rebuild in-flight and queued messages from the durable store (at start-up).
 
@@ -781,17 +786,21 @@ class Session:
             deliveries: ``(seq, message, qos, retain, packet_id, released)`` in seq order; a
                 packet id means the message was in flight (re-sent with DUP=1 on reconnect).
             incoming: QoS 2 packet ids awaiting PUBREL.
+            subscription_ids: seq -> the MQTT 5 Subscription Identifiers of that delivery
+                (deliveries not in it have none).
         """
+        identifiers = subscription_ids or {}
         for seq, message, qos, retain, packet_id, released in deliveries:
+            ids = identifiers.get(seq, ())
             if packet_id is not None:
-                outgoing = Outgoing(message, qos, retain, seq)
+                outgoing = Outgoing(message, qos, retain, seq, ids)
                 outgoing.released = released
                 self.inflight[packet_id] = outgoing
                 self._next_packet_id = packet_id % 65535 + 1
             else:
                 if self.queue is _NO_QUEUE:
                     self.queue = deque()
-                self.queue.append((message, qos, retain, seq, ()))
+                self.queue.append((message, qos, retain, seq, ids))
                 self.queued_bytes += message.size
             self._next_seq = max(self._next_seq, seq + 1)
         if incoming:

@@ -19,6 +19,12 @@ acknowledgements while every other client carries on.
 
 A message fanned out to many persistent sessions is stored once and referenced by each delivery
 row; it is deleted when the last reference goes.
+
+MQTT 5 state (schema version 3): a session's Session Expiry Interval, and whether a connection
+was attached when it was last saved (its expiry then counts from the restart, the earliest
+moment known to be after the connection ended); a message's properties as their wire block and
+its expiry time; a delivery's Subscription Identifiers. ``load`` leaves out messages that
+expired while the broker was down (their rows go with the first commit).
 """
 
 from __future__ import annotations
@@ -36,13 +42,15 @@ from typing import Any, Final
 import structlog
 import trio
 
-from mqttd.errors import MQTTError, StartupError
+from mqttd.codec.packets import NO_PROPERTIES, PacketType, Properties
+from mqttd.codec.properties import encode_properties, read_properties
+from mqttd.errors import MQTTError, ProtocolError, StartupError
 from mqttd.message import Message
 
 log = structlog.get_logger("mqttd.store")
 
 #: Schema version kept in ``PRAGMA user_version``; ``_MIGRATIONS[n]`` upgrades n -> n + 1.
-SCHEMA_VERSION: Final = 2
+SCHEMA_VERSION: Final = 3
 
 _SCHEMA_V1 = """
 CREATE TABLE sessions (
@@ -90,12 +98,26 @@ ALTER TABLE sessions ADD COLUMN owner TEXT;
 ALTER TABLE sessions ADD COLUMN owned INTEGER NOT NULL DEFAULT 0;
 """
 
+#: Version 3, MQTT 5: a session's Session Expiry Interval (NULL = never, as for every session
+#: stored before) and whether a connection was attached when it was saved; a message's
+#: properties (their encoded property block, NULL = none) and expiry time (``time.time()``,
+#: NULL = never); a delivery's Subscription Identifiers (decimal, comma-separated, NULL = none).
+_SCHEMA_V3 = """
+ALTER TABLE sessions ADD COLUMN expiry_interval INTEGER;
+ALTER TABLE sessions ADD COLUMN connected INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE messages ADD COLUMN properties BLOB;
+ALTER TABLE messages ADD COLUMN expires_at REAL;
+ALTER TABLE deliveries ADD COLUMN subscription_ids TEXT;
+"""
+
 #: Upgrade scripts: index n holds the SQL taking a version-n database to version n + 1.
-_MIGRATIONS: Final[dict[int, str]] = {0: _SCHEMA_V1, 1: _SCHEMA_V2}
+_MIGRATIONS: Final[dict[int, str]] = {0: _SCHEMA_V1, 1: _SCHEMA_V2, 2: _SCHEMA_V3}
 
 _SQL: Final = {
     "session_put": (
-        "INSERT OR REPLACE INTO sessions (client_id, last_seen, owner, owned) VALUES (?, ?, ?, 1)"
+        "INSERT OR REPLACE INTO sessions"
+        " (client_id, last_seen, owner, owned, expiry_interval, connected)"
+        " VALUES (?, ?, ?, 1, ?, ?)"
     ),
     "session_del": "DELETE FROM sessions WHERE client_id = ?",
     "subs_del_all": "DELETE FROM subscriptions WHERE client_id = ?",
@@ -106,12 +128,14 @@ _SQL: Final = {
     ),
     "sub_del": "DELETE FROM subscriptions WHERE client_id = ? AND topic_filter = ?",
     "msg_put": (
-        "INSERT OR REPLACE INTO messages (id, topic, payload, qos, retain) VALUES (?, ?, ?, ?, ?)"
+        "INSERT OR REPLACE INTO messages (id, topic, payload, qos, retain, properties, expires_at)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?)"
     ),
     "msg_del": "DELETE FROM messages WHERE id = ?",
     "delivery_put": (
-        "INSERT OR REPLACE INTO deliveries (client_id, seq, message_id, qos, retain, packet_id)"
-        " VALUES (?, ?, ?, ?, ?, ?)"
+        "INSERT OR REPLACE INTO deliveries"
+        " (client_id, seq, message_id, qos, retain, packet_id, subscription_ids)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?)"
     ),
     "delivery_sent": "UPDATE deliveries SET packet_id = ? WHERE client_id = ? AND seq = ?",
     "delivery_released": "UPDATE deliveries SET released = 1 WHERE client_id = ? AND seq = ?",
@@ -144,6 +168,8 @@ class StoredDelivery:
     retain: bool
     packet_id: int | None
     released: bool
+    #: MQTT 5 Subscription Identifiers sent with it ([MQTT-3.3.4-3])
+    subscription_ids: tuple[int, ...] = ()
 
 
 @dataclass(slots=True)
@@ -154,6 +180,11 @@ class StoredSession:
     last_seen: float
     owner: str | None = None
     owned: bool = True
+    #: MQTT 5 Session Expiry Interval in seconds (None: never; MQTT 3.1.1 sessions)
+    expiry_interval: int | None = None
+    #: a connection was attached when the session was last saved (the broker stopped, or
+    #: its node died, while the client was connected)
+    connected: bool = False
     subscriptions: dict[str, int] = field(default_factory=dict)
     deliveries: list[StoredDelivery] = field(default_factory=list)
     incoming: set[int] = field(default_factory=set)
@@ -238,21 +269,41 @@ class Store:
             raise StartupError(f"store {path}: {exc.strerror or exc}") from None
         return cls(db, path, durability)
 
-    def load(self) -> StoredState:
-        """Read every persistent session and retained message (at start-up, before serving)."""
+    def load(self, now: float | None = None) -> StoredState:
+        """Read every persistent session and retained message (at start-up, before serving).
+
+        Messages whose MQTT 5 Message Expiry Interval passed before ``now`` (default: the
+        time) are left out, with their delivery and retained rows ([MQTT-3.3.2-5]).
+        """
         db = self._db
+        if now is None:
+            now = time.time()
         messages: dict[int, Message] = {}
-        for message_id, topic, payload, qos, retain in db.execute(
-            "SELECT id, topic, payload, qos, retain FROM messages"
+        expired: set[int] = set()
+        for message_id, topic, payload, qos, retain, properties, expires_at in db.execute(
+            "SELECT id, topic, payload, qos, retain, properties, expires_at FROM messages"
         ):
-            message = Message(topic, bytes(payload), qos, bool(retain))
+            self._next_message_id = max(self._next_message_id, message_id + 1)
+            if expires_at is not None and expires_at <= now:
+                expired.add(message_id)
+                continue
+            message = Message(
+                topic,
+                bytes(payload),
+                qos,
+                bool(retain),
+                properties=_decode_properties(properties),
+                expires_at=expires_at,
+            )
             message.store_id = message_id
             messages[message_id] = message
-        self._next_message_id = max(messages, default=0) + 1
         sessions: dict[str, StoredSession] = {
-            client_id: StoredSession(client_id, last_seen, owner, bool(owned))
-            for client_id, last_seen, owner, owned in db.execute(
-                "SELECT client_id, last_seen, owner, owned FROM sessions"
+            client_id: StoredSession(
+                client_id, last_seen, owner, bool(owned), expiry_interval, bool(connected)
+            )
+            for client_id, last_seen, owner, owned, expiry_interval, connected in db.execute(
+                "SELECT client_id, last_seen, owner, owned, expiry_interval, connected"
+                " FROM sessions"
             )
         }
         for client_id, topic_filter, qos in db.execute(
@@ -260,27 +311,43 @@ class Store:
         ):
             if client_id in sessions:
                 sessions[client_id].subscriptions[topic_filter] = qos
-        for client_id, seq, message_id, qos, retain, packet_id, released in db.execute(
-            "SELECT client_id, seq, message_id, qos, retain, packet_id, released"
-            " FROM deliveries ORDER BY client_id, seq"
+        for row in db.execute(
+            "SELECT client_id, seq, message_id, qos, retain, packet_id, released,"
+            " subscription_ids FROM deliveries ORDER BY client_id, seq"
         ):
+            client_id, seq, message_id, qos, retain, packet_id, released, identifiers = row
+            if message_id in expired:
+                self._record("delivery_del", (client_id, seq))
+                continue
             delivered = messages.get(message_id)
             if client_id in sessions and delivered is not None:
                 sessions[client_id].deliveries.append(
-                    StoredDelivery(seq, delivered, qos, bool(retain), packet_id, bool(released))
+                    StoredDelivery(
+                        seq,
+                        delivered,
+                        qos,
+                        bool(retain),
+                        packet_id,
+                        bool(released),
+                        _decode_ids(identifiers),
+                    )
                 )
                 self._refs[message_id] = self._refs.get(message_id, 0) + 1
         for client_id, packet_id in db.execute("SELECT client_id, packet_id FROM incoming"):
             if client_id in sessions:
                 sessions[client_id].incoming.add(packet_id)
         retained = []
-        for _topic, message_id in db.execute("SELECT topic, message_id FROM retained"):
+        for topic, message_id in db.execute("SELECT topic, message_id FROM retained"):
+            if message_id in expired:
+                self._record("retained_del", (topic,))
+                continue
             kept = messages.get(message_id)
             if kept is not None:
                 retained.append(kept)
                 self._refs[message_id] = self._refs.get(message_id, 0) + 1
-        # Messages nobody references (left by a failed batch) are removed on the first commit.
-        for message_id in messages.keys() - self._refs.keys():
+        # Messages nobody references (left by a failed batch) and expired ones are removed on
+        # the first commit.
+        for message_id in (messages.keys() - self._refs.keys()) | expired:
             self._record("msg_del", (message_id,))
         return StoredState(sessions, retained)
 
@@ -299,9 +366,18 @@ class Store:
             self._next_message_id += 1
             message.store_id = message_id
             self._refs[message_id] = 0
+            properties = message.properties
             self._record(
                 "msg_put",
-                (message_id, message.topic, message.payload, message.qos, int(message.retain)),
+                (
+                    message_id,
+                    message.topic,
+                    message.payload,
+                    message.qos,
+                    int(message.retain),
+                    None if properties is NO_PROPERTIES else encode_properties(properties),
+                    message.expires_at,
+                ),
             )
         self._refs[message_id] = self._refs.get(message_id, 0) + 1
         return message_id
@@ -318,9 +394,23 @@ class Store:
         message.store_id = None
         self._record("msg_del", (message_id,))
 
-    def session_saved(self, client_id: str, owner: str | None) -> None:
-        """A persistent session of user ``owner`` (None = anonymous) exists, or was seen now."""
-        self._record("session_put", (client_id, time.time(), owner))
+    def session_saved(
+        self,
+        client_id: str,
+        owner: str | None,
+        expiry_interval: int | None = None,
+        *,
+        connected: bool = False,
+    ) -> None:
+        """A persistent session of user ``owner`` (None = anonymous) exists, or was seen now.
+
+        Args:
+            expiry_interval: its MQTT 5 Session Expiry Interval in seconds (None: never).
+            connected: a connection is attached to it now (saved at CONNECT, not at the end).
+        """
+        self._record(
+            "session_put", (client_id, time.time(), owner, expiry_interval, int(connected))
+        )
 
     def session_deleted(self, client_id: str, messages: Iterable[Message]) -> None:
         """A persistent session is gone, with every delivery still referencing ``messages``."""
@@ -345,9 +435,14 @@ class Store:
         qos: int,
         retain: bool,
         packet_id: int | None,
+        subscription_ids: tuple[int, ...] = (),
     ) -> None:
         message_id = self._ref(message)
-        self._record("delivery_put", (client_id, seq, message_id, qos, int(retain), packet_id))
+        identifiers = ",".join(map(str, subscription_ids)) if subscription_ids else None
+        self._record(
+            "delivery_put",
+            (client_id, seq, message_id, qos, int(retain), packet_id, identifiers),
+        )
 
     def delivery_sent(self, client_id: str, seq: int, packet_id: int) -> None:
         self._record("delivery_sent", (packet_id, client_id, seq))
@@ -479,6 +574,32 @@ class Store:
     def gate(self, backlog_limit: int) -> OutputGate:
         """A new connection's gate (see ``OutputGate``)."""
         return OutputGate(self, backlog_limit)
+
+
+def _decode_properties(block: bytes | None) -> Properties:
+    """A message's properties from the property block the store keeps (None: none).
+
+    Raises:
+        StartupError: the block is not one (the database was altered outside mqttd).
+    """
+    if block is None:
+        return NO_PROPERTIES
+    data = bytearray(block)
+    try:
+        properties, end = read_properties(data, 0, len(data), PacketType.PUBLISH)
+    except ProtocolError:
+        end = -1
+    if end != len(data):
+        raise StartupError(
+            "store: a stored message has malformed MQTT 5 properties; restore the database "
+            "from a backup or move it away to start with an empty store"
+        )
+    return properties
+
+
+def _decode_ids(text: str | None) -> tuple[int, ...]:
+    """Subscription Identifiers as the store keeps them ("1,7"; None: none)."""
+    return tuple(int(part) for part in text.split(",")) if text else ()
 
 
 class OutputGate:

@@ -39,7 +39,7 @@ import trio
 if TYPE_CHECKING:
     from coredis import Redis
 
-from mqttd.cluster.wire import Keys, pack_message, pack_will
+from mqttd.cluster.wire import Keys, pack_delivery, pack_will, unpack_delivery
 from mqttd.codec.packets import Will
 from mqttd.message import Message
 from mqttd.store import (
@@ -154,9 +154,18 @@ class RedisStore:
         if len(self._ops) == 1:
             self._work.set()
 
-    def session_saved(self, client_id: str, owner: str | None) -> None:
-        """A persistent session of user ``owner`` exists here, or was seen now."""
-        self._record("session_put", (client_id, owner, time.time()))
+    def session_saved(
+        self,
+        client_id: str,
+        owner: str | None,
+        expiry_interval: int | None = None,
+        *,
+        connected: bool = False,
+    ) -> None:
+        """A persistent session of user ``owner`` exists here, or was seen now (with its
+        MQTT 5 Session Expiry Interval, None = never; ``connected``: a connection is
+        attached now), as ``mqttd.store.Store.session_saved``."""
+        self._record("session_put", (client_id, owner, time.time(), expiry_interval, connected))
 
     def session_deleted(self, client_id: str, messages: Iterable[Message]) -> None:
         """A persistent session is gone with everything it held."""
@@ -180,8 +189,9 @@ class RedisStore:
         qos: int,
         retain: bool,
         packet_id: int | None,
+        subscription_ids: tuple[int, ...] = (),
     ) -> None:
-        packed = pack_message(message.topic, message.payload, qos, retain)
+        packed = pack_delivery(message, qos, retain, subscription_ids)
         self._record("delivery_put", (client_id, seq, packed, packet_id))
 
     def delivery_sent(self, client_id: str, seq: int, packet_id: int) -> None:
@@ -201,7 +211,7 @@ class RedisStore:
 
     def retained_set(self, topic: str, old: Message | None, new: Message | None) -> None:
         """The retained message of ``topic`` changed: stored and logged for every node."""
-        packed = b"" if new is None else pack_message(topic, new.payload, new.qos, True)
+        packed = b"" if new is None else pack_delivery(new, new.qos, True)
         self._record("retained", (topic, packed))
 
     # -- cluster operations ----------------------------------------------------------------------
@@ -214,12 +224,24 @@ class RedisStore:
             return
         self._record("forward", (node_id, self._fields(message)))
 
-    def forward_to(self, node_id: str, client_id: str, message: Message, qos: int) -> None:
+    def forward_to(
+        self,
+        node_id: str,
+        client_id: str,
+        message: Message,
+        qos: int,
+        retain: bool = False,
+        subscription_ids: tuple[int, ...] = (),
+    ) -> None:
         """Send ``message`` to one session, ``client_id``, now hosted by ``node_id``, at the
-        QoS already decided (a session handed over: see ``ClusterNode``)."""
-        fields = self._fields(message)
-        fields[b"c"] = client_id.encode()
-        fields[b"g"] = b"%d" % qos
+        QoS, RETAIN flag and Subscription Identifiers already decided (a session handed
+        over: see ``ClusterNode``)."""
+        fields = {
+            b"m": pack_delivery(message, message.qos, retain, subscription_ids),
+            b"i": self.message_id(message),
+            b"c": client_id.encode(),
+            b"g": b"%d" % qos,
+        }
         self._record("forward", (node_id, fields))
 
     def message_id(self, message: Message) -> bytes:
@@ -231,7 +253,7 @@ class RedisStore:
 
     def _fields(self, message: Message) -> dict[bytes, bytes]:
         return {
-            b"m": pack_message(message.topic, message.payload, message.qos, False),
+            b"m": pack_delivery(message, message.qos, False),
             b"i": self.message_id(message),
         }
 
@@ -266,7 +288,7 @@ class RedisStore:
 
     def retained_restored(self, topic: str, message: Message) -> None:
         """Put a retained message back where no node put it yet (after Redis lost its data)."""
-        packed = pack_message(topic, message.payload, message.qos, True)
+        packed = pack_delivery(message, message.qos, True)
         self._record("retained_nx", (topic, packed))
 
     def client_gone(self, client_id: str) -> None:
@@ -470,12 +492,15 @@ class RedisStore:
             return self._last_id_script(keys=[keys.retained_log], args=[], client=pipe)
         client_id = params[0]
         if kind == "session_put":
-            _, owner, seen = params
+            _, owner, seen, expiry_interval, connected = params
             fields = {
                 "last_seen": repr(seen),
                 "owned": "1",
                 "owner": owner or "",
                 "anon": "0" if owner is not None else "1",
+                # MQTT 5 Session Expiry Interval ("": never, as in records made before it)
+                "expiry": "" if expiry_interval is None else str(expiry_interval),
+                "connected": "1" if connected else "0",
             }
             pipe.sadd(keys.hosted(node), [client_id])
             pipe.hset(keys.hosts, {client_id: node})
@@ -540,23 +565,30 @@ class RedisStore:
         if not fields:
             return None
         anonymous = fields.get("anon", "1") == "1"
+        expiry = fields.get("expiry", "")
         stored = StoredSession(
             client_id,
             float(fields.get("last_seen", "0")),
             None if anonymous else fields.get("owner", ""),
             fields.get("owned", "0") == "1",
+            int(expiry) if expiry else None,
+            fields.get("connected", "0") == "1",
         )
         stored.subscriptions = {_text(f): int(q) for f, q in (await subs).items()}
         packet_ids = {int(k): int(v) for k, v in (await pids).items()}
         released = {int(x) for x in await rel}
-        from mqttd.cluster.wire import unpack_message
-
         for seq_text, packed in sorted((await rows).items(), key=lambda kv: int(kv[0])):
             seq = int(seq_text)
-            message = unpack_message(bytes(packed))
+            message, identifiers = unpack_delivery(bytes(packed))
             stored.deliveries.append(
                 StoredDelivery(
-                    seq, message, message.qos, message.retain, packet_ids.get(seq), seq in released
+                    seq,
+                    message,
+                    message.qos,
+                    message.retain,
+                    packet_ids.get(seq),
+                    seq in released,
+                    identifiers,
                 )
             )
         stored.incoming = {int(x) for x in await incoming}

@@ -12,12 +12,21 @@ import pytest
 import trio
 from structlog.testing import capture_logs
 
+from conformance import wire as wire5
 from mqttd.config import Config, ListenerConfig, StoreConfig
 from mqttd.errors import StartupError
 from mqttd.server import Server, serve
 from mqttd.store import SCHEMA_VERSION, Store
 from tests.helpers import wire
 from tests.helpers.client import OPEN_CLIENTS, connect_client, subscribe, sync
+from tests.integration.test_23_mqtt5 import (
+    CONTENT_TYPE,
+    MESSAGE_EXPIRY,
+    SESSION_EXPIRY,
+    SUBSCRIPTION_ID,
+    USER_PROPERTY,
+    Client5,
+)
 
 
 @asynccontextmanager
@@ -225,3 +234,64 @@ async def test_failed_commit_is_never_acknowledged(tmp_path: Path) -> None:
         pub = await connect_client(port, "pub")
         await pub.send(wire.publish("data", b"kept", qos=1, pid=2))
         await pub.expect(wire.puback(2))
+
+
+async def test_mqtt5_session_and_message_state_survive_restart(tmp_path: Path) -> None:
+    """MQTT 5 with durability "fsync": a session keeps its Session Expiry Interval -- also one
+    a DISCONNECT changed (3.14.2.2.2) -- and a queued message its properties, in order
+    ([MQTT-3.3.2-17], [MQTT-3.3.2-18]), the Subscription Identifier it matched
+    ([MQTT-3.3.4-3]) and the Message Expiry Interval left ([MQTT-3.3.2-6]); a message that
+    expired while the broker was down is not delivered ([MQTT-3.3.2-5]), and a session whose
+    interval ended meanwhile is gone at start-up."""
+    db = tmp_path / "mqttd.db"
+    expiry = [(SESSION_EXPIRY, 600)]
+    user = [(USER_PROPERTY, ("b", "2")), (USER_PROPERTY, ("a", "1")), (USER_PROPERTY, ("b", "3"))]
+    async with running(db) as server:
+        sub, _ = await Client5.connect(server, "sub", clean=False, properties=expiry)
+        await sub.subscribe(1, ("t/#", 1), properties=[(SUBSCRIPTION_ID, 5)])
+        await sub.send(wire5.disconnect())
+        await sub.closed()
+        changed, _ = await Client5.connect(server, "changed", clean=False, properties=expiry)
+        await changed.send(wire5.disconnect(properties=[(SESSION_EXPIRY, 30)]))
+        await changed.closed()
+        gone, _ = await Client5.connect(
+            server, "gone", clean=False, properties=[(SESSION_EXPIRY, 60)]
+        )
+        await gone.send(wire5.disconnect())
+        await gone.closed()
+        pub, _ = await Client5.connect(server, "pub")
+        kept = [(CONTENT_TYPE, "text/plain"), *user, (MESSAGE_EXPIRY, 300)]
+        for payload, properties in ((b"stale", [(MESSAGE_EXPIRY, 60)]), (b"kept", kept)):
+            await pub.send(
+                wire5.publish("t/x", payload, 1, pid=1, version=5, properties=properties)
+            )
+            assert (await pub.read()).name == "PUBACK"
+    # Two minutes pass while the broker is down: for the stale message and the "gone" session.
+    with sqlite3.connect(db) as shift:
+        shift.execute(
+            "UPDATE messages SET expires_at = expires_at - 120 WHERE payload = ?", (b"stale",)
+        )
+        shift.execute("UPDATE sessions SET last_seen = last_seen - 120 WHERE client_id = 'gone'")
+
+    async with running(db) as server:
+        sessions = server.broker.sessions
+        assert "gone" not in sessions
+        assert server.broker.stats.sessions_expired == 1
+        assert sessions["sub"].expiry_interval == 600
+        assert sessions["changed"].expiry_interval == 30
+        sub, connack = await Client5.connect(server, "sub", clean=False, properties=expiry)
+        assert connack.session_present
+        got = await sub.read()
+        assert (got.topic, got.payload, got.qos) == (b"t/x", b"kept", 1)
+        assert got.prop(CONTENT_TYPE) == "text/plain"
+        assert got.user_properties == [("b", "2"), ("a", "1"), ("b", "3")]
+        assert got.props_all(SUBSCRIPTION_ID) == [5]
+        left = got.prop(MESSAGE_EXPIRY)
+        assert isinstance(left, int)
+        assert 0 < left <= 300
+        await sub.send(wire5.puback(got.pid or 0))
+        await sub.sync()  # the stale message never comes
+        _gone, connack = await Client5.connect(server, "gone", clean=False, properties=expiry)
+        assert not connack.session_present
+    with sqlite3.connect(db) as check:
+        assert check.execute("SELECT count(*) FROM messages").fetchone()[0] == 0

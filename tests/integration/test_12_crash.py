@@ -4,14 +4,23 @@ intact, and every acknowledged retained message is there."""
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
 
+from conformance import wire as wire5
 from conformance.broker_process import run_mqttd
 from tests.helpers import wire
-from tests.helpers.client import WireClient
+from tests.helpers.client import OPEN_CLIENTS, WireClient
+from tests.integration.test_23_mqtt5 import (
+    SESSION_EXPIRY,
+    SUBSCRIPTION_ID,
+    USER_PROPERTY,
+    Client5,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -154,3 +163,49 @@ async def test_kill_9_loses_no_acknowledged_message(tmp_path: Path, qos: int) ->
             assert len(received) == len(set(received)), "QoS 2 delivered a message twice"
         retained = await retained_numbers(port)
         assert {n for n in acked if n % 10 == 0} <= retained
+
+
+async def connect5(port: int, client_id: str, properties: list[tuple[int, Any]]) -> Client5:
+    """An MQTT 5 client with Clean Start 0 (its CONNACK read: accepted)."""
+    with trio.fail_after(TIMEOUT_S):
+        client = Client5(await trio.open_tcp_stream("127.0.0.1", port))
+    OPEN_CLIENTS.append(client)  # type: ignore[arg-type]  # closed after the test
+    await client.send(wire5.connect(client_id, False, version=5, properties=properties))
+    connack = await client.read()
+    assert (connack.name, connack.reason) == ("CONNACK", 0)
+    return client
+
+
+async def test_kill_9_keeps_a_connected_mqtt5_session(tmp_path: Path) -> None:
+    """SIGKILL while an MQTT 5 client with Session Expiry Interval 60 is connected, an hour
+    after its CONNECT: its connection ended no earlier than the kill, so after the restart
+    the session is there (Session Present 1), its unacknowledged message re-sent with DUP=1
+    [MQTT-4.4.0-1], its User Property and Subscription Identifier kept."""
+    config = tmp_path / "mqttd.toml"
+    config.write_text(
+        '[[listeners]]\nport = 0\n[store]\ndurability = "fsync"\npath = "mqttd.db"\n'
+    )
+    expiry = [(SESSION_EXPIRY, 60)]
+    async with run_mqttd(config) as broker:
+        process, port = broker.proc, broker.ports["tcp"]
+        sub = await connect5(port, "phone", expiry)
+        await sub.subscribe(1, ("k/#", 1), properties=[(SUBSCRIPTION_ID, 3)])
+        pub = await connect5(port, "pub", [])
+        user = [(USER_PROPERTY, ("k", "v"))]
+        await pub.send(wire5.publish("k/1", b"unacked", 1, pid=1, version=5, properties=user))
+        assert (await pub.read()).name == "PUBACK"
+        got = await sub.read()
+        assert got.payload == b"unacked"
+        process.kill()
+        with trio.fail_after(TIMEOUT_S):
+            await process.wait()
+    database = tmp_path / "mqttd.db"
+    with sqlite3.connect(database) as shift:  # the CONNECT was an hour before the kill
+        shift.execute("UPDATE sessions SET last_seen = last_seen - 3600")
+
+    async with run_mqttd(config) as broker:
+        sub = await connect5(broker.ports["tcp"], "phone", expiry)
+        got = await sub.read()
+        assert (got.payload, got.dup) == (b"unacked", True)
+        assert got.user_properties == [("k", "v")]
+        assert got.props_all(SUBSCRIPTION_ID) == [3]

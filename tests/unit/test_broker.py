@@ -4,6 +4,8 @@ persistent-session ownership and expiry."""
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterable
+from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -12,6 +14,7 @@ from mqttd.broker import Broker, retained_cost
 from mqttd.config import LimitsConfig
 from mqttd.message import Message
 from mqttd.session import Session
+from mqttd.store import StoredDelivery, StoredSession, StoredState
 
 
 def broker(**limits: object) -> Broker:
@@ -167,3 +170,106 @@ def test_expire_sessions_removes_long_offline_persistent_ones() -> None:
     fresh.last_seen = 1000.0
     assert b.expire_sessions(500.0, now=1100.0) == 1
     assert set(b.sessions) == {"fresh"}
+
+
+class SavedSessions:
+    """A store fake that keeps what ``session_saved``/``session_deleted`` were told."""
+
+    def __init__(self) -> None:
+        self.saved: list[tuple[str, int | None, bool]] = []
+        self.deleted: list[str] = []
+        self.recorded = 0
+
+    def session_saved(
+        self,
+        client_id: str,
+        owner: str | None,
+        expiry_interval: int | None = None,
+        *,
+        connected: bool = False,
+    ) -> None:
+        self.saved.append((client_id, expiry_interval, connected))
+
+    def session_deleted(self, client_id: str, messages: Iterable[Message]) -> None:
+        self.deleted.append(client_id)
+
+    def subscription_set(self, client_id: str, topic_filter: str, qos: int) -> None:
+        pass
+
+
+def test_store_learns_every_session_expiry_interval() -> None:
+    """A persistent MQTT 5 session is saved with its Session Expiry Interval at CONNECT, when a
+    new CONNECT resumes it with another one, and when a DISCONNECT changed it (3.14.2.2.2)."""
+    store = SavedSessions()
+    b = Broker(LimitsConfig(), store)  # type: ignore[arg-type]
+    session, _ = b.open_session("c", False, mqtt5=True, expiry=60)
+    b.end_session(session)
+    session, present = b.open_session("c", False, mqtt5=True, expiry=120)
+    assert present
+    session.expiry_interval = 30  # what a DISCONNECT with Session Expiry Interval 30 sets
+    b.end_session(session)
+    assert store.saved == [("c", 60, True), ("c", 60, False), ("c", 120, True), ("c", 30, False)]
+
+
+def stored_v5(client_id: str, last_seen: float, interval: int, **fields: Any) -> StoredSession:
+    return StoredSession(client_id, last_seen, expiry_interval=interval, **fields)
+
+
+def test_restored_session_expires_after_its_interval() -> None:
+    """A restored offline MQTT 5 session keeps its interval and expires at last_seen plus it;
+    one whose deadline passed while nobody hosted it is expired at once, and counted."""
+    store = SavedSessions()
+    b = Broker(LimitsConfig(), store)  # type: ignore[arg-type]
+    kept = b.restore_session(stored_v5("kept", 1000.0, 100, subscriptions={"t": 1}), now=1050.0)
+    assert kept.expiry_interval == 100
+    b.restore_session(stored_v5("late", 1000.0, 40), now=1050.0)
+    assert set(b.sessions) == {"kept"}
+    assert b.stats.sessions_expired == 1
+    assert store.deleted == ["late"]
+    b.schedule.run_due(1099.0)
+    assert "kept" in b.sessions
+    b.schedule.run_due(1100.0)
+    assert "kept" not in b.sessions
+    assert not b.tree.matches("t")
+    assert b.stats.sessions_expired == 2
+
+
+def test_restored_session_whose_client_was_connected_counts_from_now() -> None:
+    """A session saved while its client was connected (the broker, or its node, stopped)
+    lost its connection no later than now: its interval counts from the restore."""
+    store = SavedSessions()
+    b = Broker(LimitsConfig(), store)  # type: ignore[arg-type]
+    session = b.restore_session(stored_v5("c", 1000.0, 60, connected=True), now=5000.0)
+    assert session.last_seen == 5000.0
+    assert store.saved == [("c", 60, False)]
+    b.schedule.run_due(5059.0)
+    assert "c" in b.sessions
+    b.schedule.run_due(5060.0)
+    assert "c" not in b.sessions
+
+
+def test_restored_deliveries_keep_their_subscription_identifiers() -> None:
+    """Queued and in-flight deliveries are sent with the Subscription Identifiers they were
+    stored with ([MQTT-3.3.4-3])."""
+    b = broker()
+    stored = StoredSession("c", 0.0)
+    stored.deliveries = [
+        StoredDelivery(1, Message("a", b"1", 1), 1, False, 1, False, (7,)),
+        StoredDelivery(2, Message("b", b"2", 1), 1, False, None, False, (3, 9)),
+    ]
+    session = b.restore_session(stored)
+    assert session.inflight[1].subscription_ids == (7,)
+    assert session.queue[0][4] == (3, 9)  # type: ignore[index]
+
+
+def test_restored_retained_message_leaves_when_it_expires() -> None:
+    """A retained message restored from the store still leaves when its Message Expiry
+    Interval passes."""
+    b = broker()
+    expiring = Message("r", b"x", 0, True, expires_at=1000.0)
+    b.restore(StoredState({}, [expiring, Message("k", b"y", 0, True)]))
+    b.schedule.run_due(999.0)
+    assert b.retained.get("r") is expiring
+    b.schedule.run_due(1000.0)
+    assert b.retained.get("r") is None
+    assert b.retained_count == 1
