@@ -26,12 +26,19 @@ to it, and Redis (through coredis) joins the nodes into one broker:
   the Wills of its clients are published, its routes removed, the persistent sessions it
   hosted adopted (with the messages still in its inbox for them), its registry entries dropped.
   A node that restarts under the same id first cleans up after its previous life.
+  An MQTT 5 Will is published with its properties, and at once even with a Will Delay
+  Interval: part of the delay ran while the death went unnoticed (up to ``node_timeout_s``),
+  and a Will held back on the survivor would be lost if the survivor died too, or sent
+  although its client came back in time through a node that cannot cancel it. An adopted
+  session keeps its Session Expiry Interval, counted from its last disconnect (from now when
+  its client was connected to the dead node).
 """
 
 from __future__ import annotations
 
 import itertools
 import socket
+import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any
@@ -46,8 +53,8 @@ from mqttd.broker import Broker
 from mqttd.cluster.client import PureToken
 from mqttd.cluster.redis_store import RedisStore
 from mqttd.cluster.routes import ClusterRoutes
-from mqttd.cluster.wire import Keys, unpack_message, unpack_will
-from mqttd.codec.packets import Will
+from mqttd.cluster.wire import Keys, unpack_delivery, unpack_message, unpack_will
+from mqttd.codec.packets import NO_PROPERTIES, Will
 from mqttd.config import ClusterConfig, LimitsConfig
 from mqttd.errors import TakeOverFailed
 from mqttd.message import Message
@@ -122,6 +129,19 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes | bytearray) else str(value)
 
 
+class _AllBut:
+    """Every client id but those in ``kept``: ``Broker.route``'s ``skip`` when only a few
+    sessions may get a message."""
+
+    __slots__ = ("kept",)
+
+    def __init__(self, kept: set[str]) -> None:
+        self.kept = kept
+
+    def __contains__(self, client_id: object) -> bool:
+        return client_id not in self.kept
+
+
 class ForwardingSession(Session):
     """Stands in for a persistent session handed over to another node, with its
     subscriptions: every message offered to it goes on to that node, aimed at the session."""
@@ -142,7 +162,9 @@ class ForwardingSession(Session):
         retain: bool = False,
         subscription_ids: tuple[int, ...] = (),
     ) -> OfferResult:
-        self._cluster_store.forward_to(self._target, self.client_id, message, qos)
+        self._cluster_store.forward_to(
+            self._target, self.client_id, message, qos, retain, subscription_ids
+        )
         return OfferResult.SENT
 
 
@@ -201,8 +223,9 @@ class ClusterNode:
         self._requests: dict[str, trio.Event] = {}
         #: sessions being handed over to this node -> cluster ids of messages delivered
         self._handover: dict[str, set[bytes]] = {}
-        #: sessions being loaded here -> messages aimed at them meanwhile
-        self._loading: dict[str, list[tuple[Message, int, bytes | None]]] = {}
+        #: sessions being loaded here -> messages aimed at them meanwhile (message, QoS,
+        #: cluster id, Subscription Identifiers)
+        self._loading: dict[str, list[tuple[Message, int, bytes | None, tuple[int, ...]]]] = {}
         #: sessions handed over to other nodes, still forwarding to them
         self._forwarders: dict[str, ForwardingSession] = {}
         self._request_ids = itertools.count(1)
@@ -264,20 +287,22 @@ class ClusterNode:
                 store.client_here(client_id)
             if session.clean_session or isinstance(session, ForwardingSession):
                 continue
-            store.session_saved(client_id, session.owner)
+            store.session_saved(
+                client_id, session.owner, session.expiry_interval, connected=session.connected
+            )
             for topic_filter, qos in session.subscriptions.items():
                 store.subscription_set(client_id, topic_filter, qos)
             for packet_id, outgoing in session.inflight.items():
                 store.delivery_added(
                     client_id, outgoing.seq, outgoing.message, outgoing.qos, outgoing.retain,
-                    packet_id,
+                    packet_id, outgoing.subscription_ids,
                 )  # fmt: skip
                 if outgoing.released:
                     store.delivery_released(client_id, outgoing.seq)
             for entry in session.queue:
                 if isinstance(entry, tuple) and entry[1]:
-                    message, qos, retain, seq, _ = entry
-                    store.delivery_added(client_id, seq, message, qos, retain, None)
+                    message, qos, retain, seq, identifiers = entry
+                    store.delivery_added(client_id, seq, message, qos, retain, None, identifiers)
             for packet_id in session.awaiting_release:
                 store.incoming_added(client_id, packet_id)
         for client_id, will in self._wills.items():
@@ -511,7 +536,7 @@ class ClusterNode:
             if seq and seq <= self._seen.get(origin, 0):
                 return  # a copy of a forward sent again after a connection error
             self._seen[origin] = seq
-            message = unpack_message(bytes(packed))
+            message, identifiers = unpack_delivery(bytes(packed))
             message_id = fields.get(b"i")
             message.cluster_id = message_id
             self.received += 1
@@ -519,7 +544,8 @@ class ClusterNode:
             if target is not None:
                 client_id = _text(target)
                 if only is None or client_id in only:
-                    self._deliver_to(client_id, message, int(fields[b"g"]), message_id)
+                    qos = int(fields[b"g"])
+                    self._deliver_to(client_id, message, qos, message_id, identifiers)
             elif only is not None:
                 self._route_to(message, only)
             elif self._handover:
@@ -548,14 +574,9 @@ class ClusterNode:
                 event.set()
 
     def _route_to(self, message: Message, client_ids: set[str]) -> None:
-        """Deliver ``message`` only to the sessions ``client_ids`` (adopted ones)."""
-        broker = self.broker
-        for client_id, granted in broker.tree.match(message.topic).items():
-            session = broker.sessions.get(client_id)
-            if client_id in client_ids and session is not None:
-                qos = granted if granted < message.qos else message.qos
-                if session.offer(message, qos) is OfferResult.DROPPED:
-                    broker.stats.messages_dropped += 1
+        """Deliver ``message`` only to the sessions ``client_ids`` (adopted ones), as the
+        broker routes (subscription options and identifiers included)."""
+        self.broker.route(message, from_cluster=True, skip=_AllBut(client_ids))
 
     # -- client ids across nodes -----------------------------------------------------------------
     #
@@ -614,8 +635,8 @@ class ClusterNode:
             seen = self._handover[client_id] = set()
             first = self.store.recorded
             self.broker.restore_session(stored)
-            for message, qos, message_id in self._loading.pop(client_id, ()):
-                self._deliver_to(client_id, message, qos, message_id)
+            for message, qos, message_id, identifiers in self._loading.pop(client_id, ()):
+                self._deliver_to(client_id, message, qos, message_id, identifiers)
             # Its routes in place everywhere before CONNACK, then B may stop forwarding.
             last = self.store.recorded
             await self.store.durable(last)
@@ -697,12 +718,19 @@ class ClusterNode:
             self.broker.drop_forwarder(client_id, forwarder)
 
     def _deliver_to(
-        self, client_id: str, message: Message, qos: int, message_id: bytes | None
+        self,
+        client_id: str,
+        message: Message,
+        qos: int,
+        message_id: bytes | None,
+        subscription_ids: tuple[int, ...] = (),
     ) -> None:
-        """A message aimed at one session (forwarded by its previous node)."""
+        """A message aimed at one session (forwarded by its previous node, with the RETAIN
+        flag -- ``message.retain`` -- and Subscription Identifiers of its delivery)."""
         pending = self._loading.get(client_id)
         if pending is not None and client_id not in self.broker.sessions:
-            pending.append((message, qos, message_id))  # delivered once the session is here
+            # delivered once the session is here
+            pending.append((message, qos, message_id, subscription_ids))
             return
         seen = self._handover.get(client_id)
         if seen is None:
@@ -716,7 +744,7 @@ class ClusterNode:
             return
         if session.may_receive is not None and not session.may_receive(message.topic):
             return
-        if session.offer(message, qos) is OfferResult.DROPPED:
+        if session.offer(message, qos, message.retain, subscription_ids) is OfferResult.DROPPED:
             self.broker.stats.messages_dropped += 1
 
     def _handed_over(self, message: Message, message_id: bytes | None) -> set[str]:
@@ -778,7 +806,21 @@ class ClusterNode:
             if owner is not None and _text(owner) != dead:
                 continue
             will = unpack_will(bytes(packed))
-            self.broker.publish(will.topic, will.message, will.qos, will.retain)
+            # At once, Will Delay Interval or not (see the module docstring); an MQTT 5 Will
+            # with its properties, its Message Expiry Interval starting now.
+            if will.properties is NO_PROPERTIES:
+                self.broker.publish(will.topic, will.message, will.qos, will.retain)
+            else:
+                self.broker.publish_message(
+                    Message.from_publish(
+                        will.topic,
+                        will.message,
+                        will.qos,
+                        will.retain,
+                        will.properties,
+                        time.time(),
+                    )
+                )
             self.wills_published += 1
         await redis.delete([keys.wills(dead)])
         if not previous_self:

@@ -14,8 +14,11 @@ from typing import Any
 
 import pytest
 import trio
+import trio.testing
 
+from conformance import wire as wire5
 from conformance.broker_process import run_mqttd
+from conformance.wire import Packet
 from mqttd.config import (
     BrokerConfig,
     ClusterConfig,
@@ -26,8 +29,20 @@ from mqttd.config import (
 )
 from mqttd.server import Server, serve
 from tests.helpers import wire
-from tests.helpers.client import WireClient, connect_client, subscribe, sync
+from tests.helpers.client import OPEN_CLIENTS, WireClient, connect_client, subscribe, sync
 from tests.helpers.redis_server import RedisServer, redis_sentinel, redis_server
+from tests.integration.test_23_mqtt5 import (
+    CONTENT_TYPE,
+    CORRELATION_DATA,
+    MESSAGE_EXPIRY,
+    PAYLOAD_FORMAT,
+    RESPONSE_TOPIC,
+    SESSION_EXPIRY,
+    SUBSCRIPTION_ID,
+    USER_PROPERTY,
+    WILL_DELAY,
+    Client5,
+)
 
 _prefixes = itertools.count(1)
 
@@ -432,3 +447,149 @@ async def test_nodes_find_redis_through_sentinel(
         await pub.send(wire.publish("s/1", b"via sentinel", qos=1, pid=1))
         await pub.expect(wire.puback(1))
         await sub.expect(wire.publish("s/1", b"via sentinel", qos=1, pid=1))
+
+
+async def open5(
+    port: int, client_id: str, *, clean: bool = True, **connect: Any
+) -> tuple[Client5, Packet]:
+    """An MQTT 5 client on ``port`` (its CONNACK read: accepted)."""
+    with trio.fail_after(10):
+        client = Client5(await trio.open_tcp_stream("127.0.0.1", port))
+    OPEN_CLIENTS.append(client)  # type: ignore[arg-type]  # closed after the test
+    await client.send(wire5.connect(client_id, clean, version=5, **connect))
+    connack = await client.read()
+    assert (connack.name, connack.reason) == ("CONNACK", 0), connack.describe()
+    return client, connack
+
+
+#: The properties a publisher's message carries across nodes, in this order.
+CARRIED = [
+    (PAYLOAD_FORMAT, 1),
+    (CONTENT_TYPE, "text/plain"),
+    (USER_PROPERTY, ("b", "2")),
+    (RESPONSE_TOPIC, "reply/here"),
+    (USER_PROPERTY, ("a", "1")),
+    (CORRELATION_DATA, b"\x00id"),
+]
+
+
+def assert_carried(got: Packet) -> None:
+    """``got`` carries the properties of ``CARRIED``, User Properties in order."""
+    assert got.prop(PAYLOAD_FORMAT) == 1
+    assert got.prop(CONTENT_TYPE) == "text/plain"
+    assert got.prop(RESPONSE_TOPIC) == "reply/here"
+    assert got.prop(CORRELATION_DATA) == b"\x00id"
+    assert got.user_properties == [("b", "2"), ("a", "1")]
+
+
+async def test_mqtt5_message_keeps_its_properties_across_nodes(nodes: Nodes) -> None:
+    """An MQTT 5 message published on node A reaches an MQTT 5 subscriber on node B with its
+    properties in order ([MQTT-3.3.2-17], [MQTT-3.3.2-18]), the Message Expiry Interval left
+    ([MQTT-3.3.2-6]) and B's Subscription Identifier ([MQTT-3.3.4-3]); a retained one reaches
+    a later subscription on B with them too."""
+    a = await nodes.start("a")
+    b = await nodes.start("b")
+    sub, _ = await open5(b.port(), "sub")
+    await sub.subscribe(1, ("t/#", 1), properties=[(SUBSCRIPTION_ID, 9)])
+    pub, _ = await open5(a.port(), "pub")
+    expiring = [*CARRIED, (MESSAGE_EXPIRY, 120)]
+    await pub.send(wire5.publish("t/x", b"hello", 1, pid=1, version=5, properties=expiring))
+    assert (await pub.read()).reason == 0  # a subscriber on another node counts
+    got = await sub.read()
+    assert (got.topic, got.payload, got.qos) == (b"t/x", b"hello", 1)
+    assert_carried(got)
+    assert got.props_all(SUBSCRIPTION_ID) == [9]
+    left = got.prop(MESSAGE_EXPIRY)
+    assert isinstance(left, int)
+    assert 0 < left <= 120
+    await sub.send(wire5.puback(got.pid or 0))
+    await pub.send(
+        wire5.publish("r/1", b"kept", 1, pid=2, retain=True, version=5, properties=CARRIED)
+    )
+    assert (await pub.read()).name == "PUBACK"
+    late, _ = await open5(b.port(), "late")
+    await late.subscribe(1, ("r/#", 0))
+    got = await late.read()
+    assert (got.payload, got.retain) == (b"kept", True)
+    assert_carried(got)
+
+
+async def test_mqtt5_session_moves_with_its_expiry_interval(nodes: Nodes) -> None:
+    """A persistent MQTT 5 session made on node A is in Redis with its Session Expiry
+    Interval and its queued delivery with properties and Subscription Identifier; it resumes
+    on node B (Session Present 1) with that delivery as it was stored."""
+    a = await nodes.start("a")
+    b = await nodes.start("b")
+    expiry = [(SESSION_EXPIRY, 600)]
+    phone, _ = await open5(a.port(), "phone", clean=False, properties=expiry)
+    await phone.subscribe(1, ("q/#", 1), properties=[(SUBSCRIPTION_ID, 4)])
+    await phone.send(wire5.disconnect())
+    await phone.closed()
+    pub, _ = await open5(a.port(), "pub")
+    await pub.send(wire5.publish("q/1", b"while away", 1, pid=1, version=5, properties=CARRIED))
+    assert (await pub.read()).name == "PUBACK"
+    node_b = b.state.cluster
+    assert node_b is not None
+    stored = await node_b.store.load_session("phone")
+    assert stored is not None
+    assert stored.expiry_interval == 600
+    assert [d.subscription_ids for d in stored.deliveries] == [(4,)]
+    phone, connack = await open5(b.port(), "phone", clean=False, properties=expiry)
+    assert connack.session_present
+    got = await phone.read()
+    assert (got.topic, got.payload) == (b"q/1", b"while away")
+    assert_carried(got)
+    assert got.props_all(SUBSCRIPTION_ID) == [4]
+    await phone.send(wire5.puback(got.pid or 0))
+    await phone.send(wire5.disconnect(properties=[(SESSION_EXPIRY, 300)]))
+    await phone.closed()
+    await trio.testing.wait_all_tasks_blocked()  # B has ended the connection ...
+    await node_b.store.durable(node_b.store.recorded)  # ... and Redis has what it recorded
+    stored = await node_b.store.load_session("phone")
+    assert stored is not None
+    assert stored.expiry_interval == 300  # the DISCONNECT's, in Redis too
+
+
+@pytest.mark.slow
+async def test_a_killed_nodes_mqtt5_session_and_will_live_on(
+    nodes: Nodes, redis: RedisServer, prefix: str, tmp_path: Path
+) -> None:
+    """kill -9 of a node: the survivor adopts its MQTT 5 persistent session with its Session
+    Expiry Interval, which it then enforces (3.1.2.11.2), and publishes the Will of its
+    client with the Will Properties' User Property (at once, Will Delay or not)."""
+    config = tmp_path / "a.toml"
+    config.write_text(
+        '[[listeners]]\ntype = "tcp"\nhost = "127.0.0.1"\nport = 0\n'
+        '[store]\ndurability = "memory"\n'
+        f'[cluster]\nredis_url = "{redis.url}"\nnode_id = "a"\nkey_prefix = "{prefix}"\n'
+        "node_timeout_s = 1.5\n"
+    )
+    b = await nodes.start("b")
+    watcher, _ = await open5(b.port(), "watcher")
+    await watcher.subscribe(1, ("wills/#", 0))
+    expiry = [(SESSION_EXPIRY, 600)]
+    async with run_mqttd(config) as a:
+        port_a = a.ports["tcp"]
+        phone, _ = await open5(port_a, "phone", clean=False, properties=expiry)
+        await phone.subscribe(1, ("p/#", 1), properties=[(SUBSCRIPTION_ID, 2)])
+        await phone.send(wire5.disconnect())
+        await phone.closed()
+        await open5(
+            port_a,
+            "doomed",
+            clean=False,
+            properties=expiry,
+            will=("wills/doomed", b"gone"),
+            will_properties=[(WILL_DELAY, 30), (USER_PROPERTY, ("why", "crash"))],
+        )
+        a.proc.kill()  # SIGKILL: no Will, no goodbye
+    with trio.fail_after(15):
+        will = await watcher.read()  # sent once the survivor has adopted the sessions
+    assert (will.topic, will.payload) == (b"wills/doomed", b"gone")
+    assert will.user_properties == [("why", "crash")]
+    adopted = b.broker.sessions["phone"]
+    assert adopted.expiry_interval == 600
+    b.broker.schedule.run_due(adopted.last_seen + 599)
+    assert "phone" in b.broker.sessions
+    b.broker.schedule.run_due(adopted.last_seen + 600)
+    assert "phone" not in b.broker.sessions
