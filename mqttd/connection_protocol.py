@@ -69,7 +69,7 @@ from mqttd.enhanced_auth import Exchange, Outcome, Step
 from mqttd.errors import LocalProtocolError, MalformedPacket, ProtocolError, ProtocolViolation
 from mqttd.message import Message
 from mqttd.protocol import ClientProtocol, connack_bytes
-from mqttd.protocol5 import NEVER_EXPIRES, ClientProtocol5
+from mqttd.protocol5 import NEVER_EXPIRES, ClientProtocol5, encode_within
 from mqttd.session import Peer, Ready, Session
 
 if TYPE_CHECKING:
@@ -664,8 +664,9 @@ class ConnectionProtocol:
         connects = self.server.broker.stats.connects
         connects[reason] = connects.get(reason, 0) + 1
         if mqtt5:
-            properties = Properties(reason_string=reason)
-            self._early = encode(Connack(False, code, properties), version=5)
+            limit = connect.properties.maximum_packet_size or 0 if connect is not None else 0
+            connack = Connack(False, code, Properties(reason_string=reason))
+            self._early = encode_within(connack, limit)  # [MQTT-3.2.2-19]
         else:
             self._early = connack_bytes(False, code)
         self.state = State.CLOSING
@@ -682,7 +683,7 @@ class ConnectionProtocol:
             if code is None:
                 is_malformed = isinstance(exc, MalformedPacket)
                 code = ReasonCode.MALFORMED_PACKET if is_malformed else ReasonCode.PROTOCOL_ERROR
-            session.send_packet(_disconnect(code, exc.reason))
+            session.send_packet(_disconnect(code, exc.reason, session))
             return Close(exc.reason, flush=True)
         return Close(exc.reason)
 
@@ -692,9 +693,9 @@ class ConnectionProtocol:
         code = _FAREWELL.get(reason)
         if code is None or self.state is not State.CONNECTED:
             return b""
-        if not isinstance(self._client, ClientProtocol5):
+        if not isinstance(self._client, ClientProtocol5) or self.session is None:
             return b""
-        return _disconnect(code, reason)
+        return _disconnect(code, reason, self.session)
 
     def _closing(self, reason: str) -> Close:
         self.state = State.CLOSING
@@ -912,9 +913,12 @@ def _varint(n: int) -> bytes:
             return bytes(out)
 
 
-def _disconnect(code: int, reason: str) -> bytes:
-    """An MQTT 5 DISCONNECT from the server, with a Reason String (3.14.2.2.3)."""
-    return encode(Disconnect(code, Properties(reason_string=reason)), version=5)
+def _disconnect(code: int, reason: str, session: Session) -> bytes:
+    """An MQTT 5 DISCONNECT from the server, with a Reason String (3.14.2.2.3) if the
+    client's Maximum Packet Size leaves room for it ([MQTT-3.14.2-3])."""
+    peer = session.peer
+    limit = peer.maximum_packet_size if peer is not None else 0
+    return encode_within(Disconnect(code, Properties(reason_string=reason)), limit)
 
 
 def _set_session_expiry(session: Session, value: int) -> None:

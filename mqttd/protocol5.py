@@ -23,6 +23,7 @@ Information to 0 [MQTT-3.1.2-29].
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from typing import Any
@@ -190,7 +191,12 @@ class ClientProtocol5(ClientProtocol):
             )
 
     def _ack(self, packet: Puback) -> None:
-        self.session.send_packet(encode(packet, version=5))
+        self.session.send_packet(encode_within(packet, self._packet_limit()))
+
+    def _packet_limit(self) -> int:
+        """The client's Maximum Packet Size (0: none)."""
+        peer = self.session.peer
+        return peer.maximum_packet_size if peer is not None else 0
 
     def _pubrec5(self, packet: Pubrec) -> None:
         self.session.on_pubrec(packet.packet_id, packet.reason_code)
@@ -242,7 +248,8 @@ class ClientProtocol5(ClientProtocol):
         if refused and self.logs.first("subscribe_refused"):
             log.warning("subscribe_refused", count=len(refused), first_code=refused[0])
         properties = self._problem("subscription refused") if refused else NO_PROPERTIES
-        session.send_packet(encode(Suback(packet.packet_id, tuple(codes), properties), version=5))
+        suback = Suback(packet.packet_id, tuple(codes), properties)
+        session.send_packet(encode_within(suback, self._packet_limit()))
         subscription_ids = (identifier,) if identifier else ()
         for topic_filter, value in granted:
             handling = (value >> 4) & 3
@@ -285,6 +292,16 @@ class ClientProtocol5(ClientProtocol):
         if self._reauthenticate is None:
             raise ProtocolViolation("auth_without_enhanced_authentication", reason_code=0x82)
         self._reauthenticate(packet)
+
+
+def encode_within(packet: Any, limit: int) -> bytes:
+    """``packet`` encoded for MQTT 5, without its properties (the Reason String) when they
+    would make it larger than the client's Maximum Packet Size ``limit`` (0: none)
+    ([MQTT-3.1.2-24]; 3.4.2.2.2 and the like: the Reason String is left out first)."""
+    data = encode(packet, version=5)
+    if limit and len(data) > limit and packet.properties is not NO_PROPERTIES:
+        data = encode(dataclasses.replace(packet, properties=NO_PROPERTIES), version=5)
+    return data
 
 
 def _is_utf8(payload: bytes) -> bool:
