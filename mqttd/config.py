@@ -393,22 +393,25 @@ class BridgeConfig:
             name); unset uses the system's trusted CAs.
         certfile: tls/wss: PEM client certificate chain, for remotes that require one.
         keyfile: tls/wss: PEM private key of certfile (unset: certfile holds it).
-        protocol: MQTT version spoken to the remote: "3.1.1" or "3.1".
+        protocol: MQTT version spoken to the remote: "3.1.1", "3.1" or "5" (MQTT 5: message
+            properties cross the bridge, and the in-topics' subscriptions are No Local).
         try_private: tell the remote this is a bridge (protocol level with its high bit set,
             as Mosquitto does), so it does not send the bridge's own messages back; turn off
-            for remotes that refuse such a CONNECT.
+            for remotes that refuse such a CONNECT. Ignored with protocol "5", whose No Local
+            subscriptions do the same in the standard way (Mosquitto sets no bit there either).
         client_id: the client id on the remote broker; default "<name>.<host name>".
         username: user name on the remote broker.
-        password: password on the remote broker (requires username).
+        password: password on the remote broker (requires username, except with MQTT 5).
         keepalive: Keep Alive in seconds: a PINGREQ after this long without traffic, and the
             link is dropped when its PINGRESP does not come within as long again; 0 turns it
             off.
         clean_session: CleanSession on the remote: false keeps the bridge's subscriptions and
-            the messages for it on the remote while the link is down.
+            the messages for it on the remote while the link is down. MQTT 5: Clean Start, with
+            a Session Expiry Interval of 0xFFFFFFFF (never) when false, 0 when true.
         topics: [[bridges.topics]] tables, each with the keys pattern, direction, qos,
             local_prefix and remote_prefix (see the README's "Bridges"); at least one.
         max_inflight_messages: QoS 1/2 messages sent to the remote and not yet acknowledged;
-            unset: limits.max_inflight_messages.
+            unset: limits.max_inflight_messages; an MQTT 5 remote's Receive Maximum may lower it.
         max_queued_messages: messages queued for the remote (while it is away, or beyond the
             inflight window); more are dropped, counted and logged; unset:
             limits.max_queued_messages.
@@ -428,7 +431,7 @@ class BridgeConfig:
     cafile: Path | None = None
     certfile: Path | None = None
     keyfile: Path | None = None
-    protocol: Literal["3.1.1", "3.1"] = "3.1.1"
+    protocol: Literal["3.1.1", "3.1", "5"] = "3.1.1"
     try_private: bool = True
     client_id: str | None = None
     username: str | None = None

@@ -7,7 +7,10 @@ TCP, then TLS (tls, wss), then the WebSocket handshake (ws, wss), all within
 ``LinkProtocol``. When every address failed, or a link that was up ended, the next attempt
 waits for ``Backoff`` (exponential, with jitter). Failures are logged once per episode --
 WARNING for the first, and again only when the reason changes; DEBUG otherwise -- so a wrong
-password costs one log line and a few connections a minute, not a busy loop.
+password costs one log line and a few connections a minute, not a busy loop. A link that came
+up resets the backoff, unless an MQTT 5 remote ended it with an error DISCONNECT (other than
+server shutting down or keep alive timeout): a remote that accepts the bridge only to send it
+away again (a second bridge with the same client id, say) is retried ever more slowly too.
 
 A link runs three tasks in one nursery: the reader feeds the protocol and does what its actions
 say, the writer sends the protocol's output (after the durable store has committed what it
@@ -34,6 +37,7 @@ import trio
 from mqttd.bridge.backoff import Backoff
 from mqttd.bridge.protocol import (
     NEED_DATA,
+    TRANSIENT_DISCONNECTS,
     WAIT_FOR_OUTPUT,
     WAIT_FOR_STORE,
     Close,
@@ -61,6 +65,8 @@ __all__ = [
 log = structlog.get_logger("mqttd.bridge")
 
 RECEIVE_SIZE = 65536
+#: How long the DISCONNECT after a remote's protocol error may take to write (MQTT 5).
+FAREWELL_TIMEOUT_S = 1.0
 
 #: Opens a stream to (host, port): TCP, then TLS and WebSocket as the bridge's transport says.
 Connector = Callable[[str, int], Awaitable[trio.abc.Stream]]
@@ -159,6 +165,21 @@ class _End:
             self.scope.cancel()
 
 
+async def _send_farewell(stream: trio.abc.Stream, data: bytes) -> None:
+    """Write the MQTT 5 DISCONNECT that says why the bridge closes, if the stream still
+    takes it within a second; the link ends either way."""
+    with trio.move_on_after(FAREWELL_TIMEOUT_S):
+        try:
+            await stream.send_all(data)
+        except (
+            trio.BrokenResourceError,
+            trio.ClosedResourceError,
+            trio.BusyResourceError,
+            OSError,
+        ):
+            pass
+
+
 def _describe(exc: BaseException) -> str:
     """A failed connection attempt, in a few words (for the log)."""
     if isinstance(exc, trio.TooSlowError):
@@ -208,6 +229,7 @@ class Bridge:
             try_private=config.try_private,
             connect_timeout_s=config.connect_timeout_s,
             subscriptions=tuple(self.topics.in_subscriptions),
+            max_packet_size=state.broker.limits.max_packet_size,
         )
         self.endpoints = config.endpoints()
         if connect is None:
@@ -222,6 +244,7 @@ class Bridge:
         self.up = False
         self._changed = trio.Event()
         self._failure: str | None = None  # the reason of the current failure episode
+        self._failures_before_up = 0  # the backoff's count when the last link came up
 
     # -- state ------------------------------------------------------------------------------
 
@@ -324,18 +347,27 @@ class Bridge:
                         self._link_up(action, address)
                         rearm.set()  # the keepalive task: Keep Alive deadlines from now on
         finally:
+            farewell = protocol.farewell()
             protocol.close()
             with trio.CancelScope(shield=True):
+                if farewell:
+                    await _send_farewell(stream, farewell)
                 await trio.aclose_forcefully(stream)
             if came_up:
                 self._set_up(False)
         reason = end.reason or "cancelled"
         if came_up:
+            code = end.return_code
+            if code is not None and code >= 0x80 and code not in TRANSIENT_DISCONNECTS:
+                # The remote accepted the link, then sent it away with an error (a second
+                # bridge with our client id, a quota, ...): keep backing off as for a refusal.
+                self.backoff.failures = self._failures_before_up
             log.info(
                 "bridge_disconnected",
                 bridge=self.name,
                 address=address,
                 reason=reason,
+                **({"reason_code": code} if code is not None else {}),
                 duration_s=round(trio.current_time() - started, 3),
                 packets_in=protocol.packets_in,
             )
@@ -344,6 +376,7 @@ class Bridge:
         return came_up
 
     def _link_up(self, up: LinkUp, address: str) -> None:
+        self._failures_before_up = self.backoff.failures
         self.backoff.reset()
         self.links += 1
         log.info(
@@ -352,6 +385,7 @@ class Bridge:
             address=address,
             session_present=up.session_present,
             client_id=self.settings.client_id,
+            protocol=self.config.protocol,
             queued=len(self.session.queue),
             inflight=len(self.session.inflight),
             attempts=self.attempts,

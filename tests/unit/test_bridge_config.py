@@ -162,6 +162,21 @@ def test_bridge_field_rules(write_config: Any, extra: str, key: str, message: st
     assert message in str(raised.value)
 
 
+def test_mqtt5_bridge_is_loaded(write_config: Any) -> None:
+    """protocol = "5"; MQTT 5 allows a password without a user name (3.1.2.9)."""
+    text = MINIMAL.replace('name = "edge"', 'name = "edge"\nprotocol = "5"\npassword = "token"')
+    (bridge,) = load_config(write_config(text)).bridges
+    assert (bridge.protocol, bridge.username, bridge.password) == ("5", None, "token")
+
+
+@pytest.mark.parametrize("value", ['"5.0"', "5", '"mqttv50"'])
+def test_protocol_names_one_of_three_versions(write_config: Any, value: str) -> None:
+    """Anything but "3.1.1", "3.1" or "5" is refused, naming the choices."""
+    text = MINIMAL.replace('name = "edge"', f'name = "edge"\nprotocol = {value}')
+    with pytest.raises(ConfigError, match=r"bridges.0..protocol: expected .*'5'"):
+        load_config(write_config(text))
+
+
 def test_bridge_without_topics_is_refused(write_config: Any) -> None:
     """A bridge must carry at least one topic."""
     text = MINIMAL.split("[[bridges.topics]]")[0]
