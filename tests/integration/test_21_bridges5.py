@@ -22,12 +22,16 @@ from mqttd.config import BridgeTopicConfig, LimitsConfig
 from tests.helpers.client import OPEN_CLIENTS, TIMEOUT_S
 from tests.integration.test_21_bridges import (
     REMOTES,
+    InProcess,
     MosquittoRemote,
     MqttdRemote,
+    Peer,
     Remote,
     assert_complete_in_order,
     bridge_to,
     exchange_markers,
+    mqttd_config,
+    needs_mosquitto,
     numbered,
     start_local,
 )
@@ -357,3 +361,44 @@ async def test_remote_keeps_the_bridge_session_while_the_link_is_down(
     assert_complete_in_order([p.payload for p in packets], sent, exactly_once=qos == 2)
     assert [p.props for p in packets] == [tuple(PROPERTIES)] * len(packets)
     assert local.bridge.links == 1
+
+
+@needs_mosquitto
+async def test_mosquitto_mqtt5_bridge_into_mqttd_does_not_storm(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    """Mosquitto's own MQTT 5 bridge into mqttd, `#` both ways: it sends no bridge bit, so mqttd
+    sees a client, whose No Local subscriptions keep its messages from coming back. (Its
+    default notifications would be refused -- a Will on a $SYS topic from a client -- hence
+    `notifications false`, as the README says.)"""
+    server = await InProcess(nursery, mqttd_config(tmp_path / "mqttd")).start()
+    mosquitto = MosquittoRemote(
+        tmp_path / "mosquitto",
+        extra=(
+            "connection into-mqttd\n"
+            f"address 127.0.0.1:{server.port()}\n"
+            "topic # both 1\n"
+            "bridge_protocol_version mqttv50\n"
+            "notifications false\n"
+            "cleansession true\n"
+            "remote_clientid mosquitto-bridge\n"
+        ),
+    )
+    ready = await Peer.connect(server.port(), "ready")
+    await ready.publish("ready/check", b"ready", 1, retain=True)
+    await mosquitto.start()
+    try:
+        probe = await Peer.connect(mosquitto.port, "probe")
+        await probe.subscribe(("ready/#", 1))
+        # The retained message crossed: Mosquitto's bridge is subscribed on mqttd.
+        assert (await probe.receive()).payload == b"ready"
+        await probe.close()
+        client = server.state.clients.get("mosquitto-bridge")
+        assert client is not None
+        decoder = client.protocol.decoder
+        assert (decoder.protocol_level, decoder.bridge) == (5, False)
+        before = server.broker.stats.messages_received
+        await exchange_markers(server.port(), mosquitto.port)
+        assert server.broker.stats.messages_received - before == 3
+    finally:
+        await mosquitto.stop()
