@@ -9,16 +9,22 @@ properties arrived. Every wait is bounded.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import random
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 import trio
+import trio.testing
 
 from conformance import wire
 from conformance.wire import Packet
-from mqttd.config import BridgeTopicConfig, LimitsConfig
+from mqttd.access import AccessControl
+from mqttd.bridge.link import Bridge
+from mqttd.broker import Broker
+from mqttd.config import BridgeConfig, BridgeTopicConfig, Config, LimitsConfig
+from mqttd.shared import ServerState
 from tests.helpers.client import OPEN_CLIENTS, TIMEOUT_S
 from tests.integration.test_21_bridges import (
     REMOTES,
@@ -402,3 +408,93 @@ async def test_mosquitto_mqtt5_bridge_into_mqttd_does_not_storm(
         assert server.broker.stats.messages_received - before == 3
     finally:
         await mosquitto.stop()
+
+
+# ---------------------------------------------------------------------------------------------
+# The driver: remote DISCONNECTs and the backoff, the DISCONNECT after a protocol error
+# ---------------------------------------------------------------------------------------------
+
+#: What a fake remote does once it has answered the CONNECT: gets the stream and the framer.
+Script = Callable[[trio.abc.Stream, wire.Framer], Awaitable[None]]
+
+
+async def run_fake_remote(script: Script, seconds: float) -> tuple[Bridge, int]:
+    """An MQTT 5 bridge (Mosquitto's delays: 5 s doubling to 30 s) to in-memory remotes that
+    accept each CONNECT and then follow ``script``; runs ``seconds`` of (autojump) trio time.
+
+    Returns:
+        The bridge, and how many connections it opened.
+    """
+    connections = 0
+
+    async def remote(stream: trio.abc.Stream) -> None:
+        framer = wire.Framer()
+        packets: list[bytes] = []
+        while not packets:
+            packets = framer.feed_raw(await stream.receive_some(4096))
+        assert packets[0][0] == 0x10  # CONNECT
+        await stream.send_all(wire.connack(False, 0, version=5))
+        await script(stream, framer)
+        await stream.aclose()
+
+    async def connect(host: str, port: int) -> trio.abc.Stream:
+        nonlocal connections
+        connections += 1
+        here, there = trio.testing.memory_stream_pair()
+        nursery.start_soon(remote, there)
+        return here
+
+    config = Config(
+        bridges=(
+            BridgeConfig(
+                name="b",
+                address=("remote",),
+                topics=(T("#", "out", 1),),
+                keepalive=0,
+                protocol="5",
+            ),
+        )
+    )
+    broker = Broker(LimitsConfig())
+    state = ServerState(config=config, broker=broker, access=AccessControl(config))
+    bridge = Bridge(state, config.bridges[0], connect=connect, rng=random.Random(5))
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(bridge.run)
+        await trio.sleep(seconds)
+        nursery.cancel_scope.cancel()
+    return bridge, connections
+
+
+@pytest.mark.parametrize(("code", "expected"), [(0x8E, (18, 40)), (0x8B, (150, 260))])
+async def test_remote_disconnects_are_retried_with_backoff(
+    autojump_clock: trio.testing.MockClock, code: int, expected: tuple[int, int]
+) -> None:
+    """A remote that accepts the bridge and at once sends it away with 0x8E (a second bridge
+    with the same client id) is retried ever more slowly, up to the cap: about 20 times in 10
+    minutes, not a flapping loop; after 0x8B (server shutting down) each reconnection waits
+    only the first delay (2.5 to 5 s: about 160 times)."""
+
+    async def disconnect(stream: trio.abc.Stream, framer: wire.Framer) -> None:
+        await stream.send_all(wire.disconnect(reason=code))
+
+    bridge, connections = await run_fake_remote(disconnect, 600.0)
+    low, high = expected
+    assert low <= connections <= high, connections
+    assert bridge.links == connections
+
+
+async def test_protocol_error_gets_a_disconnect_with_its_reason(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A remote that sends a Topic Alias (the bridge allowed none) gets DISCONNECT 0x94 Topic
+    Alias invalid before the bridge closes the connection."""
+    received: list[bytes] = []
+
+    async def alias(stream: trio.abc.Stream, framer: wire.Framer) -> None:
+        properties = [(wire.TOPIC_ALIAS, 1)]
+        await stream.send_all(wire.publish("t", b"x", version=5, properties=properties))
+        while data := await stream.receive_some(4096):
+            received.extend(framer.feed_raw(data))
+
+    await run_fake_remote(alias, 1.0)
+    assert received[0] == wire.disconnect(reason=0x94)
