@@ -150,7 +150,9 @@ def sample_of(scenario: str, broker: str, rnd: int, raw: dict[str, Any], st: Set
     elif "delivered" in raw:
         s.counts = {"delivered": raw["delivered"], "published": raw["published"]}
         s.costs = {"broker_us_per_delivery": _us(broker_s, raw["delivered"])}
-        if usage.commands:  # a cluster: each copy forwarded to another node is one XADD
+        if usage.commands and placement is not None:
+            # Several nodes: each copy forwarded to another node is one XADD (on one node the
+            # few XADDs are route-log entries, nothing to divide by).
             forwards = usage.calls("xadd")
             s.counts["forwards"] = forwards
             s.costs["redis_us_per_forward"] = _us(redis_s, forwards)

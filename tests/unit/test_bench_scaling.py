@@ -367,10 +367,11 @@ def test_two_workers_every_connection_found_and_counted(tmp_path: Path) -> None:
     assert sum(placement.per_worker.values()) == 40
     usage = r["usage"]
     assert usage.cpu_by_role["broker"] > 0
-    # Each message of a pair split over the workers is one XADD into the other's inbox (a few
-    # more XADDs are the nodes saying they applied the route log of the subscriptions).
+    # Each message of a pair split over the workers is one XADD into the other's inbox; up to
+    # a few per subscription more are the route log of the subscriptions and the nodes saying
+    # they applied it, when those land after the clock started.
     forwarded = placement.crossed * r["published"]
-    assert forwarded <= usage.calls("xadd") <= forwarded + 10
+    assert forwarded <= usage.calls("xadd") <= forwarded + 3 * 20
 
 
 @needs_redis
