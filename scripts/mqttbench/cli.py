@@ -100,6 +100,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     ap.add_argument("--rounds", type=int, help="rounds of --scaling (default 3; --quick 1)")
     ap.add_argument(
+        "--forms",
+        help="with --scaling: comma-separated subset of "
+        f"{','.join(scaling.SCALING_BROKERS)} (default: all)",
+    )
+    ap.add_argument(
         "--model",
         action="store_true",
         help="with --scaling: also the Redis cost probes and the 8/16-core model",
@@ -134,6 +139,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.from_json:
         return _from_json(args, argv)
+    if args.forms and not set(args.forms.split(",")) <= set(scaling.SCALING_BROKERS):
+        print(f"--forms: choose from {','.join(scaling.SCALING_BROKERS)}", file=sys.stderr)
+        return 2
     if args.model and not args.scaling:
         print("--model goes with --scaling", file=sys.stderr)
         return 2
@@ -279,8 +287,8 @@ def _run_scaling(
     """``--scaling`` (and ``--model``): the interleaved rounds, their tables, the model."""
     rounds = args.rounds or (1 if st.quick else 3)
     brokers = list(scaling.SCALING_BROKERS)
-    if args.broker:  # --scaling --broker X: only that form (a quick look)
-        brokers = [b for b in brokers if b == args.broker or b.startswith(args.broker + "-")]
+    if args.forms:
+        brokers = [b for b in brokers if b in args.forms.split(",")]
     probes = list(CLUSTER_PROBES) if args.model else []
     flows = [s for s in scenarios if s not in CLUSTER_PROBES]
     probes += [s for s in scenarios if s in CLUSTER_PROBES and s not in probes]
