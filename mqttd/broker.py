@@ -99,8 +99,9 @@ class ClusterLink(Protocol):
     """What the broker tells the cluster (``mqttd.cluster.node``), when there is one; all of
     it synchronous, recorded for the cluster's writer."""
 
-    def forward(self, message: Message) -> None:
-        """A message published here: send it to the other nodes with matching subscribers."""
+    def forward(self, message: Message) -> Container[str]:
+        """A message published here: send it to the other nodes with matching subscribers,
+        choosing one node per shared group; returns the groups another node serves."""
 
     def has_routes(self, topic: str) -> bool:
         """Whether another node has a subscriber matching ``topic``."""
@@ -214,6 +215,9 @@ class Broker:
             forwarder: takes the session's place, with its subscriptions, until
                 ``drop_forwarder``: messages still routed here meanwhile go on to the new node.
         """
+        # The client connected again, on another node: a delayed Will of its last
+        # connection here is not sent ([MQTT-3.1.3-9]).
+        self._will_on_reconnect(client_id, session_ended=False)
         session = self.sessions.pop(client_id, None)
         if session is None:
             return
@@ -228,10 +232,12 @@ class Broker:
         self.sessions[client_id] = forwarder
 
     def discard_session(self, client_id: str) -> None:
-        """End a session here and in the store (a clean session takes its client id)."""
+        """End a session here and in the store (a clean session takes its client id); a
+        delayed Will of its last connection here goes now (the session ended, 3.1.3.2)."""
         session = self.sessions.get(client_id)
         if session is not None:
             self._discard(session)
+        self._will_on_reconnect(client_id, session_ended=True)
 
     def drop_forwarder(self, client_id: str, forwarder: Session) -> None:
         """The new node routes the session's messages itself now: the forwarder goes."""
@@ -514,14 +520,19 @@ class Broker:
         from_cluster: bool = False,
         skip: Container[str] = (),
         publisher: str | None = None,
+        groups: Container[str] | None = None,
     ) -> None:
         """Offer ``message`` to every matching session, RETAIN=0 on the wire ([MQTT-3.3.1-9])
         unless a subscription asks for Retain As Published ([MQTT-3.3.1-13]); in a cluster
         also to the other nodes with matching subscribers, unless the message came from one
         of them (``from_cluster``). Sessions in ``skip`` already have it (a cluster's session
-        handover); ``publisher``'s subscriptions with No Local are passed over."""
+        handover); ``publisher``'s subscriptions with No Local are passed over.
+
+        Shared groups: one node of the cluster serves each (the publishing node chooses);
+        ``groups`` names the only ones this node serves for a message from another node."""
+        elsewhere: Container[str] = ()
         if self.cluster is not None and not from_cluster:
-            self.cluster.forward(message)
+            elsewhere = self.cluster.forward(message)
         matches = self.tree.matches(message.topic)
         if not matches:
             return
@@ -534,6 +545,10 @@ class Broker:
             if skip and client_id in skip:
                 continue
             if granted > 2:  # options beyond a QoS, overlapping ones, or a shared group
+                if granted == SHARED and (
+                    client_id in elsewhere or (groups is not None and client_id not in groups)
+                ):
+                    continue  # another node of the cluster serves this group this time
                 self._route_special(client_id, granted, message, publisher, skip)
                 continue
             session = sessions[client_id]
@@ -668,35 +683,35 @@ class Broker:
         shared = parse_shared(topic_filter)
         if shared is None:
             self.tree.subscribe(topic_filter, client_id, options)
-            route = topic_filter
         else:
-            group_name, route = shared
-            key = shared_key(group_name, route)
+            group_name, inner = shared
+            key = shared_key(group_name, inner)
             group = self.shared.get(key)
             if group is None:
-                group = self.shared[key] = SharedGroup(group_name, route)
-                self.tree.subscribe(route, key, SHARED)
+                group = self.shared[key] = SharedGroup(group_name, inner)
+                self.tree.subscribe(inner, key, SHARED)
             group.add(client_id, options)
         if is_new and self.cluster is not None:
-            self.cluster.filter_added(route)
+            # A shared subscription's route is the whole $share/ filter: the other nodes
+            # learn the group, and pick one node per group per message.
+            self.cluster.filter_added(topic_filter)
 
     def _remove_subscription(self, client_id: str, topic_filter: str) -> None:
         """Undo ``_add_subscription`` (the caller removes it from the session)."""
         shared = parse_shared(topic_filter)
         if shared is None:
             self.tree.unsubscribe(topic_filter, client_id)
-            route = topic_filter
         else:
-            group_name, route = shared
-            key = shared_key(group_name, route)
+            group_name, inner = shared
+            key = shared_key(group_name, inner)
             group = self.shared.get(key)
             if group is not None:
                 group.remove(client_id)
                 if not group.members:
                     del self.shared[key]
-                    self.tree.unsubscribe(route, key)
+                    self.tree.unsubscribe(inner, key)
         if self.cluster is not None:
-            self.cluster.filter_removed(route)
+            self.cluster.filter_removed(topic_filter)
 
     def deliver_retained(
         self,

@@ -40,7 +40,7 @@ import itertools
 import socket
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Container, Mapping
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -236,23 +236,46 @@ class ClusterNode:
         self.received = 0
         self.wills_published = 0
         self.sessions_adopted = 0
+        #: shared group key -> messages placed so far (the turn of the next one)
+        self._group_turns: dict[str, int] = {}
         self._nursery: trio.Nursery | None = None
         broker.store = self.store  # type: ignore[assignment]
         broker.cluster = self
 
     # -- the broker's ClusterLink (synchronous) ---------------------------------------------------
 
-    def forward(self, message: Message) -> None:
-        for node_id in self.routes.nodes_for(message.topic):
-            self.store.forward(node_id, message)
+    def forward(self, message: Message) -> Container[str]:
+        nodes, groups = self.routes.targets(message.topic)
+        elsewhere: set[str] = set()
+        assigned: dict[str, list[str]] = {}
+        if groups:
+            # One node per shared group, in turn among the nodes with members (this one
+            # included when it has some): one member of each group gets the message
+            # cluster-wide ([MQTT-4.8.2-3] across nodes).
+            local = self.broker.shared
+            turns = self._group_turns
+            for key, members in groups.items():
+                candidates = sorted(members)
+                if key in local:
+                    candidates.append(self.node_id)
+                turn = turns.get(key, 0)
+                turns[key] = turn + 1
+                chosen = candidates[turn % len(candidates)]
+                if chosen != self.node_id:
+                    elsewhere.add(key)
+                    assigned.setdefault(chosen, []).append(key)
+        for node_id in {*nodes, *assigned}:
+            self.store.forward(node_id, message, assigned.get(node_id, ()))
             self.forwarded += 1
         if self._handover:
             # A session being handed over here gets this message now, locally: a copy coming
             # back through its previous node must not be delivered again.
             self._handed_over(message, self.store.message_id(message))
+        return elsewhere
 
     def has_routes(self, topic: str) -> bool:
-        return bool(self.routes.nodes_for(topic))
+        nodes, groups = self.routes.targets(topic)
+        return bool(nodes or groups)
 
     def filter_added(self, topic_filter: str) -> None:
         if self.routes.local_added(topic_filter):
@@ -548,12 +571,13 @@ class ClusterNode:
                     self._deliver_to(client_id, message, qos, message_id, identifiers)
             elif only is not None:
                 self._route_to(message, only)
-            elif self._handover:
-                self.broker.route(
-                    message, from_cluster=True, skip=self._handed_over(message, message_id)
-                )
             else:
-                self.broker.route(message, from_cluster=True)
+                # The shared groups the publishing node chose this node to serve (none from
+                # a node older than shared groups across nodes).
+                named = fields.get(b"G")
+                groups = set(_text(named).split("\n")) if named else set()
+                skip = self._handed_over(message, message_id) if self._handover else ()
+                self.broker.route(message, from_cluster=True, skip=skip, groups=groups)
             return
         kind = fields.get(b"k")
         if kind == b"take":

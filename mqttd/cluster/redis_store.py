@@ -30,7 +30,7 @@ from __future__ import annotations
 import bisect
 import itertools
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
 import structlog
@@ -216,13 +216,18 @@ class RedisStore:
 
     # -- cluster operations ----------------------------------------------------------------------
 
-    def forward(self, node_id: str, message: Message) -> None:
-        """Send ``message`` to ``node_id``'s inbox (it has matching subscribers). QoS 0 is
-        dropped, and counted, while Redis is unreachable."""
+    def forward(self, node_id: str, message: Message, groups: Sequence[str] = ()) -> None:
+        """Send ``message`` to ``node_id``'s inbox (it has matching subscribers, or members
+        of the shared ``groups`` it is to serve). QoS 0 is dropped, and counted, while Redis
+        is unreachable."""
         if not self.link_up and message.qos == 0:
             self.forwards_dropped += 1
             return
-        self._record("forward", (node_id, self._fields(message)))
+        fields = self._fields(message)
+        if groups:
+            # Group keys hold no newline: control characters are refused in topic filters.
+            fields[b"G"] = "\n".join(groups).encode()
+        self._record("forward", (node_id, fields))
 
     def forward_to(
         self,
@@ -253,7 +258,8 @@ class RedisStore:
 
     def _fields(self, message: Message) -> dict[bytes, bytes]:
         return {
-            b"m": pack_delivery(message, message.qos, False),
+            # RETAIN as published: a subscription with Retain As Published needs it.
+            b"m": pack_delivery(message, message.qos, message.retain),
             b"i": self.message_id(message),
         }
 

@@ -593,3 +593,50 @@ async def test_a_killed_nodes_mqtt5_session_and_will_live_on(
     assert "phone" in b.broker.sessions
     b.broker.schedule.run_due(adopted.last_seen + 600)
     assert "phone" not in b.broker.sessions
+
+
+async def test_shared_group_across_nodes_gets_each_message_once(nodes: Nodes) -> None:
+    """A shared group with members on two nodes and a publisher on a third: each message
+    reaches one member of the group, cluster-wide ([MQTT-4.8.2-3]); both nodes' members get
+    some; an ordinary subscriber gets them all."""
+    a = await nodes.start("a")
+    b = await nodes.start("b")
+    c = await nodes.start("c")
+    members = []
+    for server, name in ((a, "ma"), (b, "mb")):
+        member = await connect_client(server.port(), name)
+        await subscribe(member, 1, ("$share/pool/jobs/+", 1))
+        members.append(member)
+    watcher = await connect_client(a.port(), "watcher")
+    await subscribe(watcher, 1, ("jobs/+", 0))
+    pub = await connect_client(c.port(), "pub")
+    count = 10
+    for pid in range(1, count + 1):
+        await pub.send(wire.publish(f"jobs/{pid}", b"%d" % pid, qos=1, pid=pid))
+        await pub.expect(wire.puback(pid))
+    for pid in range(1, count + 1):
+        await watcher.expect(wire.publish(f"jobs/{pid}", b"%d" % pid))
+    got: list[list[bytes]] = [[], []]
+    all_in = trio.Event()
+
+    async def collect(index: int, member: WireClient) -> None:
+        while True:
+            packet = await member.read_packet()
+            topic_length = int.from_bytes(packet[2:4], "big")
+            packet_id = packet[4 + topic_length : 6 + topic_length]
+            got[index].append(packet[6 + topic_length :])
+            await member.send(wire.puback(int.from_bytes(packet_id, "big")))
+            if sum(map(len, got)) == count:
+                all_in.set()
+
+    with trio.fail_after(30):
+        async with trio.open_nursery() as collectors:
+            for index, member in enumerate(members):
+                collectors.start_soon(collect, index, member)
+            await all_in.wait()
+            collectors.cancel_scope.cancel()
+        for member in members:
+            await sync(member)  # nothing more was on its way: no message went twice
+    assert sorted(got[0] + got[1], key=int) == [b"%d" % n for n in range(1, count + 1)]
+    assert got[0]
+    assert got[1]

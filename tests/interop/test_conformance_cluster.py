@@ -14,11 +14,10 @@ Two clusters, each run over TCP and over WebSocket:
 
 Each must end every case exactly as a single mqttd process does: the same status and the same
 detail (the choices the spec leaves to the broker), against a reference run on one process with
-the same settings in this module. No case differs, so ``EXPECTED_DIFFERENCES`` is empty: the
-cluster keeps the orderings the cases rely on (a SUBACK only once every node routes the filter,
-a retained message acknowledged on one node is seen from every node, a takeover's CONNACK only
-once the old connection on the other node is closed). An entry there needs a reason and a
-reproduction.
+the same settings in this module. The cluster keeps the orderings the cases rely on (a SUBACK
+only once every node routes the filter, a retained message acknowledged on one node is seen
+from every node, a takeover's CONNACK only once the old connection on the other node is
+closed); ``EXPECTED_DIFFERENCES`` lists the one case whose detail may differ, with the reason.
 """
 
 from __future__ import annotations
@@ -53,11 +52,17 @@ LISTENERS = listeners_toml("tcp", host="127.0.0.1") + listeners_toml(
     "ws", host="127.0.0.1", path="/mqtt"
 )
 NODE_IDS = ("a", "b", "c")
-#: The protocol levels run, as in test_conformance.py's mqttd run (MQTT 3.1 and 3.1.1 until
-#: mqttd speaks MQTT 5).
-PROTOCOLS = (3, 4)
-#: case id -> why a cluster may end it differently from one process (none does).
-EXPECTED_DIFFERENCES: dict[str, str] = {}
+#: The protocol levels run, as in test_conformance.py's mqttd run.
+PROTOCOLS = (3, 4, 5)
+#: case id -> why a cluster may end it differently from one process.
+EXPECTED_DIFFERENCES: dict[str, str] = {
+    "v5-publish-no-matching-subscribers": (
+        "the optional 0x10 depends on whether another case's '#' subscription is alive at "
+        "that moment (cases run 8 at a time); a node learns that another node's route went "
+        "a moment later, so a cluster answers 0x10 less often. The case passes either way; "
+        "only its reported choice differs."
+    ),
+}
 
 Outcomes = dict[str, tuple[str, str]]
 
