@@ -56,7 +56,9 @@ __all__ = ["Access", "Acl", "AclRule", "covers", "matches"]
 def is_bridge_state_topic(topic: str) -> bool:
     """``$SYS/broker/connection/<name>/state``: the one ``$`` topic a bridge may publish to
     (its connection state, 1 or 0, which a Mosquitto bridge sends as its Will and on
-    connecting). Mosquitto lets any client write it; mqttd only bridges."""
+    connecting). Mosquitto lets any client write it; mqttd lets a client marked as a bridge
+    (MQTT 3.1/3.1.1's bridge bit) write any name, and any other client only its own client id,
+    which is what Mosquitto's MQTT 5 bridge (no bridge bit) uses."""
     parts = topic.split("/")
     return (
         len(parts) == 5
@@ -360,8 +362,8 @@ class Acl:
     def for_client(self, *, username: str | None, client_id: str) -> ClientAcl:
         """The rules of one client, resolved once (patterns substituted) for its connection."""
         if self._allow_all:
-            return ClientAcl(None, False)
-        return ClientAcl(*self._rules_for(username, client_id))
+            return ClientAcl(None, False, client_id)
+        return ClientAcl(*self._rules_for(username, client_id), client_id)
 
     def can_subscribe(self, *, username: str | None, client_id: str, topic_filter: str) -> bool:
         """Whether the client may subscribe to ``topic_filter`` (SUBACK 0x80 if not).
@@ -417,14 +419,18 @@ def _check_subscription(rules: Sequence[AclRule], deny_everything: bool, topic_f
 class ClientAcl:
     """One client's ACL, resolved at CONNECT so per-message checks do no pattern work.
 
-    ``rules`` is None for the allow-all ACL (no ``acl_file``).
+    ``rules`` is None for the allow-all ACL (no ``acl_file``); ``client_id`` names the one
+    connection-state topic the client may write (see ``is_bridge_state_topic``).
     """
 
-    __slots__ = ("_deny_everything", "_rules")
+    __slots__ = ("_deny_everything", "_own_state_topic", "_rules")
 
-    def __init__(self, rules: Sequence[AclRule] | None, deny_everything: bool) -> None:
+    def __init__(
+        self, rules: Sequence[AclRule] | None, deny_everything: bool, client_id: str = ""
+    ) -> None:
         self._rules = None if rules is None else tuple(rules)
         self._deny_everything = deny_everything
+        self._own_state_topic = f"$SYS/broker/connection/{client_id}/state" if client_id else None
 
     @property
     def allows_everything(self) -> bool:
@@ -432,9 +438,12 @@ class ClientAcl:
         return self._rules is None
 
     def can_publish(self, topic: str, *, bridge: bool = False) -> bool:
-        """See ``Acl.can_publish``: never to ``$`` topics, except a bridge's own connection
-        state (``bridge``: the client connected as a bridge)."""
-        if topic.startswith("$") and not (bridge and is_bridge_state_topic(topic)):
+        """See ``Acl.can_publish``: never to ``$`` topics ([MQTT-4.7.2-1]), except a
+        connection state: any name for a bridge (``bridge``: connected with the bridge bit),
+        the client's own client id for any other client."""
+        if topic.startswith("$") and not (
+            topic == self._own_state_topic or (bridge and is_bridge_state_topic(topic))
+        ):
             return False
         if self._rules is None:
             return True

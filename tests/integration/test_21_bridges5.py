@@ -373,10 +373,10 @@ async def test_remote_keeps_the_bridge_session_while_the_link_is_down(
 async def test_mosquitto_mqtt5_bridge_into_mqttd_does_not_storm(
     nursery: trio.Nursery, tmp_path: Path
 ) -> None:
-    """Mosquitto's own MQTT 5 bridge into mqttd, `#` both ways: it sends no bridge bit, so mqttd
-    sees a client, whose No Local subscriptions keep its messages from coming back. (Its
-    default notifications would be refused -- a Will on a $SYS topic from a client -- hence
-    `notifications false`, as the README says.)"""
+    """Mosquitto's own MQTT 5 bridge into mqttd, `#` both ways, with its defaults: it sends no
+    bridge bit, so mqttd sees a client, whose No Local subscriptions keep its messages from
+    coming back; its notifications (a Will, and `1` on connecting, on
+    `$SYS/broker/connection/<its client id>/state`) are the one `$` topic a client may write."""
     server = await InProcess(nursery, mqttd_config(tmp_path / "mqttd")).start()
     mosquitto = MosquittoRemote(
         tmp_path / "mosquitto",
@@ -385,7 +385,6 @@ async def test_mosquitto_mqtt5_bridge_into_mqttd_does_not_storm(
             f"address 127.0.0.1:{server.port()}\n"
             "topic # both 1\n"
             "bridge_protocol_version mqttv50\n"
-            "notifications false\n"
             "cleansession true\n"
             "remote_clientid mosquitto-bridge\n"
         ),
@@ -403,6 +402,9 @@ async def test_mosquitto_mqtt5_bridge_into_mqttd_does_not_storm(
         assert client is not None
         decoder = client.protocol.decoder
         assert (decoder.protocol_level, decoder.bridge) == (5, False)
+        state = server.broker.retained.get("$SYS/broker/connection/mosquitto-bridge/state")
+        assert state is not None
+        assert state.payload == b"1"
         before = server.broker.stats.messages_received
         await exchange_markers(server.port(), mosquitto.port)
         assert server.broker.stats.messages_received - before == 3

@@ -293,6 +293,25 @@ def test_allow_all_client_acl_refuses_only_dollar_publish() -> None:
     assert client.can_receive("$SYS/x")
 
 
+def test_connection_state_topic_own_client_id_or_any_for_a_bridge() -> None:
+    """[MQTT-4.7.2-1] keeps clients off `$` topics, with one exception Mosquitto makes too: a
+    bridge's connection state. A client marked as a bridge (3.1.1's bridge bit) may write any
+    name; any other client (Mosquitto's MQTT 5 bridge has no bridge bit) only its own id."""
+    client = Acl.allow_all().for_client(username=None, client_id="edge.b1")
+    assert client.can_publish("$SYS/broker/connection/edge.b1/state")
+    assert not client.can_publish("$SYS/broker/connection/other/state")
+    assert not client.can_publish("$SYS/broker/connection/edge.b1/state/x")
+    assert client.can_publish("$SYS/broker/connection/other/state", bridge=True)
+    assert not client.can_publish("$SYS/broker/load", bridge=True)
+    ruled = Acl.parse("topic write $SYS/broker/connection/+/state\n").for_client(
+        username=None, client_id="edge.b1"
+    )
+    assert ruled.can_publish("$SYS/broker/connection/edge.b1/state")
+    assert not ruled.can_publish("$SYS/broker/connection/other/state")
+    denied = Acl.parse("topic write other/#\n").for_client(username=None, client_id="edge.b1")
+    assert not denied.can_publish("$SYS/broker/connection/edge.b1/state")  # the ACL still rules
+
+
 def test_dangerous_names_keep_their_section_rules() -> None:
     """A client id or user name with +, # or / loses pattern grants, not its section's rules."""
     acl = Acl.parse("topic read public/#\nuser a/b\ntopic read mine\npattern read dev/%c\n")

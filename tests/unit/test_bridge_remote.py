@@ -106,16 +106,18 @@ def test_only_a_bridge_may_publish_its_connection_state(
     topic: str, bridge: bool, allowed: bool
 ) -> None:
     """A Mosquitto bridge's notification topic (its Will and its first PUBLISH) is the one
-    ``$`` topic a bridge may write; other clients still may not (Mosquitto lets anyone)."""
+    ``$`` topic a bridge may write, whatever its name; other clients may write only their own
+    (see test_acl.py), and this ACL knows no client id (Mosquitto lets anyone)."""
     from mqttd.acl import ClientAcl
 
     acl = ClientAcl(None, False)
     assert acl.can_publish(topic, bridge=bridge) is allowed
 
 
-def test_a_bridge_state_will_is_accepted_from_a_bridge_only() -> None:
+def test_a_bridge_state_will_is_accepted_from_a_bridge_or_its_own_client() -> None:
     """A Mosquitto bridge's default CONNECT carries a Will on its state topic: accepted (and
-    published on loss) for a bridge connection; 0x05 for any other client."""
+    published on loss) for a bridge connection, and for a client whose id the topic names
+    (Mosquitto's MQTT 5 bridge has no bridge bit); 0x05 for any other client."""
     from mqttd.access import AccessControl
     from mqttd.config import Config, ListenerConfig
     from mqttd.connection_protocol import Close, ConnectionProtocol, TakeOver
@@ -132,10 +134,11 @@ def test_a_bridge_state_will_is_accepted_from_a_bridge_only() -> None:
     server.broker = broker  # type: ignore[attr-defined]
     server.access = AccessControl(config)  # type: ignore[attr-defined]
     watcher = local_client(broker, "watcher", ("$SYS/broker/connection/#", 1))
-    for level, accepted in ((0x84, True), (0x04, False)):
+    sent = 0
+    for level, client_id, accepted in ((0x84, "b1", True), (0x04, "b2", False), (4, "edge", True)):
         connection = ConnectionProtocol(server, listener, 0.0, lambda: None)  # type: ignore[arg-type]
         connection.receive_data(
-            wire.connect("edge", proto=("MQTT", level), will=(topic, b"0", 1, True))
+            wire.connect(client_id, proto=("MQTT", level), will=(topic, b"0", 1, True))
         )
         action = connection.next_action(0.0)
         if not accepted:
@@ -145,5 +148,6 @@ def test_a_bridge_state_will_is_accepted_from_a_bridge_only() -> None:
         assert isinstance(action, TakeOver)
         connection.taken_over(0.0)
         connection.close("peer_closed", 1.0)
-        assert outbox(watcher) == [wire.publish(topic, b"0", qos=1, pid=1)]
+        sent += 1
+        assert outbox(watcher) == [wire.publish(topic, b"0", qos=1, pid=sent)]
         assert broker.retained.get(topic) is not None
