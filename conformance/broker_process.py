@@ -239,6 +239,37 @@ class LogLines:
             if give_up is not None and give_up(record):
                 raise LogWaitError(f"{record} while waiting for {what}")
 
+    def take(
+        self,
+        predicate: Callable[[Record], bool],
+        what: str,
+        timeout_s: float,
+        *,
+        give_up: Callable[[Record], bool] | None = None,
+    ) -> Record:
+        """Remove and return the first unread record that matches ``predicate``, leaving the
+        others unread (``wait_for`` consumes them): a client's answers and its messages
+        interleave, and waiting for one kind must lose none of the other.
+
+        Raises:
+            LogWaitError: no match within ``timeout_s``, the output ended, or an unread record
+                that ``give_up`` accepts comes before the first match.
+        """
+        deadline = time.monotonic() + timeout_s
+        with self._cond:
+            while True:
+                for index, record in enumerate(self._records):
+                    if predicate(record):
+                        del self._records[index]
+                        return record
+                    if give_up is not None and give_up(record):
+                        raise LogWaitError(f"{record} while waiting for {what}")
+                left = deadline - time.monotonic()
+                if self.eof or left <= 0:
+                    why = "output ended before" if self.eof else f"within {timeout_s:g} s, no"
+                    raise LogWaitError(f"{why} {what}: {self.tail_text()}")
+                self._cond.wait(left)
+
     def tail_text(self, n: int = 5) -> str:
         """The last ``n`` lines, joined with `` | ``."""
         with self._cond:

@@ -16,20 +16,57 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from conformance.broker_process import BrokerProcess, expected_listeners, start_mqttd
+import pytest
+
+from conformance.broker_process import (
+    BrokerProcess,
+    expected_listeners,
+    listeners_toml,
+    start_mqttd,
+)
 from tests.integration.conftest import close_wire_clients, durability, server, start_server
 
 __all__ = [
+    "GATEWAY_CONFIG",
+    "JS_DIR",
     "WORKERS",
     "client_ports",
     "close_wire_clients",
+    "dev_ca",
     "durability",
+    "mqttjs_node",
     "running_workers",
     "server",
     "serving_process",
     "start_server",
     "worker_pids",
 ]
+
+#: The JavaScript test clients (``npm ci`` installs their node_modules).
+JS_DIR = Path(__file__).resolve().parent.parent / "js"
+
+#: An mqttd config (data in ``./data``) with tcp, ws and wss listeners on free ports, anonymous
+#: clients allowed; wss uses the development certificates (``dev_ca``).
+GATEWAY_CONFIG = '[broker]\ndata_dir = "data"\n\n[auth]\nallow_anonymous = true\n\n' + (
+    listeners_toml("tcp", "ws", "wss")
+)
+
+
+def dev_ca(config_dir: Path) -> Path:
+    """The development CA that mqttd made for ``GATEWAY_CONFIG`` in ``config_dir``."""
+    return config_dir / "data" / "tls" / "ca.pem"
+
+
+def mqttjs_node() -> str:
+    """The ``node`` that runs the MQTT.js clients in ``JS_DIR``; skips the test where node or
+    MQTT.js is missing (fails it in CI)."""
+    node = shutil.which("node")
+    if node is None or not (JS_DIR / "node_modules" / "mqtt").is_dir():
+        if os.environ.get("CI"):
+            pytest.fail("node and tests/js/node_modules are required in CI (npm ci in tests/js)")
+        pytest.skip("node or tests/js/node_modules missing (run: npm ci --prefix tests/js)")
+    return node
+
 
 #: How many workers a multi-worker test broker runs (this machine has 2 cores; 3 workers make
 #: the kernel's spreading visible and exercise routing through more than one other worker).

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import queue
-import shutil
 import subprocess
 import threading
 import time
@@ -21,18 +20,14 @@ import paho.mqtt.client as paho
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from conformance.broker_process import LogLines, Record, listeners_toml, start_mqttd
+from conformance.broker_process import LogLines, Record, start_mqttd
 from tests.helpers.threads import in_thread
+from tests.interop.conftest import GATEWAY_CONFIG, JS_DIR, dev_ca, mqttjs_node
 
 pytestmark = pytest.mark.interop
 
 
-JS_DIR = Path(__file__).resolve().parent.parent / "js"
 WAIT_S = 30.0
-
-CONFIG = '[broker]\ndata_dir = "data"\n\n[auth]\nallow_anonymous = true\n\n' + listeners_toml(
-    "tcp", "ws", "wss"
-)
 
 
 @dataclass
@@ -47,9 +42,9 @@ class Gateway:
 def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     tmp_path = tmp_path_factory.mktemp("gateway")
     config = tmp_path / "mqttd.toml"
-    config.write_text(CONFIG)
+    config.write_text(GATEWAY_CONFIG)
     with start_mqttd(config) as broker:
-        yield Gateway(broker.ports, tmp_path / "data" / "tls" / "ca.pem")
+        yield Gateway(broker.ports, dev_ca(tmp_path))
 
 
 class PahoClient:
@@ -165,15 +160,6 @@ def test_one_megabyte_over_wss_intact(clients: Callable[..., PahoClient]) -> Non
     print(f"1 MiB via TCP publisher to wss+tcp subscribers: {elapsed:.3f} s")
 
 
-def _node() -> str:
-    node = shutil.which("node")
-    if node is None or not (JS_DIR / "node_modules" / "mqtt").is_dir():
-        if os.environ.get("CI"):
-            pytest.fail("node and tests/js/node_modules are required in CI (npm ci in tests/js)")
-        pytest.skip("node or tests/js/node_modules missing (run: npm ci --prefix tests/js)")
-    return node
-
-
 class NodeProcess:
     """A node script printing one JSON object per stdout line, read by a thread."""
 
@@ -205,7 +191,7 @@ def node_process() -> Iterator[Callable[[list[str]], NodeProcess]]:
     started: list[NodeProcess] = []
 
     def start(args: list[str]) -> NodeProcess:
-        started.append(NodeProcess([_node(), *args]))
+        started.append(NodeProcess([mqttjs_node(), *args]))
         return started[-1]
 
     yield start
