@@ -3,10 +3,11 @@
 
 Theory of operation
 -------------------
-The load generator speaks MQTT 3.1.1 itself, with the client-side wire library
-``conformance.wire``; it never imports mqttd. PUBLISH packets are built from a pre-encoded fixed
-header + topic, with only the packet id and a 20-byte payload head (sequence number, publisher
-index, send time) packed per message, and are written in big batches with one ``sendall``.
+The load generator speaks MQTT 3.1.1 (or MQTT 5 with ``--protocol 5``) itself, with the
+client-side wire library ``conformance.wire``; it never imports mqttd. PUBLISH packets are
+built from a pre-encoded fixed header + topic, with only the packet id and a 20-byte payload
+head (sequence number, publisher index, send time) packed per message, and are written in big
+batches with one ``sendall``.
 Incoming bytes go through ``wire.Framer``, which cuts whole packets by their fixed header only.
 WebSocket clients do the HTTP upgrade by hand and wrap each batch in one masked binary frame.
 
@@ -29,7 +30,8 @@ big payload), ``clusterprobes`` (what a cluster's Redis pays per event), ``machi
 readings), ``meter`` (a broker's CPU by role, Redis's command counts, which worker holds each
 connection), ``redisinfo`` (INFO commandstats over RESP), ``brokers`` (starting mosquitto and
 the forms of mqttd), ``scenarios``, ``report``, ``scaling`` (``--scaling``: interleaved
-rounds, medians, ratios), ``model`` (``--model``: bounds for N workers), ``cli``; ``store``
+rounds, medians, ratios), ``model`` (``--model``: bounds for N workers), ``protocols``
+(``--compare-protocols``: MQTT 5 against MQTT 3.1.1 in interleaved rounds), ``cli``; ``store``
 holds bench_store's client, scenarios and report.
 """
 

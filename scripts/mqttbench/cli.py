@@ -4,7 +4,8 @@ For each (scenario, transport) in the plan, each broker in turn is started fresh
 stopped, so brokers take turns under the same machine load; a failed measurement is reported in
 its row and the run goes on. ``--workers N`` and ``--cluster`` choose the form of mqttd
 (``brokers``); ``--scaling`` runs the rounds of ``scaling`` instead, ``--model`` adds the Redis
-cost probes and the model of ``model``.
+cost probes and the model of ``model``. ``--protocol 5`` makes the clients speak MQTT 5;
+``--compare-protocols`` runs the rounds of ``protocols``: MQTT 3.1.1 against MQTT 5.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from . import scaling
+from . import protocols, scaling
 from .brokers import (
     REDIS_PERSISTENCE,
     Broker,
@@ -33,7 +34,7 @@ from .brokers import (
     start_mqttd_broker,
     version_of,
 )
-from .load import Target
+from .load import PROTOCOLS, Target
 from .machine import load_average
 from .model import render_costs, render_model
 from .report import Metric, Row, fmt, fmt_ld, render_table, write_markdown
@@ -98,7 +99,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="interleaved rounds of mqttd (single, cluster of 1, --workers 1, --workers 2)"
         " and mosquitto: medians and ratios",
     )
-    ap.add_argument("--rounds", type=int, help="rounds of --scaling (default 3; --quick 1)")
+    ap.add_argument(
+        "--protocol",
+        type=int,
+        choices=PROTOCOLS,
+        default=4,
+        help="the clients' protocol level: 4 (MQTT 3.1.1, the default) or 5 (MQTT 5; the"
+        " cluster probes quiet, routes and churn stay 3.1.1)",
+    )
+    ap.add_argument(
+        "--compare-protocols",
+        action="store_true",
+        help="interleaved rounds of each scenario with MQTT 3.1.1 and with MQTT 5 clients"
+        " (on mqttd, or on --broker): medians and the ratio v5/v4 (default scenarios "
+        f"{','.join(protocols.COMPARE_SCENARIOS)})",
+    )
+    ap.add_argument(
+        "--rounds",
+        type=int,
+        help="rounds of --scaling (default 3) or --compare-protocols (default 5); --quick 1",
+    )
     ap.add_argument(
         "--forms",
         help="with --scaling: comma-separated subset of "
@@ -145,6 +165,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.model and not args.scaling:
         print("--model goes with --scaling", file=sys.stderr)
         return 2
+    if args.compare_protocols and (args.scaling or args.host or args.protocol != 4):
+        print("--compare-protocols starts its brokers and picks the protocols", file=sys.stderr)
+        return 2
     quick = args.quick
     st = Settings(
         duration_s=args.duration or (1.0 if quick else 10.0),
@@ -156,8 +179,11 @@ def main(argv: list[str] | None = None) -> int:
         quiet_s=2.0 if quick else 10.0,
         route_changes=100 if quick else 1000,
         churn_conns=300 if quick else 2000,
+        protocol=args.protocol,
     )
     default = scaling.SCALING_SCENARIOS if args.scaling else DEFAULT_SCENARIOS
+    if args.compare_protocols:
+        default = protocols.COMPARE_SCENARIOS
     scenarios = args.scenarios.split(",") if args.scenarios else list(default)
     for s in scenarios:
         if s not in SCENARIOS:
@@ -173,6 +199,8 @@ def main(argv: list[str] | None = None) -> int:
         names = ["mosquitto", mqttd]
     elif args.broker:
         names = [mqttd if args.broker == "mqttd" else args.broker]
+    elif args.compare_protocols:
+        names = [mqttd]
     else:
         names = ["external"]
     workdir = Path(tempfile.mkdtemp(prefix="mqttd-bench-"))
@@ -199,6 +227,11 @@ def main(argv: list[str] | None = None) -> int:
             if s != "mb1" and t == "wss":
                 continue
             plan.append((s, t))
+    if args.compare_protocols:
+        try:
+            return _run_protocols(args, argv, st, plan, names, starters, certs, workdir)
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
     started = time.monotonic()
     print(
         f"bench: {len(plan)} measurements x {len(names)} broker(s); workdir {workdir}",
@@ -319,6 +352,53 @@ def _run_scaling(
     _report_scaling(run, args, argv, versions)
     if args.json:
         Path(args.json).write_text(json.dumps(run.to_json(), indent=1, default=str))
+    return 0
+
+
+def _run_protocols(
+    args: argparse.Namespace,
+    argv: list[str] | None,
+    st: Settings,
+    plan: list[tuple[str, str]],
+    names: list[str],
+    starters: dict[str, Callable[[Path, Certs | None], Broker]],
+    certs: Certs | None,
+    workdir: Path,
+) -> int:
+    """``--compare-protocols``: the interleaved rounds of MQTT 3.1.1 and MQTT 5, their table."""
+    rounds = args.rounds or (1 if st.quick else 5)
+    versions = {n: version_of(n) for n in names}
+    print(
+        f"bench --compare-protocols: {rounds} round(s) of {len(plan)} measurement(s) x"
+        f" {len(names)} broker(s) x MQTT 3.1.1 and 5; load {load_average()}; workdir {workdir}",
+        flush=True,
+    )
+    started = time.monotonic()
+
+    def fresh(name: str) -> Callable[[], Broker]:
+        return lambda: starters[name](_fresh(workdir, name), certs)
+
+    try:
+        samples = protocols.run_rounds(
+            names,
+            {n: fresh(n) for n in names},
+            plan,
+            rounds,
+            st,
+            lambda line: print(line, flush=True),
+        )
+    except KeyboardInterrupt:
+        print("\ninterrupted", flush=True)
+        return 1
+    elapsed = time.monotonic() - started
+    text = protocols.render_report(samples, names, rounds)
+    print()
+    print(text)
+    print(f"\n(total {elapsed:.0f} s)")
+    if args.markdown:
+        write_markdown(Path(args.markdown), text, names, versions, argv, elapsed)
+    if args.json:
+        Path(args.json).write_text(json.dumps([vars(s) for s in samples], indent=1, default=str))
     return 0
 
 

@@ -48,6 +48,7 @@ class FlowSpec:
     probes: int = 0  # fan-out: single messages sent after the run, each awaited by all
     record_latency: bool = False
     record_arrival: bool = False
+    protocol: int = 4  # the clients' protocol level: 4 (MQTT 3.1.1) or 5 (MQTT 5)
     tag: str = ""
 
 
@@ -82,17 +83,20 @@ def _pub_main(
     spec: FlowSpec, target: Target, proc: int, indices: list[int], sh: dict[str, Any], q: Any
 ) -> None:
     ids = [f"bp-{spec.tag}-{i}" for i in indices]
-    conns, _ = connect_many(target, spec.transport, ids)
+    conns, _ = connect_many(target, spec.transport, ids, version=spec.protocol)
     q.put(("ready", "pub", _ports(indices, conns)))
     published, delivered, ctl = sh["published"], sh["delivered"], sh["ctl"]
-    encs = [PublishEncoder(_topic(spec, i), spec.qos, spec.payload_size, i) for i in indices]
+    encs = [
+        PublishEncoder(_topic(spec, i), spec.qos, spec.payload_size, i, spec.protocol)
+        for i in indices
+    ]
     seqs = [0] * len(conns)
     inflight: list[set[int]] = [set() for _ in conns]
     completing: list[set[int]] = [set() for _ in conns]  # QoS 2: PUBREL sent, awaiting PUBCOMP
     sel = selectors.DefaultSelector()
     for j, c in enumerate(conns):
         sel.register(c.sock, selectors.EVENT_READ, j)
-    stats = {"acks": 0, "unexpected_acks": 0}
+    stats = {"acks": 0, "unexpected_acks": 0, "refused_acks": 0}
     qos, window, n_sub = spec.qos, spec.window, spec.n_sub
     fan = fan_out(spec)
 
@@ -104,7 +108,12 @@ def _pub_main(
             for b0, body in c.feed(recv_some(c.sock)):
                 kind = b0 >> 4
                 pid = (body[0] << 8) | body[1]
-                if (kind == PUBACK and qos == 1) or (kind == PUBCOMP and qos == 2):
+                if len(body) > 2 and body[2] >= 0x80 and kind in (PUBACK, PUBREC):
+                    # MQTT 5: the broker refused the message (its subscribers lose it), and
+                    # a PUBREC with an error ends the exchange: no PUBREL follows.
+                    inflight[j].discard(pid)
+                    stats["refused_acks"] += 1
+                elif (kind == PUBACK and qos == 1) or (kind == PUBCOMP and qos == 2):
                     s = inflight[j] if qos == 1 else completing[j]
                     if pid in s:
                         s.discard(pid)
@@ -254,7 +263,7 @@ def _sub_main(
     filt: str | list[str] = _topic(spec, 0) if spec.shared_topic else f"bench/{spec.tag}/+"
     if spec.pairs:
         filt = [_topic(spec, i) for i in indices]
-    conns, _ = connect_many(target, spec.transport, ids, filt, spec.qos)
+    conns, _ = connect_many(target, spec.transport, ids, filt, spec.qos, version=spec.protocol)
     q.put(("ready", "sub", _ports(indices, conns)))
     published, delivered, ctl = sh["published"], sh["delivered"], sh["ctl"]
     n_pub = spec.n_pub
@@ -269,6 +278,7 @@ def _sub_main(
     arrival = array("q")  # max arrival time per seq of publisher 0 (fan-out)
     record_lat, record_arr = spec.record_latency, spec.record_arrival
     pairs = spec.pairs
+    v5 = spec.protocol == 5
     coalesce = not (record_lat or record_arr)
     head = PAYLOAD_HEAD.unpack_from
     qos_acks = {1: PUBACK, 2: PUBREC}
@@ -311,6 +321,13 @@ def _sub_main(
                     if qos:
                         acks.append(wire.ack(qos_acks[qos], (body[off] << 8) | body[off + 1]))
                         off += 2
+                    if v5:  # step over the properties (a one-byte Property Length, mostly)
+                        n = body[off]
+                        if n < 0x80:
+                            off += 1 + n
+                        else:
+                            n, off = wire.decode_varint(body, off)
+                            off += n
                     seq, p, ts = head(body, off)
                     if p >= n_pub or (pairs and p != indices[j]):
                         bad += 1
@@ -500,6 +517,7 @@ def _aggregate(
         "ooo": sum(r["ooo"] for r in subs),
         "bad": sum(r["bad"] for r in subs),
         "unacked": sum(r["unacked"] for r in pubs),
+        "refused": sum(r["refused_acks"] for r in pubs),
         "rate": unique / elapsed if elapsed > 0 else 0.0,
         "cpu": cpu,
         "gen_cpu_s": sum(r["cpu_s"] for r in pubs + subs),

@@ -15,16 +15,28 @@ from conformance import wire
 from conformance.wire import PUBLISH, WireError
 
 from .flow import ABORT, get_message, wait_phase
-from .load import Target, connect_many, make_payload, open_conn, recv_some, subscribe
+from .load import (
+    Target,
+    connect_many,
+    make_payload,
+    open_conn,
+    publish_payload_offset,
+    recv_some,
+    subscribe,
+)
 from .machine import CpuMeter, rss_total_kib
 from .meter import BrokerMeter, placement_of
 
 
-def _idle_worker(target: Target, transport: str, n: int, tag: str, ctl: Any, q: Any) -> None:
+def _idle_worker(
+    target: Target, transport: str, n: int, tag: str, version: int, ctl: Any, q: Any
+) -> None:
     try:
         ids = [f"bi-{tag}-{i}" for i in range(n)]
         cpu0 = time.process_time()
-        conns, secs = connect_many(target, transport, ids, concurrency=64, timeout_s=120.0)
+        conns, secs = connect_many(
+            target, transport, ids, concurrency=64, timeout_s=120.0, version=version
+        )
         res = {
             "n": len(conns),
             "secs": secs,
@@ -39,16 +51,18 @@ def _idle_worker(target: Target, transport: str, n: int, tag: str, ctl: Any, q: 
         q.put(("error", f"idle connector: {exc!r}", None))
 
 
-def run_idle(target: Target, transport: str, n: int, tag: str) -> dict[str, Any]:
-    """Open ``n`` idle connections; measure connects/s and the broker's RSS growth (all its
-    processes: workers and Redis included), and which worker got each connection."""
+def run_idle(target: Target, transport: str, n: int, tag: str, version: int = 4) -> dict[str, Any]:
+    """Open ``n`` idle connections of protocol level ``version``; measure connects/s and the
+    broker's RSS growth (all its processes: workers and Redis included), and which worker got
+    each connection."""
     ctx = mp.get_context("fork")
     ctl = ctx.RawArray("q", 2)
     q = ctx.Queue()
     meter = BrokerMeter(target)
     rss0 = rss_total_kib(meter.pids)
     meter.start()
-    p = ctx.Process(target=_idle_worker, args=(target, transport, n, tag, ctl, q), daemon=True)
+    args = (target, transport, n, tag, version, ctl, q)
+    p = ctx.Process(target=_idle_worker, args=args, daemon=True)
     p.start()
     try:
         _, _, res = get_message(q, time.monotonic() + 150.0)
@@ -81,13 +95,14 @@ def run_idle(target: Target, transport: str, n: int, tag: str) -> dict[str, Any]
 
 
 def run_big(
-    target: Target, transport: str, size: int, reps: int, timeout_s: float
+    target: Target, transport: str, size: int, reps: int, timeout_s: float, version: int = 4
 ) -> dict[str, Any]:
-    """Deliver one ``size``-byte payload ``reps`` times; median seconds from send to receipt."""
+    """Deliver one ``size``-byte payload ``reps`` times between clients of protocol level
+    ``version``; median seconds from send to receipt."""
     tag = f"{os.getpid()}-{time.monotonic_ns()}"
     topic = f"bench/big/{tag}"
-    sub = open_conn(target, transport, f"bb-s-{tag}")
-    pub = open_conn(target, transport, f"bb-p-{tag}")
+    sub = open_conn(target, transport, f"bb-s-{tag}", version=version)
+    pub = open_conn(target, transport, f"bb-p-{tag}", version=version)
     sub.sock.settimeout(timeout_s)
     pub.sock.settimeout(timeout_s)
     meter = CpuMeter(target.processes())
@@ -106,12 +121,13 @@ def run_big(
                     while time.monotonic() < deadline:
                         for b0, body in sub.feed(recv_some(sub.sock)):
                             if b0 >> 4 == PUBLISH:
-                                into.append((time.monotonic(), wire.parse_publish(b0, body)[3]))
+                                off = publish_payload_offset(b0, body, version)
+                                into.append((time.monotonic(), body[off:]))
                                 return
 
             th = threading.Thread(target=receive, daemon=True)
             th.start()
-            data = pub.wrap(wire.publish(topic, payload))
+            data = pub.wrap(wire.publish(topic, payload, version=version))
             t0 = time.monotonic()
             pub.sock.sendall(data)
             th.join(timeout_s + 1)

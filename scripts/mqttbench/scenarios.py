@@ -44,6 +44,7 @@ class Settings:
     quiet_s: float = 10.0
     route_changes: int = 1000
     churn_conns: int = 2000
+    protocol: int = 4  # the clients' protocol level (the cluster probes speak 3.1.1)
 
 
 def scenario_units(name: str, transport: str, st: Settings, tag: str) -> list[Any]:
@@ -56,11 +57,22 @@ def scenario_units(name: str, transport: str, st: Settings, tag: str) -> list[An
         # Mosquitto 2.0.11 releases queued QoS 2 messages to a subscriber whose 20-message
         # inflight window was full only when another message arrives: a deeper backlog strands.
         e2e = window if qos == 2 else 20_000
-        return [FlowSpec(transport, qos=qos, window=window, e2e_window=e2e, duration_s=d, tag=tag)]
+        return [
+            FlowSpec(
+                transport,
+                protocol=st.protocol,
+                qos=qos,
+                window=window,
+                e2e_window=e2e,
+                duration_s=d,
+                tag=tag,
+            )
+        ]
     if name in ("fanout", "fanout1"):
         return [
             FlowSpec(
                 transport,
+                protocol=st.protocol,
                 qos=1 if name == "fanout1" else 0,
                 n_sub=1000,
                 sub_procs=2,
@@ -76,6 +88,7 @@ def scenario_units(name: str, transport: str, st: Settings, tag: str) -> list[An
         return [
             FlowSpec(
                 transport,
+                protocol=st.protocol,
                 qos=1 if name == "many1" else 0,
                 n_pub=100,
                 n_sub=100,
@@ -93,6 +106,7 @@ def scenario_units(name: str, transport: str, st: Settings, tag: str) -> list[An
         return [
             FlowSpec(
                 transport,
+                protocol=st.protocol,
                 qos=1 if name == "pairs1" else 0,
                 n_pub=100,
                 n_sub=100,
@@ -109,6 +123,7 @@ def scenario_units(name: str, transport: str, st: Settings, tag: str) -> list[An
         return [
             FlowSpec(
                 transport,
+                protocol=st.protocol,
                 rate=1000.0,
                 duration_s=max(d, 2.0),
                 record_latency=True,
@@ -140,14 +155,14 @@ def run_unit(unit: Any, target: Target, st: Settings, tag: str) -> dict[str, Any
         return run_flow(unit, target)
     kind, transport, n = unit
     if kind == "idle":
-        return run_idle(target, transport, n, tag)
+        return run_idle(target, transport, n, tag, st.protocol)
     if kind == "quiet":
         return run_quiet(target, n)
     if kind == "routes":
         return run_routes(target, transport, n, tag)
     if kind == "churn":
         return run_churn(target, transport, n, tag)
-    return run_big(target, transport, n, st.big_reps, st.big_timeout_s)
+    return run_big(target, transport, n, st.big_reps, st.big_timeout_s, st.protocol)
 
 
 def metrics_of(unit: Any, r: dict[str, Any], st: Settings) -> dict[str, Metric]:
@@ -188,6 +203,8 @@ def _flow_note(r: dict[str, Any]) -> str:
         bits.append(f"{r['bad']} unexpected packets")
     if r["unacked"]:
         bits.append(f"{r['unacked']} unacknowledged")
+    if r.get("refused"):
+        bits.append(f"{r['refused']} refused by the broker")
     return ", ".join(bits)
 
 

@@ -1,7 +1,8 @@
 """The benchmark's MQTT and WebSocket encoding/parsing (scripts/bench.py: the shared
 ``conformance.wire`` plus ``scripts/mqttbench``), so it cannot silently mis-measure. Expected
-bytes are written out by hand from the MQTT 3.1.1 spec and RFC 6455, and the WebSocket side is
-cross-checked against wsproto. No timing is asserted.
+bytes are written out by hand from the MQTT 3.1.1 and 5.0 specs and RFC 6455; the MQTT 5 side
+is cross-checked against mqttd's own codec, the WebSocket side against wsproto. No timing is
+asserted.
 """
 
 from __future__ import annotations
@@ -13,6 +14,19 @@ from wsproto import ConnectionType, WSConnection
 from wsproto.events import AcceptConnection, BytesMessage, Ping, Request
 
 from conformance import wire
+from mqttd.codec import (
+    NEED_DATA,
+    NO_PROPERTIES,
+    Connack,
+    Connect,
+    Decoder,
+    Properties,
+    Publish,
+    ReasonCode,
+    Suback,
+    Subscribe,
+    encode,
+)
 from scripts.mqttbench import flow, load, report, wsclient
 
 
@@ -92,6 +106,103 @@ def test_batch_parses_back_to_every_message(qos: int) -> None:
         assert load.PAYLOAD_HEAD.unpack_from(payload) == (seq, 9, 42)
     # Packet ids wrap from 65535 to 1, never 0 [MQTT-2.3.1-1].
     assert [load.packet_id_for(s) for s in (65_533, 65_534, 65_535)] == [65_534, 65_535, 1]
+
+
+def test_connect_bytes_mqtt5() -> None:
+    """An MQTT 5 benchmark CONNECT: level 5, then Property Length 0 before the client id."""
+    expected = "101100044d5154540502025800" + "0004" + b"ab12".hex()
+    assert load.connect_packet("ab12", version=5).hex() == expected
+
+
+def _broker_side(stream: bytes) -> list[object]:
+    """What mqttd's own decoder makes of a client's byte stream (CONNECT first)."""
+    decoder = Decoder(server=True, mqtt5=True)
+    decoder.receive_data(stream)
+    packets = []
+    while (packet := decoder.next_packet()) is not NEED_DATA:
+        packets.append(packet)
+    return packets
+
+
+@pytest.mark.parametrize("qos", [0, 1, 2])
+def test_mqtt5_client_stream_decodes_in_mqttd(qos: int) -> None:
+    """What an MQTT 5 benchmark client sends (CONNECT, SUBSCRIBE, a pre-encoded batch of
+    PUBLISHes) is what mqttd's own codec reads: level 5, the filter at the QoS with no other
+    subscription option, and each PUBLISH's topic, packet id and payload, with no properties."""
+    enc = load.PublishEncoder("bench/t/all", qos, 64, 3, version=5)
+    stream = (
+        load.connect_packet("c5", version=5)
+        + load.subscribe_packet("bench/t/+", qos, version=5)
+        + enc.batch(65_533, 4, 42)
+        + enc.encode(7, 43)
+    )
+    connect, subscribe, *publishes = _broker_side(stream)
+    assert isinstance(connect, Connect)
+    assert (connect.protocol_level, connect.client_id, connect.keepalive) == (5, "c5", 600)
+    assert connect.properties == NO_PROPERTIES
+    assert isinstance(subscribe, Subscribe)
+    assert subscribe.subscriptions == (("bench/t/+", qos),)
+    assert subscribe.properties == NO_PROPERTIES
+    seqs = [65_533, 65_534, 65_535, 65_536, 7]
+    assert len(publishes) == len(seqs)
+    for seq, packet in zip(seqs, publishes, strict=True):
+        assert isinstance(packet, Publish)
+        assert (packet.topic, packet.qos, packet.properties) == ("bench/t/all", qos, NO_PROPERTIES)
+        assert packet.packet_id == (load.packet_id_for(seq) if qos else None)
+        assert packet.payload == load.make_payload(seq, 3, 42 if seq != 7 else 43, 64)
+    assert enc.packet_size == len(enc.encode(0, 0))
+
+
+@pytest.mark.parametrize("qos", [0, 1, 2])
+def test_publish_encoder_mqtt5_matches_plain_encoding(qos: int) -> None:
+    """A pre-encoded MQTT 5 PUBLISH equals one built field by field (Property Length 0)."""
+    enc = load.PublishEncoder("a/b", qos, 100, 1, version=5)
+    plain = wire.publish(
+        "a/b",
+        load.make_payload(9, 1, 5, 100),
+        qos,
+        pid=load.packet_id_for(9) if qos else None,
+        version=5,
+    )
+    assert enc.encode(9, 5) == plain
+    assert enc.batch(9, 1, 5) == plain
+    with pytest.raises(ValueError, match="protocol level"):
+        load.PublishEncoder("a/b", qos, 100, 1, version=3)
+
+
+@pytest.mark.parametrize("qos", [0, 1, 2])
+def test_payload_offset_skips_mqttd_properties(qos: int) -> None:
+    """The bench finds the payload of a PUBLISH mqttd encodes for an MQTT 5 subscriber, with
+    properties (a user property pushes the Property Length past one byte) or without, and of
+    a 3.1.1 one."""
+    payload = load.make_payload(11, 2, 99, 64)
+    long_props = Properties(user_properties=(("k", "v" * 200),), content_type="x")
+    pid = 5 if qos else None
+    for version, props in [(5, NO_PROPERTIES), (5, long_props), (4, NO_PROPERTIES)]:
+        data = encode(
+            Publish("s/t", payload, qos, packet_id=pid, properties=props), version=version
+        )
+        ((first, body),) = wire.Framer().feed(data)
+        off = load.publish_payload_offset(first, body, version)
+        assert body[off:] == payload
+        assert load.PAYLOAD_HEAD.unpack_from(body, off) == (11, 2, 99)
+
+
+def test_mqtt5_connack_and_suback_from_mqttd() -> None:
+    """mqttd's MQTT 5 CONNACK (with properties) is a success, a refusing one is not; the
+    SUBACK's codes come after its properties, and a 3.1.1 CONNACK/SUBACK reads as before."""
+    ok = encode(Connack(False, 0, Properties(topic_alias_maximum=10)), version=5)
+    refused = encode(Connack(False, ReasonCode.NOT_AUTHORIZED), version=5)
+    ((_, ok_body),) = wire.Framer().feed(ok)
+    ((_, refused_body),) = wire.Framer().feed(refused)
+    assert not load.connack_refused(ok_body, 5)
+    assert load.connack_refused(refused_body, 5)
+    assert not load.connack_refused(b"\x00\x00", 4)
+    assert load.connack_refused(b"\x00\x05", 4)
+    suback = encode(Suback(1, (1, 0x87), Properties(reason_string="no " * 60)), version=5)
+    ((_, body),) = wire.Framer().feed(suback)
+    assert load.suback_codes(body, 5) == bytes([1, 0x87])
+    assert load.suback_codes(wire.suback(1, [0x80])[2:], 4) == b"\x80"
 
 
 def test_reader_handles_multibyte_lengths() -> None:
