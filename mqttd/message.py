@@ -11,7 +11,9 @@ User Properties -- passed on unchanged and in order, [MQTT-3.3.2-4], [MQTT-3.3.2
 encoded once per message; what differs per delivery -- the Message Expiry Interval left
 ([MQTT-3.3.2-6]), Subscription Identifiers ([MQTT-3.3.4-3]), a Topic Alias -- is written for
 that delivery only, and a delivery with none of them shares the cached header as MQTT 3.1.1
-deliveries do.
+deliveries do: at QoS 0 the header holds the properties too, and a message with no properties
+shares the packet id with its Property Length 0 as one chunk, so an MQTT 5 delivery costs the
+outbox as many chunks as a 3.1.1 one.
 """
 
 from __future__ import annotations
@@ -33,11 +35,26 @@ _VARINT_LIMIT: Final = 268_435_455
 _PACKET_ID_BYTES: list[bytes | None] = [None] * 65536
 
 
+#: The same for MQTT 5 deliveries with no properties: the packet id, then Property Length 0
+#: (filled as packet ids are used, so a broker with no MQTT 5 client holds none).
+_PACKET_ID_BYTES5: dict[int, bytes] = {}
+#: The property block of a message without properties: Property Length 0 ([MQTT-2.2.2-1]).
+_NO_PROPERTIES5: Final = b"\x00"
+
+
 def packet_id_bytes(packet_id: int) -> bytes:
     """The two bytes of ``packet_id`` (1..65535), shared."""
     cached = _PACKET_ID_BYTES[packet_id]
     if cached is None:
         cached = _PACKET_ID_BYTES[packet_id] = packet_id.to_bytes(2, "big")
+    return cached
+
+
+def _packet_id_bytes5(packet_id: int) -> bytes:
+    """``packet_id`` (1..65535) and Property Length 0, shared."""
+    cached = _PACKET_ID_BYTES5.get(packet_id)
+    if cached is None:
+        cached = _PACKET_ID_BYTES5[packet_id] = packet_id.to_bytes(2, "big") + _NO_PROPERTIES5
     return cached
 
 
@@ -210,7 +227,26 @@ class Message:
         """
         static = self._properties5
         if static is None:
-            static = self._properties5 = encode_properties(self.properties)
+            properties = self.properties
+            static = (
+                _NO_PROPERTIES5 if properties is NO_PROPERTIES else encode_properties(properties)
+            )
+            self._properties5 = static
+        if qos == 0:
+            dup = False
+        if not (alias or subscription_ids or self.expires_at is not None):
+            # Nothing differs per delivery (the common case): the header is cached, with the
+            # publisher's properties folded in at QoS 0, and after the shared packet id bytes
+            # when there are none -- as many chunks as an MQTT 3.1.1 delivery.
+            flags = 0x100 | (dup << 3) | (qos << 1) | retain
+            header = self._headers.get(flags)
+            if header is None:
+                header = self._header5(flags, static)
+            if qos == 0:
+                return (header, self.payload)
+            if static == _NO_PROPERTIES5:
+                return (header, _packet_id_bytes5(packet_id), self.payload)
+            return (header, packet_id_bytes(packet_id), static, self.payload)
         extra = b""
         if self.expires_at is not None:
             # The interval left, rounded up: a message waiting no time keeps its value.
@@ -220,20 +256,6 @@ class Message:
             extra += b"\x0b" + write_varint(identifier)
         if alias:
             extra += b"\x23" + alias.to_bytes(2, "big")
-        if qos == 0:
-            dup = False
-        if not extra:
-            flags = 0x100 | (dup << 3) | (qos << 1) | retain
-            header = self._headers.get(flags)
-            if header is None:
-                remaining = len(self._topic_field) + (2 if qos else 0) + len(static)
-                remaining += len(self.payload)
-                header = bytes((0x30 | (flags & 0xFF),)) + _remaining_length(remaining)
-                header += self._topic_field
-                self._headers[flags] = header
-            if qos == 0:
-                return (header, static, self.payload)
-            return (header, packet_id_bytes(packet_id), static, self.payload)
         # Per delivery: the properties' body is the extra ones, then the publisher's.
         body_length = len(extra) + _varint_body_length(static)
         publisher_properties = static[len(static) - _varint_body_length(static) :]
@@ -245,6 +267,17 @@ class Message:
         if qos == 0:
             return (header, block, self.payload)
         return (header, packet_id_bytes(packet_id), block, self.payload)
+
+    def _header5(self, flags: int, static: bytes) -> bytes:
+        """The cached MQTT 5 header for ``flags`` (0x100 | DUP, QoS, RETAIN bits): fixed
+        header and topic, then at QoS 0 the property block ``static``."""
+        qos = (flags >> 1) & 3
+        remaining = len(self._topic_field) + (2 if qos else 0) + len(static) + len(self.payload)
+        header = bytes((0x30 | (flags & 0xFF),)) + _remaining_length(remaining) + self._topic_field
+        if not qos:
+            header += static
+        self._headers[flags] = header
+        return header
 
 
 def _varint_body_length(block: bytes) -> int:

@@ -165,9 +165,12 @@ class ClientProtocol5(ClientProtocol):
             elif qos == 2:
                 self.session.receive_qos2(packet.packet_id, refusal)  # type: ignore[arg-type]
             return
-        message = Message.from_publish(
-            topic, packet.payload, qos, packet.retain, properties, time.time()
-        )
+        if properties is NO_PROPERTIES:
+            message = Message(topic, packet.payload, qos, packet.retain)  # no clock to read
+        else:
+            message = Message.from_publish(
+                topic, packet.payload, qos, packet.retain, properties, time.time()
+            )
         if qos == 0:
             self._route5(message)
             return

@@ -94,6 +94,16 @@ class Peer:
         subscription_ids: tuple[int, ...],
     ) -> tuple[bytes, ...] | None:
         """The PUBLISH for this connection, or None when it is larger than the client takes."""
+        if not (self.topic_alias_maximum or self.maximum_packet_size):
+            # No alias to give, no size to check: the common case, kept short.
+            return message.publish_chunks5(
+                qos,
+                retain,
+                dup,
+                packet_id,
+                subscription_ids=subscription_ids,
+                now=time.time() if message.expires_at is not None else 0.0,
+            )
         alias = 0
         send_topic = True
         new_alias = False

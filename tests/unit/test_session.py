@@ -8,10 +8,10 @@ from dataclasses import replace
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mqttd.codec import NEED_DATA, Decoder, Publish, Pubrel
+from mqttd.codec import NEED_DATA, NO_PROPERTIES, Decoder, Properties, Publish, Pubrel, encode
 from mqttd.config import LimitsConfig
 from mqttd.message import Message
-from mqttd.session import OfferResult, Session
+from mqttd.session import OfferResult, Peer, Session
 
 LIMITS = replace(LimitsConfig(), max_inflight_messages=3, max_queued_messages=5)
 
@@ -216,3 +216,91 @@ def test_acknowledgement_of_the_wrong_kind_is_a_protocol_violation() -> None:
     session.on_pubcomp(2)
     session.on_puback(1)
     assert not session.inflight
+
+
+def decode5(data: bytes) -> object:
+    """The one packet ``data`` holds, as an MQTT 5 client decodes it."""
+    decoder = Decoder(server=False, protocol_level=5)
+    decoder.receive_data(data)
+    packet = decoder.next_packet()
+    assert decoder.next_packet() is NEED_DATA
+    return packet
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    qos=st.sampled_from([0, 1, 2]),
+    retain=st.booleans(),
+    dup=st.booleans(),
+    with_properties=st.booleans(),
+    subscription_ids=st.sampled_from([(), (7,), (1, 300)]),
+    alias=st.sampled_from([0, 3]),
+    expiry=st.sampled_from([None, 60]),
+)
+def test_mqtt5_delivery_chunks_decode_to_the_publish(
+    qos: int,
+    retain: bool,
+    dup: bool,
+    with_properties: bool,
+    subscription_ids: tuple[int, ...],
+    alias: int,
+    expiry: int | None,
+) -> None:
+    """An MQTT 5 delivery's chunks (from the cached header or written for that delivery)
+    decode to the PUBLISH with the publisher's properties and the delivery's own; with nothing
+    per delivery and no properties they are exactly the codec's bytes, in as many chunks as
+    the message's MQTT 3.1.1 delivery."""
+    props = Properties(content_type="text/plain", user_properties=(("k", "v"), ("k", "w")))
+    properties = props if with_properties else NO_PROPERTIES
+    now = 1000.0
+    expires_at = None if expiry is None else now + expiry
+    message = Message("a/b", b"payload", qos, retain, properties=properties, expires_at=expires_at)
+    packet_id = 513 if qos else 0
+    for _ in range(2):  # the second time from the cached header
+        chunks = message.publish_chunks5(
+            qos,
+            retain,
+            dup,
+            packet_id,
+            subscription_ids=subscription_ids,
+            alias=alias,
+            now=now,
+        )
+        expected = Publish(
+            "a/b",
+            b"payload",
+            qos,
+            retain,
+            dup and qos > 0,
+            packet_id or None,
+            replace(
+                properties,
+                message_expiry_interval=expiry,
+                subscription_identifiers=subscription_ids,
+                topic_alias=alias or None,
+            ),
+        )
+        assert decode5(b"".join(chunks)) == expected
+        if not (subscription_ids or alias or expiry):
+            assert b"".join(chunks) == encode(expected, version=5)
+            if not with_properties:
+                assert len(chunks) == len(message.publish_chunks(qos, retain, dup, packet_id))
+
+
+def test_peer_gives_an_alias_first_then_the_alias_alone() -> None:
+    """A connection that takes Topic Aliases gets the topic with alias 1, then alias 1 with an
+    empty topic; one with a Maximum Packet Size gets nothing larger."""
+    message = Message("a/b", b"x" * 100, 1)
+    peer = Peer(0, 2)
+    first = peer.chunks(message, 1, False, False, 1, ())
+    second = peer.chunks(message, 1, False, False, 2, ())
+    assert first is not None
+    assert second is not None
+    assert decode5(b"".join(first)) == Publish(
+        "a/b", b"x" * 100, 1, packet_id=1, properties=Properties(topic_alias=1)
+    )
+    assert b"".join(second)[2:4] == b"\x00\x00"  # an empty Topic Name
+    assert Peer(50, 0).chunks(message, 1, False, False, 1, ()) is None
+    plain = Peer().chunks(message, 1, False, False, 1, ())
+    assert plain is not None
+    assert decode5(b"".join(plain)) == Publish("a/b", b"x" * 100, 1, packet_id=1)
