@@ -80,6 +80,9 @@ LOG_ITEMS_LIMIT = 16
 _UNCLIPPED = frozenset({"event", "exception", "timestamp", "level", "logger"})
 
 
+_CLIPPED_TYPES = (str, list, tuple)
+
+
 def _clip(value: Any) -> Any:
     if isinstance(value, str):
         if len(value) > LOG_TEXT_LIMIT:
@@ -99,8 +102,16 @@ def clip_client_text(
     """Processor: cut every string value to ``LOG_TEXT_LIMIT`` characters (and lists to
     ``LOG_ITEMS_LIMIT`` items), saying how long it was, so no line carries more than a bounded
     slice of client-supplied text."""
+    # Runs for every log line: the common case (a short string, a number) costs one type
+    # check and one comparison.
     for key, value in event_dict.items():
-        if key not in _UNCLIPPED and isinstance(value, str | list | tuple):
+        kind = type(value)
+        if kind is str:
+            if len(value) > LOG_TEXT_LIMIT and key not in _UNCLIPPED:
+                event_dict[key] = _clip(value)
+        elif kind is int or kind is float or kind is bool or value is None:
+            continue
+        elif isinstance(value, _CLIPPED_TYPES) and key not in _UNCLIPPED:
             event_dict[key] = _clip(value)
     return event_dict
 
