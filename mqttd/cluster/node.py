@@ -632,7 +632,10 @@ class ClusterNode:
             )
             previous, host = claimed
             host_id = _text(host) if host is not None else None
-            live = set(await self.live_nodes())
+            elsewhere = {_text(n) for n in (previous, host) if n is not None} - {self.node_id}
+            # A client id new to the cluster (or last here) needs nobody's answer: no second
+            # round trip for the live nodes.
+            live = set(await self.live_nodes()) if elsewhere else set()
             if host_id is not None and host_id != self.node_id and host_id not in live:
                 # The host died: its cleanup adopts the session (with what its inbox still
                 # held for it) -- here, or on another node, which then hands it over.
