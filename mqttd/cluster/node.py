@@ -21,7 +21,9 @@ to it, and Redis (through coredis) joins the nodes into one broker:
 * **Client ids.** ``clients`` maps a client id to the node of its connection and ``hosts`` to the
   node that keeps its persistent session. A CONNECT asks both nodes (``take`` over the inbox)
   to close the old connection and to let the session go -- everything recorded for it is
-  committed first -- then loads the session from Redis; only then is CONNACK sent.
+  committed first -- then loads the session from Redis; only then is CONNACK sent. The claims
+  of CONNECTs in flight at once go to Redis together, in one script call (``_claim_loop``): a
+  connect storm pays coredis's per-call cost once per round trip, not once per CONNECT.
 * **Dead nodes.** A node whose heartbeat is too old is cleaned up by one survivor (a lock):
   the Wills of its clients are published, its routes removed, the persistent sessions it
   hosted adopted (with the messages still in its inbox for them), its registry entries dropped.
@@ -41,7 +43,8 @@ import socket
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Container, Mapping
-from typing import TYPE_CHECKING, Any
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Final
 
 import structlog
 import trio
@@ -76,6 +79,8 @@ HANDOVER_DEDUP_S = 10.0
 FORWARDER_TIMEOUT_S = 30.0
 #: Backoff while Redis is unreachable, seconds.
 RETRY_DELAYS_S = (0.05, 0.1, 0.2, 0.5, 1.0, 2.0)
+#: Most client ids one claim call carries; more wait for the next round trip.
+MAX_CLAIMS: Final = 1000
 
 _HEARTBEAT = """
 local t = redis.call('TIME')
@@ -93,11 +98,17 @@ local t = redis.call('TIME')
 local now = t[1] * 1000 + math.floor(t[2] / 1000)
 return redis.call('ZRANGEBYSCORE', KEYS[1], now - tonumber(ARGV[1]), '+inf')
 """
+# ARGV: this node, then the client ids it claims; returns each one's previous connection
+# node and host, in turn (false -> nil: none).
 _CLAIM = """
-local prev = redis.call('HGET', KEYS[1], ARGV[1])
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
-local host = redis.call('HGET', KEYS[2], ARGV[1])
-return {prev, host}
+local out = {}
+for i = 2, #ARGV do
+  local prev = redis.call('HGET', KEYS[1], ARGV[i])
+  redis.call('HSET', KEYS[1], ARGV[i], ARGV[1])
+  out[#out + 1] = prev
+  out[#out + 1] = redis.call('HGET', KEYS[2], ARGV[i])
+end
+return out
 """
 _ADOPT = """
 if redis.call('HGET', KEYS[1], ARGV[1]) ~= ARGV[2] then return 0 end
@@ -140,6 +151,27 @@ class _AllBut:
 
     def __contains__(self, client_id: object) -> bool:
         return client_id not in self.kept
+
+
+class _Claim:
+    """One CONNECT's claim on its client id, waiting for the call that carries it."""
+
+    __slots__ = ("abandoned", "client_id", "done", "error", "result", "traceback")
+
+    def __init__(self, client_id: str) -> None:
+        self.client_id = client_id
+        self.done = trio.Event()
+        #: the client id's previous connection node and host (None: none)
+        self.result: tuple[Any, Any] = (None, None)
+        self.error: Exception | None = None
+        self.traceback: TracebackType | None = None
+        #: its CONNECT went away before the claim was sent: leave it out
+        self.abandoned = False
+
+    def fail(self, error: Exception) -> None:
+        self.error = error
+        self.traceback = error.__traceback__
+        self.done.set()
 
 
 class ForwardingSession(Session):
@@ -221,6 +253,10 @@ class ClusterNode:
         self._retained_changed = trio.Event()
         self._routes_changed = trio.Event()
         self._requests: dict[str, trio.Event] = {}
+        #: CONNECTs' claims not yet sent (one per connection in CONNECT: bounded by them)
+        self._claims: list[_Claim] = []
+        self._claims_pending = trio.Event()
+        self.claim_calls = 0  # round trips that carried claims
         #: sessions being handed over to this node -> cluster ids of messages delivered
         self._handover: dict[str, set[bytes]] = {}
         #: sessions being loaded here -> messages aimed at them meanwhile (message, QoS,
@@ -344,6 +380,7 @@ class ClusterNode:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             await nursery.start(self.store.writer)
+            nursery.start_soon(self._claim_loop)
             await self._join()
             nursery.start_soon(self._heartbeat_loop)
             nursery.start_soon(self._follow_routes)
@@ -627,10 +664,7 @@ class ClusterNode:
         self._drop_forwarder(client_id)  # it comes back here: nothing more to forward
         self._loading[client_id] = []
         try:
-            claimed: Any = await self._claim(
-                keys=[keys.clients, keys.hosts], args=[client_id, self.node_id]
-            )
-            previous, host = claimed
+            previous, host = await self.claim(client_id)
             host_id = _text(host) if host is not None else None
             elsewhere = {_text(n) for n in (previous, host) if n is not None} - {self.node_id}
             # A client id new to the cluster (or last here) needs nobody's answer: no second
@@ -674,6 +708,66 @@ class ClusterNode:
             return None
         finally:
             self._loading.pop(client_id, None)
+
+    async def claim(self, client_id: str) -> tuple[Any, Any]:
+        """Register ``client_id``'s connection here, atomically with reading where it was:
+        its previous connection node and the host of its persistent session (None: none).
+
+        The claim waits for ``_claim_loop`` to send it, with every other claim pending then.
+
+        Raises:
+            Exception: what the Redis call raised (the same for every claim it carried);
+                ``TakeOverFailed`` when this node stops first.
+        """
+        claim = _Claim(client_id)
+        self._claims.append(claim)
+        if len(self._claims) == 1:
+            self._claims_pending.set()
+        try:
+            await claim.done.wait()
+        except BaseException:
+            claim.abandoned = True  # not sent yet: left out (sent: nobody waits for it)
+            raise
+        if claim.error is not None:
+            # Raised in every CONNECT of the call: each with the traceback of the call only.
+            raise claim.error.with_traceback(claim.traceback)
+        return claim.result
+
+    async def _claim_loop(self) -> None:
+        """Send the pending claims, as many as are pending when this runs, in one script
+        call. No timer gathers them: an idle node sends one claim at once; under a connect
+        storm the claims made during one round trip go together in the next."""
+        keys = [self.keys.clients, self.keys.hosts]
+        batch: list[_Claim] = []
+        try:
+            while True:
+                if not self._claims:
+                    self._claims_pending = trio.Event()
+                    await self._claims_pending.wait()
+                    continue
+                batch = [c for c in self._claims[:MAX_CLAIMS] if not c.abandoned]
+                del self._claims[:MAX_CLAIMS]
+                if not batch:
+                    continue
+                self.claim_calls += 1
+                try:
+                    claimed: Any = await self._claim(
+                        keys=keys, args=[self.node_id, *(c.client_id for c in batch)]
+                    )
+                except Exception as exc:  # every CONNECT of the call fails as alone
+                    for claim in batch:
+                        claim.fail(exc)
+                else:
+                    for index, claim in enumerate(batch):
+                        claim.result = (claimed[2 * index], claimed[2 * index + 1])
+                        claim.done.set()
+                batch = []
+        finally:
+            # This node stops: nobody will send what is left.
+            stopped = TakeOverFailed("cluster node stopped")
+            for claim in (*batch, *self._claims):
+                claim.fail(stopped)
+            self._claims.clear()
 
     async def _end_handover(self, old_host: str, client_id: str, seen: set[bytes]) -> None:
         """Tell the old host to stop forwarding; keep deduplicating a little longer for
