@@ -1,8 +1,11 @@
 """WebSocket listeners (``type = "ws"`` / ``"wss"``): MQTT over WebSocket, plus static files.
 
 Theory of operation: every connection starts as HTTP/1.1, read by ``HttpConnection`` (h11)
-under ``ws_handshake_timeout_s``. A WebSocket upgrade to the listener's ``path`` that passes the
-origin and subprotocol checks is accepted by wsproto, and from then on the connection is a
+under ``ws_handshake_timeout_s``. A WebSocket upgrade to the listener's ``path`` is checked
+against h11's parsed request and answered with a 101 built here (RFC 6455 4.2.1 and 4.2.2: the
+checks wsproto's server handshake makes, plus origin, key and subprotocol; handing the request
+to wsproto would serialise it and parse it a second time, which cost more than h11's own parse),
+and from then on the connection is a
 ``WebSocketStream`` -- a ``trio.abc.Stream`` of MQTT bytes -- handed to the broker's handler,
 so the same MQTT framer serves TCP, TLS, WS and WSS. Any other request is a static-file request
 (``mqttd.transports.http``), or one for a monitoring endpoint (``metrics_path``, ``/healthz``,
@@ -33,6 +36,7 @@ while the lock is held, so no frame ever starts inside another.
 from __future__ import annotations
 
 import base64
+import hashlib
 import os
 from collections.abc import Awaitable
 from contextlib import nullcontext
@@ -52,8 +56,6 @@ from mqttd.transports import ConnectionInfo, Gate, Handler, MqttStream
 from mqttd.transports.http import (
     Endpoints,
     HttpConnection,
-    header_tokens,
-    header_values,
     request_path,
     serve_endpoint,
     serve_static,
@@ -88,13 +90,13 @@ MAX_RESPONSE_HEAD_BYTES = 16 * 1024
 class WebSocketStream(MqttStream):
     """A byte stream carried in binary WebSocket messages.
 
-    Frames are decoded and encoded by ``mqttd.transports.wsframes``; the wsproto connection
-    only tells the role (server or client). It must have been given no bytes past the
-    handshake: those are passed as ``early`` instead.
+    Frames are decoded and encoded by ``mqttd.transports.wsframes``; ``ws`` only tells the
+    role (server or client). A wsproto connection passed as ``ws`` must have been given no
+    bytes past the handshake: those are passed as ``early`` instead.
 
     Args:
         transport: the underlying stream (TCP or TLS), already past the HTTP handshake.
-        ws: the wsproto connection that ran the handshake, in the OPEN state.
+        ws: the role, or the wsproto connection that ran the handshake (in the OPEN state).
         max_message_size: a received message larger than this closes the connection (1009).
         subprotocol: the negotiated subprotocol, for the record.
         early: bytes received after the handshake, in the same read as its end: the first
@@ -124,7 +126,7 @@ class WebSocketStream(MqttStream):
     def __init__(
         self,
         transport: trio.abc.Stream,
-        ws: WSConnection,
+        ws: WSConnection | ConnectionType,
         *,
         max_message_size: int = 16 * 1024 * 1024,
         subprotocol: str | None = None,
@@ -134,7 +136,9 @@ class WebSocketStream(MqttStream):
         self.subprotocol = subprotocol
         self.close_code: int | None = None  # the close code sent or received, once closed
         self.close_reason: str | None = None
-        self._client = bool(ws.client)
+        self._client = (
+            ws is ConnectionType.CLIENT if isinstance(ws, ConnectionType) else bool(ws.client)
+        )
         self._decoder = FrameDecoder(max_message_size=max_message_size, client=self._client)
         self._pending = bytearray()  # received message data not yet returned
         self._eof = False
@@ -475,39 +479,120 @@ async def open_websocket_stream(
     raise trio.BrokenResourceError("no WebSocket handshake response")
 
 
-def _is_websocket_upgrade(request: h11.Request) -> bool:
-    return "upgrade" in header_tokens(request, b"connection") and "websocket" in header_tokens(
-        request, b"upgrade"
+#: [RFC 6455 1.3] appended to the client's key, then SHA-1 and base64: Sec-WebSocket-Accept.
+ACCEPT_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+#: [RFC 6455 4.2.2] the opening of the server's handshake, up to the Sec-WebSocket-Accept value
+#: (the bytes wsproto wrote, with its header order and casing).
+_ACCEPT_HEAD = (
+    b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+    b"Sec-WebSocket-Accept: "
+)
+
+
+def _header_fields(request: h11.Request) -> dict[bytes, list[bytes]]:
+    """The request's header values by name (lower-case, as h11 gives them), in order.
+
+    One pass over the headers: each look-up after it is a dict access, where ``header_values``
+    walks every header again.
+    """
+    fields: dict[bytes, list[bytes]] = {}
+    for name, value in request.headers:
+        values = fields.get(name)
+        if values is None:
+            fields[name] = [value]
+        else:
+            values.append(value)
+    return fields
+
+
+def _tokens(fields: dict[bytes, list[bytes]], name: bytes) -> set[str]:
+    """The comma-separated tokens of header ``name``, lower-cased (``header_tokens``)."""
+    return {
+        token.strip().lower()
+        for value in fields.get(name, ())
+        for token in value.decode("latin-1").split(",")
+        if token.strip()
+    }
+
+
+def _ascii_list(value: bytes) -> list[str]:
+    """A comma-separated header value split into stripped items, as wsproto splits it (bytes
+    outside ASCII, which wsproto's split would raise on, become U+FFFD and match nothing)."""
+    return [piece.decode("ascii", "replace").strip() for piece in value.split(b",")]
+
+
+def _is_websocket_upgrade(fields: dict[bytes, list[bytes]]) -> bool:
+    return "upgrade" in _tokens(fields, b"connection") and "websocket" in _tokens(
+        fields, b"upgrade"
     )
 
 
-def _origin_allowed(request: h11.Request, allowed: tuple[str, ...]) -> bool:
+def _origin_allowed(origins: list[str], allowed: tuple[str, ...]) -> bool:
     """``allowed_origins`` empty = all; a request without Origin is not from a browser."""
-    if not allowed:
-        return True
-    origins = header_values(request, b"origin")
-    if not origins:
+    if not allowed or not origins:
         return True
     wanted = {o.strip().rstrip("/").lower() for o in allowed}
     return all(o.strip().rstrip("/").lower() in wanted for o in origins)
 
 
-def _websocket_key_problem(request: h11.Request) -> str | None:
+def _websocket_key_problem(fields: dict[bytes, list[bytes]]) -> str | None:
     """Why the request's Sec-WebSocket-Key is unacceptable, or None if it is fine.
 
     [RFC 6455 4.2.1] the key is "a base64-encoded value that, when decoded, is 16 bytes in
     length"; [RFC 6455 11.3.1] the header must not appear more than once.
     """
-    keys = header_values(request, b"sec-websocket-key")
+    keys = fields.get(b"sec-websocket-key")
     if not keys:
         return "missing_websocket_key"
     if len(keys) > 1:
         return "repeated_websocket_key"
     try:
         decoded = base64.b64decode(keys[0], validate=True)
-    except ValueError:  # binascii.Error, or a non-ASCII character
+    except ValueError:  # binascii.Error
         return "bad_websocket_key"
     return None if len(decoded) == 16 else "bad_websocket_key"
+
+
+def _handshake_problem(fields: dict[bytes, list[bytes]]) -> tuple[int, str] | None:
+    """The status and reason for refusing an upgrade request, or None if it is a valid opening
+    handshake [RFC 6455 4.2.1] (the Sec-WebSocket-Key is checked apart, before this).
+
+    The checks, their order, statuses and messages are those of wsproto's server handshake
+    (``H11Handshake._process_connection_request``), which this replaces; where a header repeats,
+    its last value counts, as there. The method is not checked: wsproto's check never saw it
+    (``initiate_upgrade_connection`` rebuilds the request as a GET).
+    """
+    connection = fields.get(b"connection")
+    # [RFC 6455 4.2.1 item 4] Connection includes the token "Upgrade" (case-insensitive).
+    if connection is None or not any(t.lower() == "upgrade" for t in _ascii_list(connection[-1])):
+        return 400, "Missing header, 'Connection: Upgrade'"
+    # [RFC 6455 4.2.1 item 6, 4.2.2 item 4] version 13 only: any other is answered 426 (the
+    # client may retry with a version we speak), a missing one 400.
+    version = fields.get(b"sec-websocket-version")
+    if version is None or version[-1] != b"13":
+        return (426 if version and version[-1] else 400), "Missing header, 'Sec-WebSocket-Version'"
+    # [RFC 6455 4.2.1 item 3] Upgrade is "websocket" (case-insensitive).
+    if fields[b"upgrade"][-1].lower() != b"websocket":
+        return 400, "Missing header, 'Upgrade: websocket'"
+    # [RFC 6455 4.2.1 item 2] a Host header field [RFC 9112 3.2: exactly one]. h11 requires
+    # it of HTTP/1.1 requests; an HTTP/1.0 request may come without.
+    hosts = fields.get(b"host")
+    if hosts is None:
+        return 400, "Missing header, 'Host'"
+    if len(hosts) > 1:
+        return 400, "Repeated header, 'Host'"
+    return None
+
+
+def _accept_response(key: bytes, subprotocol: str) -> bytes:
+    """The 101 that accepts a handshake [RFC 6455 4.2.2 item 5], with the key's
+    Sec-WebSocket-Accept [RFC 6455 1.3] and the chosen subprotocol, and no extensions."""
+    accept = base64.b64encode(hashlib.sha1(key + ACCEPT_GUID).digest())
+    return b"%s%s\r\nSec-WebSocket-Protocol: %s\r\n\r\n" % (
+        _ACCEPT_HEAD,
+        accept,
+        subprotocol.encode("ascii"),
+    )
 
 
 def _choose_subprotocol(offered: list[str]) -> str | None:
@@ -540,61 +625,57 @@ class _WsListenerContext:
 async def _accept_websocket(
     ctx: _WsListenerContext,
     http: HttpConnection,
-    request: h11.Request,
+    fields: dict[bytes, list[bytes]],
     logger: Any,
 ) -> WebSocketStream | None:
-    """Check an upgrade request and answer it: 101 with a stream, or a 4xx and None."""
+    """Check an upgrade request (its headers, ``_header_fields``) and answer it: 101 with a
+    stream, or a 4xx and None."""
     listener = ctx.listener
-    if not _origin_allowed(request, listener.allowed_origins):
+    origins = [value.decode("latin-1") for value in fields.get(b"origin", ())]
+    if not _origin_allowed(origins, listener.allowed_origins):
         logger.warning(
-            "ws_handshake_rejected",
-            status=403,
-            reason="origin_not_allowed",
-            origin=header_values(request, b"origin"),
+            "ws_handshake_rejected", status=403, reason="origin_not_allowed", origin=origins
         )
         await http.send_error(403, "origin not allowed")
         return None
-    key_problem = _websocket_key_problem(request)
+    key_problem = _websocket_key_problem(fields)
     if key_problem is not None:
         logger.warning("ws_handshake_rejected", status=400, reason=key_problem)
         await http.send_error(400, "Sec-WebSocket-Key must be the base64 encoding of 16 bytes")
         return None
-    ws = WSConnection(ConnectionType.SERVER)
-    try:
-        ws.initiate_upgrade_connection(list(request.headers), request.target)
-        events = list(ws.events())
-    except RemoteProtocolError as exc:
-        hint = exc.event_hint
-        status = hint.status_code if isinstance(hint, RejectConnection) else 400
-        logger.warning("ws_handshake_rejected", status=status, reason=str(exc))
-        await http.send_error(status, str(exc))
+    problem = _handshake_problem(fields)
+    if problem is not None:
+        status, message = problem
+        logger.warning("ws_handshake_rejected", status=status, reason=message)
+        await http.send_error(status, message)
         return None
-    ws_request = next((e for e in events if isinstance(e, Request)), None)
-    if ws_request is None:  # pragma: no cover - wsproto always yields the Request
-        await http.send_error(400, "bad WebSocket request")
-        return None
-    subprotocol = _choose_subprotocol(ws_request.subprotocols)
+    # [RFC 6455 4.2.1 item 8] Sec-WebSocket-Protocol: a list, possibly over several lines.
+    offered = [
+        name for value in fields.get(b"sec-websocket-protocol", ()) for name in _ascii_list(value)
+    ]
+    subprotocol = _choose_subprotocol(offered)
     if subprotocol is None:
         logger.warning(
             "ws_handshake_rejected",
             status=400,
             reason="no_mqtt_subprotocol",
-            offered=ws_request.subprotocols,
+            offered=offered,
         )
         await http.send_error(
             400, "WebSocket subprotocol 'mqtt' (MQTT 3.1.1) or 'mqttv3.1' (MQTT 3.1) required"
         )
         return None
-    offered = next(s for s in ws_request.subprotocols if s.strip().lower() == subprotocol)
-    # No extensions: permessage-deflate would buy little for MQTT and costs memory per socket.
-    await http.stream.send_all(ws.send(AcceptConnection(subprotocol=offered, extensions=[])))
+    # Echoed as the client spelt it. No extensions: permessage-deflate would buy little for
+    # MQTT and costs memory per socket.
+    chosen = next(name for name in offered if name.strip().lower() == subprotocol)
+    await http.stream.send_all(_accept_response(fields[b"sec-websocket-key"][0], chosen))
     # Frames the client sent right behind its request (h11 kept them, unparsed).
     trailing, _ = http.conn.trailing_data
     return WebSocketStream(
         http.stream,
-        ws,
+        ConnectionType.SERVER,
         max_message_size=listener.ws_max_message_size,
-        subprotocol=offered,
+        subprotocol=chosen,
         early=bytes(trailing),
     )
 
@@ -667,12 +748,13 @@ async def _upgrade(
                     logger.warning("http_request_rejected", reason=http.last_error)
                 return None
             path = request_path(request)
-            upgrade = _is_websocket_upgrade(request)
+            fields = _header_fields(request)
+            upgrade = _is_websocket_upgrade(fields)
             if upgrade and path == listener.path:
-                ws_stream = await _accept_websocket(ctx, http, request, logger)
+                ws_stream = await _accept_websocket(ctx, http, fields, logger)
                 if ws_stream is None:
                     return None
-                forwarded_for = header_values(request, b"x-forwarded-for")
+                forwarded_for = [v.decode("latin-1") for v in fields.get(b"x-forwarded-for", ())]
             elif upgrade:
                 logger.warning("ws_handshake_rejected", status=404, reason="wrong_path")
                 await http.send_error(404, "no WebSocket endpoint here")
