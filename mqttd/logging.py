@@ -12,12 +12,19 @@ Every line a connection's tasks log names the connection (``conn_id``, ``peer``,
 ``merge_connection`` processor reads. That costs one ``ContextVar.set`` per bind and one ``get``
 per line, where structlog's general-purpose contextvars copy and scan the whole context on every
 line -- a measurable share of the CPU a broker spends per connect.
+
+For the same reason the broker's own lines go through one processor, ``_prepare_line``, that
+does what ``merge_connection``, ``clip_client_text``, ``add_log_level`` and structlog's
+``TimeStamper(fmt="iso", utc=True)`` would do one after the other, with the same result: a
+processor call, and ``datetime.isoformat`` for every line, cost more than the work itself.
 """
 
 from __future__ import annotations
 
+import json as _json
 import logging
 import sys
+import time
 from collections.abc import MutableMapping
 from contextvars import ContextVar
 from typing import Any
@@ -116,6 +123,80 @@ def clip_client_text(
     return event_dict
 
 
+#: (second, "YYYY-MM-DDTHH:MM:SS") of the latest timestamp: one tuple, so a thread that logs
+#: (a stdlib record) never sees one half of an update.
+_SECOND: tuple[int, str] = (-1, "")
+
+
+def _timestamp() -> str:
+    """Now as structlog's ``TimeStamper(fmt="iso", utc=True)`` writes it:
+    ``2026-01-31T12:00:00.123456Z`` (no fraction when the microseconds are 0, as
+    ``datetime.isoformat`` does); the date and time of day are formatted once a second."""
+    global _SECOND
+    second, micros = divmod(time.time_ns() // 1000, 1_000_000)
+    cached, prefix = _SECOND
+    if second != cached:
+        prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        _SECOND = (second, prefix)
+    if micros:
+        return f"{prefix}.{micros:06d}Z"
+    return f"{prefix}Z"
+
+
+def _add_timestamp(
+    logger: Any, method_name: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """Processor: the ``timestamp`` key (see ``_timestamp``)."""
+    event_dict["timestamp"] = _timestamp()
+    return event_dict
+
+
+#: Level names as structlog's ``add_log_level`` maps them; any other method is its own name.
+_LEVEL_NAMES = {"exception": "error", "warn": "warning"}
+
+
+def _prepare_line(
+    logger: Any, method_name: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """Processor: ``merge_connection``, ``clip_client_text``, ``add_log_level`` and the
+    timestamp in one call, with the same keys in the same order."""
+    merge_connection(logger, method_name, event_dict)
+    clip_client_text(logger, method_name, event_dict)
+    event_dict["level"] = _LEVEL_NAMES.get(method_name, method_name)
+    event_dict["timestamp"] = _timestamp()
+    return event_dict
+
+
+class _JsonLine:
+    """The whole processor chain of ``--log-format json`` in one call: ``_prepare_line``, then
+    ``StackInfoRenderer`` and ``dict_tracebacks`` when the line asks for a stack or carries an
+    exception, then what ``JSONRenderer()`` writes (``json.dumps`` with structlog's fallback for
+    other types), by one encoder made once."""
+
+    __slots__ = ("_encode", "_stack_info")
+
+    def __init__(self) -> None:
+        # This module's frames are not the caller a stack starts from.
+        self._stack_info = structlog.processors.StackInfoRenderer(additional_ignores=[__name__])
+        self._encode = _json.JSONEncoder(default=_json_fallback).encode
+
+    def __call__(self, logger: Any, method_name: str, event_dict: MutableMapping[str, Any]) -> str:
+        _prepare_line(logger, method_name, event_dict)
+        if "stack_info" in event_dict or "exc_info" in event_dict:
+            self._stack_info(logger, method_name, event_dict)
+            structlog.processors.dict_tracebacks(logger, method_name, event_dict)
+        return self._encode(event_dict)
+
+
+def _json_fallback(value: Any) -> Any:
+    """A value JSON has no type for: its ``__structlog__()`` or its ``repr`` (as structlog's
+    ``JSONRenderer`` does)."""
+    try:
+        return value.__structlog__()
+    except AttributeError:
+        return repr(value)
+
+
 class LogBudget:
     """Per-connection log lines a client can trigger again and again: the first of each event is
     logged, the rest are counted and reported once, in the connection's closing line.
@@ -162,24 +243,17 @@ def configure_logging(*, json: bool, level: str, cache_logger_on_first_use: bool
     except KeyError:
         raise ValueError(f"unknown log level {level!r}; expected one of {list(LEVELS)}") from None
 
-    timestamper = structlog.processors.TimeStamper(fmt="iso", utc=True)
-    renderer: Any
+    processors: list[Any]
+    final: list[Any]
     if json:
-        renderer = structlog.processors.JSONRenderer()
-        final: list[Any] = [structlog.processors.dict_tracebacks, renderer]
+        final = [structlog.processors.dict_tracebacks, structlog.processors.JSONRenderer()]
+        processors = [_JsonLine()]
     else:
-        renderer = structlog.dev.ConsoleRenderer(colors=_is_tty(sys.stderr))
-        final = [renderer]
+        final = [structlog.dev.ConsoleRenderer(colors=_is_tty(sys.stderr))]
+        processors = [_prepare_line, structlog.processors.StackInfoRenderer(), *final]
 
     structlog.configure(
-        processors=[
-            merge_connection,
-            clip_client_text,
-            structlog.processors.add_log_level,
-            timestamper,
-            structlog.processors.StackInfoRenderer(),
-            *final,
-        ],
+        processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(numeric_level),
         context_class=dict,
         # WriteLogger writes each line with one write() and flushes it: readers of a pipe see
@@ -194,7 +268,7 @@ def configure_logging(*, json: bool, level: str, cache_logger_on_first_use: bool
             clip_client_text,
             structlog.stdlib.add_log_level,
             structlog.stdlib.add_logger_name,
-            timestamper,
+            _add_timestamp,
         ],
         processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *final],
     )

@@ -89,3 +89,74 @@ def test_log_budget_logs_the_first_and_counts_the_rest() -> None:
     assert [budget.first("a") for _ in range(3)] == [True, False, False]
     assert budget.first("b")
     assert budget.suppressed() == {"a": 2}
+
+
+def test_timestamps_are_written_as_structlogs_iso_utc_stamper_writes_them(
+    monkeypatch: Any,
+) -> None:
+    """The cached-second timestamp equals TimeStamper(fmt="iso", utc=True)'s, with and
+    without microseconds, across a change of second."""
+    import datetime
+    import time
+
+    from mqttd import logging as mqttd_logging
+
+    for now_us in (1_767_225_599_999_999, 1_767_225_600_000_000, 1_767_225_600_000_001):
+        monkeypatch.setattr(time, "time_ns", lambda now_us=now_us: now_us * 1000)
+        expected = (
+            datetime.datetime.fromtimestamp(now_us // 1_000_000, tz=datetime.UTC)
+            .replace(microsecond=now_us % 1_000_000)
+            .isoformat()
+            .replace("+00:00", "Z")
+        )
+        assert mqttd_logging._timestamp() == expected
+
+
+def _raised() -> ValueError:
+    """An exception with a traceback whose frame no longer changes."""
+    try:
+        raise ValueError("boom")
+    except ValueError as exc:
+        return exc
+
+
+def test_the_json_line_is_what_structlogs_processor_chain_writes() -> None:
+    """_JsonLine renders a line as merge_connection, clip_client_text, add_log_level,
+    StackInfoRenderer, dict_tracebacks and JSONRenderer would, byte for byte (the timestamp
+    aside), for the types log calls pass, an exception included."""
+    import structlog
+
+    from mqttd.logging import _JsonLine, clip_client_text
+
+    def stamp(logger: Any, method: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+        event_dict["timestamp"] = "T"
+        return event_dict
+
+    chain = [
+        merge_connection,
+        clip_client_text,
+        structlog.processors.add_log_level,
+        stamp,
+        structlog.processors.StackInfoRenderer(),
+        structlog.processors.dict_tracebacks,
+    ]
+    bind_connection(3, "10.0.0.1:1883", "tcp", "sensor-1")
+    error = _raised()
+    events: list[tuple[str, dict[str, Any]]] = [
+        ("info", {"event": "client_connected", "keepalive": 60, "will": False, "user": None}),
+        ("warning", {"event": "x", "client_id": "given", "ratio": 0.5, "topic": "t" * 300}),
+        ("info", {"event": "odd", "raw": b"\x00", "items": ["a", 1], "nested": {"k": [1]}}),
+        ("exception", {"event": "connection_failed", "exc_info": error}),
+        ("info", {"event": "no_exception", "exc_info": False, "stack_info": False}),
+    ]
+    for method, event in events:
+        expected: Any = dict(event)
+        for processor in chain:
+            expected = processor(None, method, expected)
+        line = _JsonLine()(None, method, dict(event))
+        head, _, stamp_and_rest = line.partition('"timestamp": "')
+        stamp, _, rest = stamp_and_rest.partition('"')
+        assert stamp.endswith("Z")
+        assert head + '"timestamp": "T"' + rest == structlog.processors.JSONRenderer()(
+            None, method, expected
+        )
