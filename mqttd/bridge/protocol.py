@@ -515,7 +515,7 @@ class LinkProtocol:
         elif isinstance(packet, Suback):
             return self._suback(packet)
         elif isinstance(packet, Unsuback):
-            pass  # the bridge sends no UNSUBSCRIBE; a stray one is harmless
+            return None  # the bridge sends no UNSUBSCRIBE; a stray UNSUBACK is ignored
         elif isinstance(packet, Connack):
             return self._fail("second_connack")
         elif isinstance(packet, Disconnect) and self.version == 5:

@@ -31,7 +31,7 @@ from __future__ import annotations
 import socket
 import ssl
 from collections.abc import Awaitable, Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -311,13 +311,11 @@ class TlsStream(MqttStream):
 
     def _queue_close_notify(self) -> None:
         if self._handshook and not self._broken:
-            try:
-                # Sends close_notify without waiting for the peer's (trio's SSLStream does the
-                # same): an unwrap waiting for a reply could wait forever on a peer that does
-                # not read.
+            # Sends close_notify without waiting for the peer's (trio's SSLStream does the
+            # same): an unwrap waiting for a reply could wait forever on a peer that does not
+            # read. SSLWantReadError, the peer's close_notify not there yet, is expected.
+            with suppress(ssl.SSLError):
                 self._ssl.unwrap()
-            except ssl.SSLError:
-                pass  # SSLWantReadError: the peer's close_notify has not come, as expected
             self._collect()
 
     def _close_socket(self) -> None:
