@@ -58,16 +58,17 @@ def _packet_id_bytes5(packet_id: int) -> bytes:
     return cached
 
 
-def _remaining_length(n: int) -> bytes:
+def _fixed_header(first: int, remaining: int) -> bytes:
+    """A fixed header: the first byte, then the Remaining Length (2.2.3)."""
     # Local copy of the 2.2.3 varint so this hot path needs no import of the codec module's
     # validation machinery; values are bounded by the decoder's max_packet_size.
-    if n < 128:
-        return bytes((n,))
-    out = bytearray()
+    if remaining < 128:
+        return bytes((first, remaining))
+    out = bytearray((first,))
     while True:
-        digit = n & 0x7F
-        n >>= 7
-        if n:
+        digit = remaining & 0x7F
+        remaining >>= 7
+        if remaining:
             out.append(digit | 0x80)
         else:
             out.append(digit)
@@ -179,12 +180,17 @@ class Message:
         """Bytes this message costs in a queue (topic + payload)."""
         return len(self._topic_field) + len(self.payload)
 
-    def _header(self, qos: int, retain: bool, dup: bool) -> bytes:
+    def header(self, qos: int, retain: bool = False, dup: bool = False) -> bytes:
+        """The fixed header and topic name of a PUBLISH delivering this message (MQTT 3.1.1),
+        made once per flag combination; a packet identifier, if any, and the payload follow."""
         flags = (dup << 3) | (qos << 1) | retain
         header = self._headers.get(flags)
         if header is None:
             remaining = len(self._topic_field) + (2 if qos else 0) + len(self.payload)
-            header = bytes((0x30 | flags,)) + _remaining_length(remaining) + self._topic_field
+            if remaining < 128:  # inlined: one bytes object, one concatenation
+                header = bytes((0x30 | flags, remaining)) + self._topic_field
+            else:
+                header = _fixed_header(0x30 | flags, remaining) + self._topic_field
             self._headers[flags] = header
         return header
 
@@ -202,8 +208,8 @@ class Message:
             packet_id: required (non-zero) when ``qos`` > 0.
         """
         if qos == 0:
-            return (self._header(0, retain, False), self.payload)
-        return (self._header(qos, retain, dup), packet_id_bytes(packet_id), self.payload)
+            return (self.header(0, retain), self.payload)
+        return (self.header(qos, retain, dup), packet_id_bytes(packet_id), self.payload)
 
     def publish_chunks5(
         self,
@@ -262,8 +268,7 @@ class Message:
         block = write_varint(body_length) + extra + publisher_properties
         topic_field = self._topic_field if send_topic else b"\x00\x00"
         remaining = len(topic_field) + (2 if qos else 0) + len(block) + len(self.payload)
-        first = bytes((0x30 | (dup << 3) | (qos << 1) | retain,))
-        header = first + _remaining_length(remaining) + topic_field
+        header = _fixed_header(0x30 | (dup << 3) | (qos << 1) | retain, remaining) + topic_field
         if qos == 0:
             return (header, block, self.payload)
         return (header, packet_id_bytes(packet_id), block, self.payload)
@@ -273,7 +278,7 @@ class Message:
         header and topic, then at QoS 0 the property block ``static``."""
         qos = (flags >> 1) & 3
         remaining = len(self._topic_field) + (2 if qos else 0) + len(static) + len(self.payload)
-        header = bytes((0x30 | (flags & 0xFF),)) + _remaining_length(remaining) + self._topic_field
+        header = _fixed_header(0x30 | (flags & 0xFF), remaining) + self._topic_field
         if not qos:
             header += static
         self._headers[flags] = header

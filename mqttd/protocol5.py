@@ -172,26 +172,16 @@ class ClientProtocol5(ClientProtocol):
                 topic, packet.payload, qos, packet.retain, properties, time.time()
             )
         if qos == 0:
-            self._route5(message)
+            self._route(message)
             return
         # 0x10 when nobody subscribes, as Mosquitto answers; decided before routing so the
         # acknowledgement still goes first on the wire, as for MQTT 3.1.1.
         code = 0 if self.broker.has_subscribers(topic) else ReasonCode.NO_MATCHING_SUBSCRIBERS
         if qos == 1:
             self.session.acknowledge_qos1(packet.packet_id, code)  # type: ignore[arg-type]
-            self._route5(message)
+            self._route(message)
         elif self.session.receive_qos2(packet.packet_id, code):  # type: ignore[arg-type]
-            self._route5(message)  # exactly once: see ClientProtocol._publish
-
-    def _route5(self, message: Message) -> None:
-        kept = self.broker.publish_message(message, publisher=self.session.client_id)
-        if not kept and self.logs.first("retained_refused"):
-            log.warning(
-                "retained_refused",
-                topic=message.topic,
-                retained=len(self.broker.retained),
-                retained_bytes=self.broker.retained_bytes,
-            )
+            self._route(message)  # exactly once: see ClientProtocol._publish
 
     def _ack(self, packet: Puback) -> None:
         self.session.send_packet(encode_within(packet, self._packet_limit()))
