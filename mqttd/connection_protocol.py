@@ -42,7 +42,7 @@ from __future__ import annotations
 import enum
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final, Protocol, TypeAlias
 
@@ -60,6 +60,7 @@ from mqttd.codec.packets import (
     ConnackCode,
     Connect,
     Disconnect,
+    Packet,
     Properties,
     Publish,
     ReasonCode,
@@ -226,6 +227,7 @@ class ConnectionProtocol:
         "_early",
         "_exchange",
         "_gate",
+        "_held",
         "_kick",
         "_last_packet_at",
         "_paused",
@@ -279,6 +281,8 @@ class ConnectionProtocol:
         self._client: ClientProtocol | None = None
         self._connect: Connect | None = None
         self._pending: Action | None = None  # decided while authenticating
+        #: packets decoded but not yet handled (a throttled publisher's rest of a read)
+        self._held: Sequence[Packet] = ()
         self._early = b""  # output before there is a session (a refusing CONNACK)
         #: MQTT 5 enhanced authentication under way (4.12), and its last server data
         self._exchange: Exchange | None = None
@@ -348,35 +352,48 @@ class ConnectionProtocol:
         handle = client.handle
         gate = self._gate
         token = gate.begin() if gate is not None else 0
-        got_packet = False
+        handled = 0
         try:
             rate = self.server.broker.limits.max_publish_rate
             while True:
-                try:
-                    packet = decoder.next_packet()
-                    if packet is DECODER_NEED_DATA:
+                packets = self._held
+                if packets:
+                    self._held = ()
+                else:
+                    try:
+                        packets = decoder.next_packets()  # the whole read at once
+                    except ProtocolError as exc:
+                        return self._fail(exc)
+                    if not packets:
+                        if decoder.closed:
+                            return self._closing("peer_closed")
                         break
-                    if packet is CLOSED:
-                        return self._closing("peer_closed")
-                    got_packet = True
-                    self.packets_in += 1
-                    handle(packet)
+                done = 0
+                try:
+                    for packet in packets:
+                        done += 1
+                        handle(packet)
+                        if client.disconnected:
+                            return self._closing("client_disconnect")  # [MQTT-3.14.4-2]
+                        if rate and packet.__class__ is Publish:
+                            # A token bucket (burst = one second's worth): the excess waits
+                            # (decoded, in the decoder, in the socket) -- delayed by not
+                            # reading, never dropped.
+                            tokens = min(rate, self._tokens + (now - self._tokens_at) * rate) - 1
+                            self._tokens, self._tokens_at = tokens, now
+                            if tokens < 0:
+                                self._held = packets[done:]
+                                self._paused = True
+                                return Throttle(now - tokens / rate)
                 except ProtocolError as exc:
                     return self._fail(exc)
-                if client.disconnected:
-                    return self._closing("client_disconnect")  # [MQTT-3.14.4-2]
-                if rate and packet.__class__ is Publish:
-                    # A token bucket (burst = one second's worth): the excess waits in the
-                    # decoder and the socket -- delayed by not reading, never dropped.
-                    tokens = min(rate, self._tokens + (now - self._tokens_at) * rate) - 1
-                    self._tokens, self._tokens_at = tokens, now
-                    if tokens < 0:
-                        self._paused = True
-                        return Throttle(now - tokens / rate)
+                finally:
+                    handled += done
         finally:
             if gate is not None:
                 gate.end(token)
-            if got_packet:
+            if handled:
+                self.packets_in += handled
                 self._last_packet_at = now
         session = self.session
         assert session is not None

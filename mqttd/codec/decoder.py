@@ -2,11 +2,13 @@
 
 Theory of operation
 -------------------
-``receive_data()`` only appends to a ``bytearray``; ``next_packet()`` parses from a read offset
-into it. The buffer is compacted (the consumed prefix deleted) at most once per
-``receive_data()`` call, so the work done is O(bytes received) however the stream is split.
+``receive_data()`` keeps the read itself when everything before it was decoded (the usual
+case), or the unfinished packet followed by the read; a packet longer than 64 KiB accumulates in
+a ``bytearray`` instead, so the work done is O(bytes received) however the stream is split.
+``next_packets()`` parses every complete packet from a read offset into it (``next_packet()``
+one); slices of a ``bytes`` buffer are the payloads themselves, with no second copy.
 
-``next_packet()`` works in two steps:
+Each packet is decoded in two steps:
 
 1. The fixed header. Its first byte is looked up in a 256-entry rule table chosen for the
    connection's state (awaiting CONNECT, MQTT 5, MQTT 3.1.1, MQTT 3.1; server or client side).
@@ -40,6 +42,7 @@ import enum
 from collections.abc import Callable
 from typing import Final, Literal
 
+from mqttd.codec.fields import Buffer
 from mqttd.codec.fields import check_text as _check_text
 from mqttd.codec.fields import read_binary as _read_binary
 from mqttd.codec.fields import read_utf8 as _read_utf8
@@ -235,7 +238,7 @@ _TABLES: Final = {
 # --- body field readers (the generic ones are in mqttd.codec.fields) ------------------------------
 
 
-def _read_packet_id(buf: bytearray, pos: int, end: int) -> int:
+def _read_packet_id(buf: Buffer, pos: int, end: int) -> int:
     """Read a non-zero Packet Identifier at ``pos`` ([MQTT-2.3.1-1])."""
     if pos + 2 > end:
         raise MalformedPacket("truncated_packet_id")
@@ -245,7 +248,7 @@ def _read_packet_id(buf: bytearray, pos: int, end: int) -> int:
     return packet_id
 
 
-def _end_of_properties(buf: bytearray, pos: int, end: int, packet_type: int) -> Properties:
+def _end_of_properties(buf: Buffer, pos: int, end: int, packet_type: int) -> Properties:
     """Read the properties that must end the packet exactly at ``end``."""
     props, pos = read_properties(buf, pos, end, packet_type)
     if pos != end:
@@ -255,7 +258,7 @@ def _end_of_properties(buf: bytearray, pos: int, end: int, packet_type: int) -> 
 
 # --- per-type body decoders: (decoder, flags, view, body start, body end) -> packet --------------
 
-_Decode = Callable[["Decoder", int, bytearray, int, int], Packet]
+_Decode = Callable[["Decoder", int, Buffer, int, int], Packet]
 
 _PINGREQ: Final = Pingreq()
 _PINGRESP: Final = Pingresp()
@@ -284,7 +287,7 @@ _new_object: Final = object.__new__
 )
 
 
-def _decode_publish(dec: Decoder, flags: int, buf: bytearray, start: int, end: int) -> Publish:
+def _decode_publish(dec: Decoder, flags: int, buf: Buffer, start: int, end: int) -> Publish:
     if start + 2 > end:
         raise MalformedPacket("truncated_publish")
     pos = start + 2 + (buf[start] << 8 | buf[start + 1])
@@ -312,7 +315,8 @@ def _decode_publish(dec: Decoder, flags: int, buf: bytearray, start: int, end: i
         packet_id = None  # [MQTT-2.3.1-5] no Packet Identifier at QoS 0: the rest is payload
     packet = _new_object(Publish)
     _set_topic(packet, topic)
-    _set_payload(packet, bytes(buf[pos:end]))
+    payload = buf[pos:end]
+    _set_payload(packet, payload if payload.__class__ is bytes else bytes(payload))
     _set_qos(packet, qos)
     _set_retain(packet, bool(flags & 0x1))
     _set_dup(packet, bool(flags & 0x8))
@@ -321,34 +325,34 @@ def _decode_publish(dec: Decoder, flags: int, buf: bytearray, start: int, end: i
     return packet
 
 
-def _decode_puback(dec: Decoder, flags: int, buf: bytearray, start: int, end: int) -> Puback:
+def _decode_puback(dec: Decoder, flags: int, buf: Buffer, start: int, end: int) -> Puback:
     return Puback(_read_packet_id(buf, start, end))
 
 
-def _decode_pubrec(dec: Decoder, flags: int, buf: bytearray, start: int, end: int) -> Pubrec:
+def _decode_pubrec(dec: Decoder, flags: int, buf: Buffer, start: int, end: int) -> Pubrec:
     return Pubrec(_read_packet_id(buf, start, end))
 
 
-def _decode_pubrel(dec: Decoder, flags: int, buf: bytearray, start: int, end: int) -> Pubrel:
+def _decode_pubrel(dec: Decoder, flags: int, buf: Buffer, start: int, end: int) -> Pubrel:
     return Pubrel(_read_packet_id(buf, start, end), bool(flags & 0x8))
 
 
-def _decode_pubcomp(dec: Decoder, flags: int, buf: bytearray, start: int, end: int) -> Pubcomp:
+def _decode_pubcomp(dec: Decoder, flags: int, buf: Buffer, start: int, end: int) -> Pubcomp:
     return Pubcomp(_read_packet_id(buf, start, end))
 
 
-def _decode_unsuback(dec: Decoder, flags: int, buf: bytearray, start: int, end: int) -> Unsuback:
+def _decode_unsuback(dec: Decoder, flags: int, buf: Buffer, start: int, end: int) -> Unsuback:
     return Unsuback(_read_packet_id(buf, start, end))
 
 
-def _decode_connack(dec: Decoder, flags: int, buf: bytearray, start: int, end: int) -> Connack:
+def _decode_connack(dec: Decoder, flags: int, buf: Buffer, start: int, end: int) -> Connack:
     ack_flags = buf[start]
     if ack_flags & 0xFE:
         raise MalformedPacket("connack_reserved_flags")  # 3.2.2.1: bits 7-1 MUST be 0
     return Connack(bool(ack_flags), buf[start + 1])
 
 
-def _decode_suback(dec: Decoder, flags: int, buf: bytearray, start: int, end: int) -> Suback:
+def _decode_suback(dec: Decoder, flags: int, buf: Buffer, start: int, end: int) -> Suback:
     packet_id = _read_packet_id(buf, start, end)
     codes = tuple(buf[start + 2 : end])
     if not _SUBACK_CODES.issuperset(codes):
@@ -356,7 +360,7 @@ def _decode_suback(dec: Decoder, flags: int, buf: bytearray, start: int, end: in
     return Suback(packet_id, codes)
 
 
-def _decode_subscribe(dec: Decoder, flags: int, buf: bytearray, start: int, end: int) -> Subscribe:
+def _decode_subscribe(dec: Decoder, flags: int, buf: Buffer, start: int, end: int) -> Subscribe:
     packet_id = _read_packet_id(buf, start, end)  # [MQTT-2.3.1-1]
     pos = start + 2
     subscriptions = []
@@ -378,7 +382,7 @@ def _decode_subscribe(dec: Decoder, flags: int, buf: bytearray, start: int, end:
 
 
 def _decode_unsubscribe(
-    dec: Decoder, flags: int, buf: bytearray, start: int, end: int
+    dec: Decoder, flags: int, buf: Buffer, start: int, end: int
 ) -> Unsubscribe:
     packet_id = _read_packet_id(buf, start, end)  # [MQTT-2.3.1-1]
     pos = start + 2
@@ -392,25 +396,25 @@ def _decode_unsubscribe(
     return Unsubscribe(packet_id, tuple(topic_filters))
 
 
-def _decode_pingreq(dec: Decoder, flags: int, buf: bytearray, start: int, end: int) -> Pingreq:
+def _decode_pingreq(dec: Decoder, flags: int, buf: Buffer, start: int, end: int) -> Pingreq:
     return _PINGREQ
 
 
-def _decode_pingresp(dec: Decoder, flags: int, buf: bytearray, start: int, end: int) -> Pingresp:
+def _decode_pingresp(dec: Decoder, flags: int, buf: Buffer, start: int, end: int) -> Pingresp:
     return _PINGRESP
 
 
 def _decode_disconnect(
-    dec: Decoder, flags: int, buf: bytearray, start: int, end: int
+    dec: Decoder, flags: int, buf: Buffer, start: int, end: int
 ) -> Disconnect:
     return _DISCONNECT
 
 
-def _decode_connect(dec: Decoder, flags: int, buf: bytearray, start: int, end: int) -> Connect:
+def _decode_connect(dec: Decoder, flags: int, buf: Buffer, start: int, end: int) -> Connect:
     return dec._decode_connect(flags, buf, start, end)
 
 
-def _unreachable(dec: Decoder, flags: int, buf: bytearray, start: int, end: int) -> Packet:
+def _unreachable(dec: Decoder, flags: int, buf: Buffer, start: int, end: int) -> Packet:
     # The rule tables refuse these packet types before their body is read.
     raise LocalProtocolError("decoder_table_bug")
 
@@ -418,7 +422,7 @@ def _unreachable(dec: Decoder, flags: int, buf: bytearray, start: int, end: int)
 # --- MQTT 5 body decoders -------------------------------------------------------------------------
 
 
-def _decode_publish5(dec: Decoder, flags: int, buf: bytearray, start: int, end: int) -> Publish:
+def _decode_publish5(dec: Decoder, flags: int, buf: Buffer, start: int, end: int) -> Publish:
     if start + 2 > end:
         raise MalformedPacket("truncated_publish")
     pos = start + 2 + (buf[start] << 8 | buf[start + 1])
@@ -459,7 +463,8 @@ def _decode_publish5(dec: Decoder, flags: int, buf: bytearray, start: int, end: 
         raise ProtocolViolation("empty_topic_without_alias")
     packet = _new_object(Publish)
     _set_topic(packet, topic)
-    _set_payload(packet, bytes(buf[pos:end]))
+    payload = buf[pos:end]
+    _set_payload(packet, payload if payload.__class__ is bytes else bytes(payload))
     _set_qos(packet, qos)
     _set_retain(packet, bool(flags & 0x1))
     _set_dup(packet, bool(flags & 0x8))
@@ -475,7 +480,7 @@ def _ack5_decoder(
 ) -> _Decode:
     """A decoder for PUBACK, PUBREC, PUBREL or PUBCOMP on MQTT 5 (3.4.2 - 3.7.2)."""
 
-    def decode(dec: Decoder, flags: int, buf: bytearray, start: int, end: int) -> Packet:
+    def decode(dec: Decoder, flags: int, buf: Buffer, start: int, end: int) -> Packet:
         packet_id = _read_packet_id(buf, start, end)
         if end - start == 2:
             return cls(packet_id)  # no reason code: 0x00 Success, no properties
@@ -496,7 +501,7 @@ def _ack5_decoder(
     return decode
 
 
-def _decode_connack5(dec: Decoder, flags: int, buf: bytearray, start: int, end: int) -> Connack:
+def _decode_connack5(dec: Decoder, flags: int, buf: Buffer, start: int, end: int) -> Connack:
     ack_flags = buf[start]
     if ack_flags & 0xFE:
         raise MalformedPacket("connack_reserved_flags")  # [MQTT-3.2.2-1]
@@ -507,7 +512,7 @@ def _decode_connack5(dec: Decoder, flags: int, buf: bytearray, start: int, end: 
     return Connack(bool(ack_flags), reason, props)
 
 
-def _decode_subscribe5(dec: Decoder, flags: int, buf: bytearray, start: int, end: int) -> Subscribe:
+def _decode_subscribe5(dec: Decoder, flags: int, buf: Buffer, start: int, end: int) -> Subscribe:
     packet_id = _read_packet_id(buf, start, end)  # [MQTT-2.2.1-3]
     props, pos = read_properties(buf, start + 2, end, PacketType.SUBSCRIBE)
     subscriptions = []
@@ -535,7 +540,7 @@ def _decode_subscribe5(dec: Decoder, flags: int, buf: bytearray, start: int, end
     return Subscribe(packet_id, tuple(subscriptions), props)
 
 
-def _decode_suback5(dec: Decoder, flags: int, buf: bytearray, start: int, end: int) -> Suback:
+def _decode_suback5(dec: Decoder, flags: int, buf: Buffer, start: int, end: int) -> Suback:
     packet_id = _read_packet_id(buf, start, end)
     props, pos = read_properties(buf, start + 2, end, PacketType.SUBACK)
     codes = tuple(buf[pos:end])
@@ -547,7 +552,7 @@ def _decode_suback5(dec: Decoder, flags: int, buf: bytearray, start: int, end: i
 
 
 def _decode_unsubscribe5(
-    dec: Decoder, flags: int, buf: bytearray, start: int, end: int
+    dec: Decoder, flags: int, buf: Buffer, start: int, end: int
 ) -> Unsubscribe:
     packet_id = _read_packet_id(buf, start, end)  # [MQTT-2.2.1-3]
     props, pos = read_properties(buf, start + 2, end, PacketType.UNSUBSCRIBE)
@@ -561,7 +566,7 @@ def _decode_unsubscribe5(
     return Unsubscribe(packet_id, tuple(topic_filters), props)
 
 
-def _decode_unsuback5(dec: Decoder, flags: int, buf: bytearray, start: int, end: int) -> Unsuback:
+def _decode_unsuback5(dec: Decoder, flags: int, buf: Buffer, start: int, end: int) -> Unsuback:
     packet_id = _read_packet_id(buf, start, end)
     props, pos = read_properties(buf, start + 2, end, PacketType.UNSUBACK)
     codes = tuple(buf[pos:end])
@@ -573,7 +578,7 @@ def _decode_unsuback5(dec: Decoder, flags: int, buf: bytearray, start: int, end:
 
 
 def _decode_disconnect5(
-    dec: Decoder, flags: int, buf: bytearray, start: int, end: int
+    dec: Decoder, flags: int, buf: Buffer, start: int, end: int
 ) -> Disconnect:
     if start == end:
         return _DISCONNECT  # 3.14.2.1: no Reason Code means 0x00 Normal disconnection
@@ -590,7 +595,7 @@ def _decode_disconnect5(
     return Disconnect(reason, props)
 
 
-def _decode_auth(dec: Decoder, flags: int, buf: bytearray, start: int, end: int) -> Auth:
+def _decode_auth(dec: Decoder, flags: int, buf: Buffer, start: int, end: int) -> Auth:
     if start == end:
         return _AUTH  # 3.15.2.1: Remaining Length 0 means 0x00 Success and no properties
     reason = buf[start]
@@ -643,6 +648,11 @@ _DECODERS_5: Final[tuple[_Decode, ...]] = (
 
 #: An MQTT 5 error's reason code when its raise site did not give one.
 _REASON_BY_NAME: Final = {"packet_too_large": ReasonCode.PACKET_TOO_LARGE}
+
+
+#: Up to this many bytes of an incomplete packet are copied into each new read; a longer one
+#: grows in a bytearray instead.
+_SPLICE_BYTES = 65536
 
 
 class Decoder:
@@ -718,7 +728,7 @@ class Decoder:
         self._max_packet_size = max_packet_size
         #: the Remaining Length limit in force: the CONNECT's until one has been decoded
         self._limit = min(max_connect_packet_size, max_packet_size) if server else max_packet_size
-        self._buf = bytearray()
+        self._buf: Buffer | bytearray = b""
         self._pos = 0
         self._eof = False
         self._error: ProtocolError | None = None
@@ -746,10 +756,26 @@ class Decoder:
         if not data:
             self._eof = True
             return
-        if self._pos:
-            del self._buf[: self._pos]
-            self._pos = 0
-        self._buf += data
+        buf = self._buf
+        pos = self._pos
+        self._pos = 0
+        if pos >= len(buf):
+            # The usual case, whole packets per read: decode from the read itself. A bytes
+            # buffer lets a PUBLISH's payload be one slice (a bytearray's needs a second
+            # copy into bytes: 119 -> 51 ns for 64 bytes).
+            self._buf = bytes(data) if data.__class__ is not bytes else data
+        elif buf.__class__ is bytearray:
+            if pos:
+                del buf[:pos]
+            buf += data
+        elif len(buf) - pos < _SPLICE_BYTES:
+            self._buf = buf[pos:] + data  # the start of a packet, and the rest of it
+        else:
+            # A packet larger than one read: grow a bytearray (amortised, not a copy of
+            # everything so far at every read).
+            grown = bytearray(buf[pos:])
+            grown += data
+            self._buf = grown
 
     def next_packet(self) -> Packet | Literal[_Sentinel.NEED_DATA, _Sentinel.CLOSED]:
         """Return the next complete packet, ``NEED_DATA`` or ``CLOSED``.
@@ -760,59 +786,91 @@ class Decoder:
             ProtocolError: with ``connack_code`` set when a CONNACK must be sent before closing.
                 On MQTT 5 every error has ``reason_code`` set.
         """
+        packets = self.next_packets(1)
+        if packets:
+            return packets[0]
+        return CLOSED if self._eof else NEED_DATA
+
+    def next_packets(self, most: int = 1 << 30) -> list[Packet]:
+        """Every complete packet in the buffer (at most ``most``), in order; ``[]`` when none
+        is complete (see ``closed``).
+
+        One call decodes a whole read: a connection's packets cost one call, not one each,
+        and the PUBLISH traffic counts are added once. A CONNECT ends the batch: it changes
+        the rules for the packets after it.
+
+        Raises:
+            The errors of ``next_packet``, when the first packet is in error; when packets
+            come before it, they are returned and the next call raises.
+        """
         error = self._error
         if error is not None:
             raise type(error)(
                 error.reason, connack_code=error.connack_code, reason_code=error.reason_code
             )
+        packets: list[Packet] = []
+        buf = self._buf
+        pos = self._pos
+        size = len(buf)
+        if pos >= size:
+            if pos:
+                # All consumed: drop the buffer, so an idle connection does not keep its
+                # last (possibly large) read alive.
+                self._buf = b""
+                self._pos = 0
+            return packets
+        rules = self._rules
+        decoders = self._decoders
+        limit = self._limit
+        counts = self._counts
+        publishes = publish_bytes = payload_bytes = 0  # counted here, added once at the end
         try:
-            buf = self._buf
-            pos = self._pos
-            size = len(buf)
-            if pos >= size:
-                if pos:
-                    # All consumed: drop the buffer, so an idle connection does not keep its
-                    # last (possibly large) read alive.
-                    self._buf = bytearray()
-                    self._pos = 0
-                return CLOSED if self._eof else NEED_DATA
-            first = buf[pos]
-            rule = self._rules[first]
-            if isinstance(rule, tuple):
-                raise rule[0](rule[1])
-            # Remaining Length (2.2.3): 1 to 4 bytes, 7 bits each, low byte first.
-            i = pos + 1
-            if i >= size:
-                return self._short()
-            byte = buf[i]
-            length = byte & 0x7F
-            shift = 7
-            while byte & 0x80:
-                if shift == 28:
-                    raise MalformedPacket("remaining_length_too_long")
-                i += 1
+            while pos < size and len(packets) < most:
+                first = buf[pos]
+                rule = rules[first]
+                if isinstance(rule, tuple):
+                    raise rule[0](rule[1])
+                # Remaining Length (2.2.3): 1 to 4 bytes, 7 bits each, low byte first.
+                i = pos + 1
                 if i >= size:
-                    return self._short()
+                    self._short()
+                    break
                 byte = buf[i]
-                length |= (byte & 0x7F) << shift
-                shift += 7
-            i += 1
-            if length > self._limit:
-                raise ProtocolViolation("packet_too_large")
-            if rule != -1 and (length != rule if rule >= 0 else length < -2 - rule):
-                raise MalformedPacket("invalid_remaining_length")
-            end = i + length
-            if end > size:
-                return self._short()
-            kind = first >> 4
-            packet = self._decoders[kind](self, first & 0x0F, buf, i, end)
-            self._pos = end
-            counts = self._counts
-            counts[kind] += 1
-            counts[16 + kind] += end - pos
-            if kind == 3:
-                counts[32] += len(packet.payload)  # type: ignore[union-attr]
-            return packet
+                length = byte & 0x7F
+                shift = 7
+                while byte & 0x80:
+                    if shift == 28:
+                        raise MalformedPacket("remaining_length_too_long")
+                    i += 1
+                    if i >= size:
+                        break
+                    byte = buf[i]
+                    length |= (byte & 0x7F) << shift
+                    shift += 7
+                else:
+                    i += 1
+                    if length > limit:
+                        raise ProtocolViolation("packet_too_large")
+                    if rule != -1 and (length != rule if rule >= 0 else length < -2 - rule):
+                        raise MalformedPacket("invalid_remaining_length")
+                    end = i + length
+                    if end <= size:
+                        kind = first >> 4
+                        packet = decoders[kind](self, first & 0x0F, buf, i, end)
+                        packets.append(packet)
+                        if kind == 3:
+                            publishes += 1
+                            publish_bytes += end - pos
+                            payload_bytes += len(packet.payload)  # type: ignore[union-attr]
+                        else:
+                            counts[kind] += 1
+                            counts[16 + kind] += end - pos
+                        pos = end
+                        if kind == 1:
+                            break  # CONNECT: the rules change (``_switch``)
+                        continue
+                self._short()  # the buffer ends inside this packet
+                break
         except ProtocolError as exc:
             if self._v5 and exc.reason_code is None:
                 exc.reason_code = _REASON_BY_NAME.get(exc.reason) or (
@@ -821,7 +879,20 @@ class Decoder:
                     else ReasonCode.PROTOCOL_ERROR
                 )
             self._error = exc
-            raise
+            if not packets:
+                raise
+        finally:
+            self._pos = pos
+            if publishes:
+                counts[3] += publishes
+                counts[19] += publish_bytes
+                counts[32] += payload_bytes
+        return packets
+
+    @property
+    def closed(self) -> bool:
+        """Whether the peer closed its side and every packet before was returned."""
+        return self._eof and self._pos >= len(self._buf)
 
     def _short(self) -> Literal[_Sentinel.NEED_DATA]:
         """The buffer ends inside a packet: wait for more, unless the peer already sent EOF."""
@@ -837,7 +908,7 @@ class Decoder:
         self._rules = _TABLES[level][0 if self._server else 1]
         self._decoders = _DECODERS_5 if level == _MQTT_5_LEVEL else _DECODERS_3
 
-    def _decode_connect(self, flags: int, buf: bytearray, start: int, end: int) -> Connect:
+    def _decode_connect(self, flags: int, buf: Buffer, start: int, end: int) -> Connect:
         # Protocol name and level come first, before any other CONNECT rule. [MQTT-3.1.2-2]
         if start + 2 > end:
             raise MalformedPacket("truncated_connect")
@@ -932,7 +1003,7 @@ class Decoder:
         )
 
     def _decode_connect5(
-        self, flags: int, buf: bytearray, pos: int, end: int, bridge: bool
+        self, flags: int, buf: Buffer, pos: int, end: int, bridge: bool
     ) -> Connect:
         """The rest of an MQTT 5 CONNECT (3.1.2.3 on), ``pos`` just after the level."""
         self._v5 = True  # from here on, errors carry MQTT 5 reason codes

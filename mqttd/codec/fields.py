@@ -10,9 +10,13 @@ from __future__ import annotations
 
 import re
 import struct
-from typing import Any, Final
+from typing import Any, Final, TypeAlias
 
 from mqttd.errors import LocalProtocolError, MalformedPacket
+
+#: What the readers read from: a decoder's buffer (bytes, or a bytearray while a large
+#: packet accumulates).
+Buffer: TypeAlias = bytes | bytearray
 
 __all__ = [
     "MAX_U16",
@@ -49,7 +53,7 @@ def check_text(text: str) -> None:
         raise MalformedPacket("control_character_in_string")  # section 1.5.3 / 1.5.4
 
 
-def read_utf8(buf: bytearray, pos: int, end: int) -> tuple[str, int]:
+def read_utf8(buf: Buffer, pos: int, end: int) -> tuple[str, int]:
     """Read a 2-byte-length-prefixed UTF-8 string at ``pos``; return it and the next offset."""
     if pos + 2 > end:
         raise MalformedPacket("truncated_string")
@@ -66,7 +70,7 @@ def read_utf8(buf: bytearray, pos: int, end: int) -> tuple[str, int]:
     return text, stop
 
 
-def read_binary(buf: bytearray, pos: int, end: int) -> tuple[bytes, int]:
+def read_binary(buf: Buffer, pos: int, end: int) -> tuple[bytes, int]:
     """Read 2-byte-length-prefixed binary data at ``pos``; return it and the next offset."""
     if pos + 2 > end:
         raise MalformedPacket("truncated_binary")
@@ -76,7 +80,7 @@ def read_binary(buf: bytearray, pos: int, end: int) -> tuple[bytes, int]:
     return bytes(buf[pos + 2 : stop]), stop
 
 
-def read_varint(buf: bytearray, pos: int, end: int) -> tuple[int, int]:
+def read_varint(buf: Buffer, pos: int, end: int) -> tuple[int, int]:
     """Read a Variable Byte Integer (1.5.5) at ``pos``; return it and the next offset.
 
     Raises:

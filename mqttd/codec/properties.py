@@ -45,6 +45,7 @@ from typing import Any, Final
 from mqttd.codec.fields import (
     MAX_U16,
     MAX_VARINT,
+    Buffer,
     read_binary,
     read_utf8,
     read_varint,
@@ -234,7 +235,7 @@ def _bad(reason: str, code: int = ReasonCode.MALFORMED_PACKET) -> MalformedPacke
     return MalformedPacket(reason, reason_code=code)
 
 
-def read_properties(buf: bytearray, pos: int, end: int, packet_type: int) -> tuple[Properties, int]:
+def read_properties(buf: Buffer, pos: int, end: int, packet_type: int) -> tuple[Properties, int]:
     """Read a Property Length and the properties after it, for a packet of ``packet_type``.
 
     Args:

@@ -817,3 +817,73 @@ def test_level_5_connect_is_refused_by_default() -> None:
         1,
     )
     assert Decoder().protocol_level is None
+
+
+# -- batches and buffers ---------------------------------------------------------------------
+
+
+def test_next_packets_returns_every_complete_packet_of_a_read() -> None:
+    """One call returns the read's packets in order and leaves an incomplete one buffered."""
+    decoder = connected()
+    packets = [wire.publish("t", bytes([i])) for i in range(3)]
+    decoder.receive_data(b"".join(packets) + wire.pingreq()[:1])
+    assert decoder.next_packets() == [Publish("t", bytes([i])) for i in range(3)]
+    assert decoder.next_packets() == []
+    decoder.receive_data(wire.pingreq()[1:])
+    assert decoder.next_packets() == [Pingreq()]
+    assert not decoder.closed
+    decoder.receive_data(b"")
+    assert decoder.next_packets() == []
+    assert decoder.closed
+    assert decoder.next_packet() is CLOSED
+
+
+def test_next_packets_returns_the_good_packets_before_an_error() -> None:
+    """A malformed packet after good ones: the good ones come first, the next call raises
+    (and every call after it) [MQTT-4.8.0-1]."""
+    decoder = connected()
+    decoder.receive_data(wire.publish("t", b"1") + bytes([0x36, 3, 0, 1, 0x74]))
+    assert decoder.next_packets() == [Publish("t", b"1")]
+    for _ in range(2):
+        with pytest.raises(MalformedPacket):
+            decoder.next_packets()
+
+
+def test_next_packets_stops_after_connect() -> None:
+    """CONNECT switches the rule table: the packets after it are decoded by the next call,
+    under the new rules (a second CONNECT is refused [MQTT-3.1.0-2])."""
+    decoder = Decoder()
+    decoder.receive_data(wire.connect("c") + wire.pingreq() + wire.connect("c"))
+    packets = decoder.next_packets()
+    assert len(packets) == 1
+    assert isinstance(packets[0], Connect)
+    assert decoder.next_packets() == [Pingreq()]
+    with pytest.raises(ProtocolViolation):
+        decoder.next_packets()
+
+
+@pytest.mark.parametrize("size", [10, 70_000, 300_000])
+@pytest.mark.parametrize("step", [1, 7, 4096, 65_536])
+def test_a_packet_split_over_reads_decodes_to_bytes(size: int, step: int) -> None:
+    """However a PUBLISH is split over reads (the unfinished start copied into each read, or
+    accumulated once it is long), it decodes to the same packet, with a ``bytes`` payload."""
+    if size // step > 5_000:
+        step = size // 5_000  # bound the number of reads
+    payload = bytes(range(256)) * (size // 256) + bytes(size % 256)
+    data = wire.publish("t", payload) + wire.publish("u", b"next")
+    decoder = connected()
+    got: list[object] = []
+    for start in range(0, len(data), step):
+        decoder.receive_data(data[start : start + step])
+        got.extend(decoder.next_packets())
+    assert got == [Publish("t", payload), Publish("u", b"next")]
+    assert all(isinstance(p, Publish) and type(p.payload) is bytes for p in got)
+
+
+def test_a_bytearray_read_is_not_kept_by_reference() -> None:
+    """The decoder copies a bytearray it is given: the caller may reuse it."""
+    decoder = connected()
+    read = bytearray(wire.publish("t", b"abc"))
+    decoder.receive_data(read)
+    read[:] = bytes(len(read))
+    assert decoder.next_packets() == [Publish("t", b"abc")]
