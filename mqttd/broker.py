@@ -541,6 +541,7 @@ class Broker:
         stats = self.stats
         stats.messages_routed += 1
         topic = message.topic
+        delivered = 0  # added to the stats once: a fan-out's loop is the hot one
         for client_id, granted in matches.items():
             if skip and client_id in skip:
                 continue
@@ -555,10 +556,11 @@ class Broker:
             if session.may_receive is not None and not session.may_receive(topic):
                 continue  # the ACL refuses this delivery (read access)
             result = session.offer(message, granted if granted < published_qos else published_qos)
-            if result is OfferResult.DROPPED:
+            if result is OfferResult.SENT or result is OfferResult.QUEUED:
+                delivered += 1
+            elif result is OfferResult.DROPPED:
                 self._dropped(session)
-            elif result is not OfferResult.NOT_KEPT:
-                stats.deliveries += 1
+        stats.deliveries += delivered
 
     def _route_special(
         self,

@@ -8,7 +8,8 @@ Outgoing deliveries go through ``offer()``: a message is written to the ``outbox
 chunks the connection's writer drains) when the client is online and the in-flight window has
 room, queued when it does not, and dropped -- counted, and reported once per episode -- when the
 queue is full. Publishers never wait for subscribers. The connection installs a ``wake`` callback
-that is called whenever the outbox gains bytes.
+that is called when the empty outbox gains bytes (until the connection takes them all, it knows
+there is output: one call per flush, not one per packet).
 
 The outbox counts what it really holds: control packets (acknowledgements, PINGRESP) are copied
 into one growing ``bytearray`` at its tail instead of each being a Python object of its own, so a
@@ -401,12 +402,13 @@ class Session:
 
     def _write(self, data: bytes) -> None:
         """Queue one control packet (never a PUBLISH: those go through ``_write_chunks``)."""
+        first = not self.outbox
         self._append(data)
         kind = data[0] >> 4
         traffic = self.traffic
         traffic[kind] += 1
         traffic[16 + kind] += len(data)
-        if self.wake is not None:
+        if first and self.wake is not None:
             self.wake()
 
     def _write_chunks(self, chunks: tuple[bytes, ...]) -> None:
@@ -414,6 +416,7 @@ class Session:
         # A delivery's chunks (header, packet id, payload) are shared objects: the outbox
         # keeps references, and counts each list slot besides the bytes.
         outbox = self.outbox
+        first = not outbox
         size = 0
         for chunk in chunks:
             outbox.append(chunk)
@@ -423,13 +426,14 @@ class Session:
         traffic[3] += 1
         traffic[19] += size
         traffic[32] += len(chunks[-1])
-        if self.wake is not None:
+        if first and self.wake is not None:
             self.wake()
 
     def _write_publish0(self, header: bytes, payload: bytes) -> None:
         """``_write_chunks`` for the most frequent delivery, an MQTT 3.1.1 PUBLISH at QoS 0:
         two chunks, no tuple (in-process core benchmark: 287 -> 219 ns a delivery)."""
         outbox = self.outbox
+        first = not outbox
         outbox.append(header)
         outbox.append(payload)
         size = len(payload)
@@ -439,7 +443,7 @@ class Session:
         traffic[3] += 1
         traffic[19] += wire
         traffic[32] += size
-        if self.wake is not None:
+        if first and self.wake is not None:
             self.wake()
 
     def _chunks(
