@@ -7,12 +7,13 @@ the client is throttled or its output or the store lags behind, close. Everythin
 (CONNECT, the session, keepalive, the Will) happens inside the protocol, synchronously.
 
 Output: the session calls ``_wake`` when it has new output. The connection then joins
-``ServerState.dirty``, and whoever produced the output (the reader after its batch of packets,
-or the flusher task) writes it with one non-blocking ``try_send`` -- a fan-out to a thousand
-subscribers costs a thousand sends, not a thousand task switches, and an idle connection has no
-writer task. A writer task runs only while there is output the transport would not take at
-once, or that must first wait for the durable store (``OutputGate``); it sends under
-``write_timeout_s`` and ends when nothing is left. Writer tasks run in the server's connection
+``ServerState.dirty``, and the flusher task writes each dirty connection's output with one
+non-blocking ``try_send`` once every reader ready in this scheduling round has had its turn --
+a fan-out to a thousand subscribers costs a thousand sends, not a thousand task switches; a
+hundred publishers read in one round cost each subscriber one send, not a hundred; and an idle
+connection has no writer task. A writer task runs only while there is output the transport
+would not take at once, or that must first wait for the durable store (``OutputGate``); it sends
+under ``write_timeout_s`` and ends when nothing is left. Writer tasks run in the server's connection
 nursery; a failing writer kicks its connection, and the reader stops the writer before it closes
 the stream.
 
@@ -153,8 +154,8 @@ class Connection:
         while True:
             action = protocol.next_action(trio.current_time())
             if action is NEED_DATA:
-                if state.dirty:
-                    state.flush_dirty()  # the replies to this batch, and what it routed
+                # What this batch routed is written by the flusher task, after every reader
+                # ready in this scheduling round has had its turn.
                 protocol.receive_data(await stream.receive_some(RECEIVE_SIZE))
             elif action is WAIT_FOR_OUTPUT:
                 state.flush_dirty()

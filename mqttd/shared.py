@@ -73,7 +73,8 @@ class ServerState:
                 connection.flush_now()
 
     async def flusher(self) -> None:
-        """Flush output produced outside a reader's batch (timers, Wills, takeovers)."""
+        """Write what the connections produced since the last round: woken when the first
+        connection of a round becomes dirty, so it runs after the readers of that round."""
         while True:
             await self.flush_needed.wait()
             self.flush_needed = trio.Event()

@@ -29,6 +29,7 @@ def serve_stream(nursery: trio.Nursery, state: ServerState, stream: trio.abc.Str
     if state.nursery is None:
         state.nursery = nursery  # where the connections' writer tasks run
         nursery.start_soon(state.timeouts.run)  # CONNECT and keepalive deadlines
+        nursery.start_soon(state.flusher)  # writes what the connections produce
     nursery.start_soon(Connection(stream, info, state).run)
 
 
