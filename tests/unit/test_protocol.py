@@ -10,6 +10,7 @@ import pytest
 from mqttd.acl import Acl
 from mqttd.broker import Broker
 from mqttd.codec import (
+    Connack,
     Disconnect,
     Pingreq,
     Puback,
@@ -19,10 +20,11 @@ from mqttd.codec import (
     Pubrel,
     Subscribe,
     Unsubscribe,
+    encode,
 )
 from mqttd.config import LimitsConfig
 from mqttd.errors import ProtocolViolation
-from mqttd.protocol import ClientProtocol
+from mqttd.protocol import ClientProtocol, connack_bytes
 from mqttd.session import Session
 from tests.helpers import wire
 
@@ -196,3 +198,11 @@ def test_session_type_is_the_one_given() -> None:
     protocol = client(b, "x")
     assert b.sessions["x"] is protocol.session
     assert isinstance(protocol.session, Session)
+
+
+@pytest.mark.parametrize("present", [False, True])
+@pytest.mark.parametrize("code", range(6))
+def test_connack_bytes_are_the_codecs(present: bool, code: int) -> None:
+    """The hand-written CONNACK is the codec's, Session Present cleared on a refusal
+    ([MQTT-3.2.2-4])."""
+    assert connack_bytes(present, code) == encode(Connack(present and code == 0, code))
