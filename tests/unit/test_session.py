@@ -304,3 +304,21 @@ def test_peer_gives_an_alias_first_then_the_alias_alone() -> None:
     plain = Peer().chunks(message, 1, False, False, 1, ())
     assert plain is not None
     assert decode5(b"".join(plain)) == Publish("a/b", b"x" * 100, 1, packet_id=1)
+
+
+def test_wake_once_until_the_output_is_taken() -> None:
+    """The connection is woken when the empty outbox gains bytes; more output before it takes
+    them wakes nobody (it already knows), and the first output after the take wakes again."""
+    session = Session("c", clean_session=True, limits=LIMITS)
+    wakes: list[int] = []
+    session.attach(lambda: wakes.append(len(session.outbox)))
+    message = Message("t", b"x")
+    session.offer(message, 0)
+    session.offer(message, 0)
+    session.send_packet(b"\xd0\x00")  # a PINGRESP
+    session.offer(Message("t", b"y", 1), 1)
+    assert len(wakes) == 1
+    assert session.take_outbox()
+    session.send_packet(b"\xd0\x00")
+    session.offer(message, 0)
+    assert len(wakes) == 2
