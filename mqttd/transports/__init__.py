@@ -41,7 +41,8 @@ class ConnectionInfo:
     tls_identity: str | None = None  # verified client-certificate CN, when one was presented
     ip: str = ""  # the TCP peer's address, as the gate counted it
     #: the gate that admitted this connection when the connection itself must leave it on
-    #: close (plain TCP, whose accept loop spawns the connection directly); None otherwise
+    #: close (TCP, and ws/wss once upgraded: their connection tasks are spawned directly);
+    #: None otherwise
     admission: Gate | None = None
 
 

@@ -40,7 +40,10 @@ RESOURCE_RETRY_S = 0.1
 #: Linux's TCP_NOTSENT_LOWAT (the socket module names it from Python 3.12 on).
 _TCP_NOTSENT_LOWAT = getattr(socket, "TCP_NOTSENT_LOWAT", 25)
 NOTSENT_LOWAT = 2**14
-_TASK_NAMES = {kind: f"mqttd.{kind}_connection" for kind in ("tcp", "tls", "ws", "wss", "http")}
+#: A constant name per transport for connection tasks: trio would otherwise format one each.
+CONNECTION_TASK_NAMES = {
+    kind: f"mqttd.{kind}_connection" for kind in ("tcp", "tls", "ws", "wss", "http")
+}
 #: Connections accepted in one go before the accept loop lets other tasks run.
 ACCEPT_BATCH = 64
 #: listen() backlog: the kernel silently caps it at its own maximum (net.core.somaxconn on
@@ -363,5 +366,5 @@ def _admit(
             gate.leave(listener, ip)
         return
     info = ConnectionInfo(listener.type, format_peer(address), listener, ip=ip, admission=gate)
-    # A constant task name: trio would otherwise format one per connection.
-    handler_nursery.start_soon(handler, TcpStream(sock), info, name=_TASK_NAMES[listener.type])
+    name = CONNECTION_TASK_NAMES[listener.type]
+    handler_nursery.start_soon(handler, TcpStream(sock), info, name=name)

@@ -36,6 +36,7 @@ while the lock is held, so no frame ever starts inside another.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 import os
 from collections.abc import Awaitable
@@ -61,7 +62,12 @@ from mqttd.transports.http import (
     serve_static,
 )
 from mqttd.transports.peer import IPNetwork, client_address, parse_trusted_proxies
-from mqttd.transports.tcp import BoundSocket, accept_connections, open_listeners
+from mqttd.transports.tcp import (
+    CONNECTION_TASK_NAMES,
+    BoundSocket,
+    accept_connections,
+    open_listeners,
+)
 from mqttd.transports.tls import TlsContext, TlsStream, client_identity, running, tls_handshake
 from mqttd.transports.wsframes import (
     NEED_DATA,
@@ -613,10 +619,13 @@ class _WsListenerContext:
         tls: TlsContext | None,
         proxies: tuple[IPNetwork, ...],
         endpoints: Endpoints | None = None,
+        handler_nursery: trio.Nursery | None = None,
     ) -> None:
         self.listener = listener
         self.endpoints = endpoints  # monitoring endpoints (metrics_path), if any
         self.handler = handler
+        #: where an upgraded connection's MQTT task runs (None: in the handshake's task)
+        self.handler_nursery = handler_nursery
         self.tls = tls  # wss: the listener's TLS context, read by each new connection
         self.transport = "wss" if tls is not None else "ws"
         self.proxies = proxies
@@ -691,6 +700,7 @@ async def _serve_ws_connection(
 
     For wss, ``stream`` is wrapped in TLS here, with the listener's current context.
     """
+    handed_over = False
     try:
         if ctx.tls is not None:
             stream = ctx.tls.wrap(stream)
@@ -700,6 +710,16 @@ async def _serve_ws_connection(
         if accepted is not None:
             ws_stream, info = accepted
             del accepted
+            if ctx.handler_nursery is not None:
+                # The MQTT connection gets a task of its own and this one ends, so an idle
+                # WebSocket connection keeps no handshake frame (as a TCP one, spawned by
+                # its accept loop): the connection now owns the stream and leaves the gate.
+                info = dataclasses.replace(info, ip=peer_ip, admission=admission)
+                ctx.handler_nursery.start_soon(
+                    ctx.handler, ws_stream, info, name=CONNECTION_TASK_NAMES[ctx.transport]
+                )
+                handed_over = True
+                return
             try:
                 await ctx.handler(ws_stream, info)
             except Exception:
@@ -713,9 +733,10 @@ async def _serve_ws_connection(
         # taking the listener down with it.
         log.exception("connection_task_failed", transport=ctx.transport, peer=peer)
     finally:
-        await trio.aclose_forcefully(stream)
-        if admission is not None:
-            admission.leave(ctx.listener, peer_ip)
+        if not handed_over:
+            await trio.aclose_forcefully(stream)
+            if admission is not None:
+                admission.leave(ctx.listener, peer_ip)
 
 
 async def _upgrade(
@@ -823,7 +844,9 @@ async def serve_ws_listener(
 
     Args:
         listener: a ``type = "ws"`` or ``"wss"`` listener.
-        handler: called with a ``WebSocketStream`` and its ``ConnectionInfo``.
+        handler: called with a ``WebSocketStream`` and its ``ConnectionInfo``, in a task of
+            its own in ``handler_nursery``; like a TCP listener's, it owns the stream (closes
+            it) and leaves ``info.admission`` when done.
         data_dir: where development certificates live (wss with ``tls_dev_certs``).
         handler_nursery: where connection tasks run.
         gate: admission control, applied before any TLS or HTTP work.
@@ -847,7 +870,7 @@ async def serve_ws_listener(
             f"web_root {listener.web_root} is not a directory"
         )
     tls = TlsContext(listener, data_dir, alpn=["http/1.1"]) if secure else None
-    ctx = _WsListenerContext(listener, handler, tls, proxies, endpoints)
+    ctx = _WsListenerContext(listener, handler, tls, proxies, endpoints, handler_nursery)
     sockets = await open_listeners(listener)
     if listener.web_root is not None:
         port = sockets[0].socket.getsockname()[1]

@@ -68,6 +68,7 @@ async def start(nursery: trio.Nursery, data_dir: Path, listener: ListenerConfig)
             server.endings.append(type(exc).__name__)
         finally:
             server.ended.set()
+            await trio.aclose_forcefully(stream)  # the handler owns the stream (wss)
 
     serve = serve_ws_listener if listener.type == "wss" else serve_tls_listener
     listeners = await nursery.start(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -51,6 +51,8 @@ async def start_echo(nursery: trio.Nursery, tmp_path: Path, **kwargs: object) ->
                 await stream.send_all(data)
         except trio.BrokenResourceError:
             pass
+        finally:
+            await trio.aclose_forcefully(stream)  # the handler owns the stream
 
     listener = ListenerConfig(type="ws", host="127.0.0.1", port=0, **kwargs)  # type: ignore[arg-type]
     listeners = await nursery.start(
@@ -382,10 +384,11 @@ async def test_port_in_use_is_startup_error(
 async def test_handler_crash_does_not_kill_listener(
     close_client_streams: None, nursery: trio.Nursery, tmp_path: Path
 ) -> None:
-    """A handler that raises is logged; the listener keeps accepting."""
+    """A handler that fails to start (the broker's builds its connection first) is logged,
+    the client's stream closed, and the listener keeps accepting."""
     calls: list[str] = []
 
-    async def crashing(stream: trio.abc.Stream, info: ConnectionInfo) -> None:
+    def crashing(stream: trio.abc.Stream, info: ConnectionInfo) -> Awaitable[None]:
         calls.append(info.peer)
         raise RuntimeError("boom")
 

@@ -137,6 +137,7 @@ async def start_ws(
 
     async def handler(stream: trio.abc.Stream, info: ConnectionInfo) -> None:
         handled.append(info)
+        await stream.aclose()  # the handler owns the stream, as the broker's connection does
 
     listener = ListenerConfig(type="ws", host="127.0.0.1", port=0, **kwargs)  # type: ignore[arg-type]
     listeners = await nursery.start(

@@ -42,6 +42,7 @@ async def port(nursery: trio.Nursery, tmp_path: Path, web_root: Path) -> AsyncIt
 
     async def handler(stream: trio.abc.Stream, info: ConnectionInfo) -> None:
         handled.append(info)
+        await stream.aclose()  # the handler owns the stream, as the broker's connection does
 
     listener = ListenerConfig(type="ws", host="127.0.0.1", port=0, web_root=web_root)
     listeners = await nursery.start(
