@@ -384,7 +384,13 @@ class Broker:
             return
         self._seen(session)
         interval = session.expiry_interval
-        if interval is not None:
+        if interval == 0:
+            # MQTT 5 Session Expiry Interval 0 (a DISCONNECT may set it): the session ends
+            # with the connection (3.1.2.11.2, [MQTT-3.1.2-23]), now -- at the schedule's next
+            # turn a new CONNECT (here, or on another cluster node asking this one for the
+            # session) could still find it.
+            self._expire(session, session.last_seen)
+        elif interval is not None:
             deadline = session.last_seen + interval
             self.schedule.call_at(deadline, lambda: self._expire(session, deadline))
 

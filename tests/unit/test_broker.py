@@ -211,6 +211,22 @@ def test_store_learns_every_session_expiry_interval() -> None:
     assert store.saved == [("c", 60, True), ("c", 60, False), ("c", 120, True), ("c", 30, False)]
 
 
+def test_session_expiry_zero_ends_the_session_with_the_connection() -> None:
+    """A persistent MQTT 5 session whose DISCONNECT set Session Expiry Interval 0 ends when the
+    connection does, at once (3.1.2.11.2; [MQTT-3.1.2-23] keeps only sessions above 0): a
+    CONNECT right after (here, or another node asking for it) finds no session, and the store
+    forgets it too."""
+    store = SavedSessions()
+    b = Broker(LimitsConfig(), store)  # type: ignore[arg-type]
+    session, _ = b.open_session("c", False, mqtt5=True, expiry=60)
+    session.expiry_interval = 0  # what a DISCONNECT with Session Expiry Interval 0 sets
+    b.end_session(session)
+    assert "c" not in b.sessions  # no schedule has run
+    assert store.deleted == ["c"]
+    _, present = b.open_session("c", False, mqtt5=True, expiry=60)
+    assert not present
+
+
 def stored_v5(client_id: str, last_seen: float, interval: int, **fields: Any) -> StoredSession:
     return StoredSession(client_id, last_seen, expiry_interval=interval, **fields)
 
