@@ -299,16 +299,22 @@ def test_throttle_after_the_burst() -> None:
     assert protocol.next_action(0.5) is NEED_DATA
 
 
-def test_throttled_read_delivers_the_rest_later_in_order() -> None:
-    """Packets decoded in the same read as the PUBLISH that used the last token wait, decoded,
-    until the throttle ends, then go in order ([MQTT-4.6.0-6]); none is lost or repeated."""
-    server = make_server(max_publish_rate=2.0)
+def watched_publisher(server: FakeServer) -> tuple[Driver, Driver]:
+    """A subscriber to ``t`` (its output so far taken) and a connected publisher."""
     watcher = Driver(server)
     watcher.feed(wire.connect("w"))
     watcher.feed(wire.subscribe(1, [("t", 0)]))
     watcher.protocol.data_to_send()
     driver = Driver(server)
     driver.feed(wire.connect("c"))
+    return watcher, driver
+
+
+def test_throttled_read_delivers_the_rest_later_in_order() -> None:
+    """Packets decoded in the same read as the PUBLISH that used the last token wait, decoded,
+    until the throttle ends, then go in order ([MQTT-4.6.0-6]); none is lost or repeated."""
+    server = make_server(max_publish_rate=2.0)
+    watcher, driver = watched_publisher(server)
     actions = driver.feed(b"".join(wire.publish("t", bytes([i])) for i in range(6)))
     assert [a for a in actions if isinstance(a, Throttle)] == [
         Throttle(0.5),
@@ -325,12 +331,7 @@ def test_packets_after_disconnect_in_the_same_read_are_not_handled() -> None:
     """DISCONNECT ends the connection: a PUBLISH behind it in the same read is not routed
     [MQTT-3.14.4-2]."""
     server = make_server()
-    watcher = Driver(server)
-    watcher.feed(wire.connect("w"))
-    watcher.feed(wire.subscribe(1, [("t", 0)]))
-    watcher.protocol.data_to_send()
-    driver = Driver(server)
-    driver.feed(wire.connect("c"))
+    watcher, driver = watched_publisher(server)
     read = wire.publish("t", b"before") + wire.disconnect() + wire.publish("t", b"after")
     assert driver.feed(read)[-1] == Close("client_disconnect")
     assert watcher.protocol.data_to_send() == wire.publish("t", b"before")
@@ -340,12 +341,7 @@ def test_packets_before_a_malformed_one_are_handled_first() -> None:
     """A malformed packet closes the connection [MQTT-4.8.0-1], after the good packets read
     with it were handled, in order."""
     server = make_server()
-    watcher = Driver(server)
-    watcher.feed(wire.connect("w"))
-    watcher.feed(wire.subscribe(1, [("t", 0)]))
-    watcher.protocol.data_to_send()
-    driver = Driver(server)
-    driver.feed(wire.connect("c"))
+    watcher, driver = watched_publisher(server)
     bad_qos = bytes([0x36, 3, 0, 1, 0x74])  # QoS 3 is malformed [MQTT-3.3.1-4]
     read = wire.publish("t", b"1") + wire.publish("t", b"2") + bad_qos + wire.publish("t", b"3")
     assert driver.feed(read)[-1] == Close("publish_qos_3")
