@@ -687,6 +687,10 @@ class ClusterNode:
                     raise TakeOverFailed(f"node {node_id} did not answer")
             if client_id in self.broker.sessions or host_id is None:
                 return None
+            # Read this node's own writes first: a session it ended a moment ago (a DISCONNECT
+            # with Session Expiry Interval 0, then a reconnect here) may still be on its way
+            # to Redis, and would come back with Session Present 1 (1 conformance run in ~15).
+            await self.store.durable(self.store.recorded)
             stored = await self.store.load_session(client_id)
             if stored is None:
                 return None
