@@ -298,14 +298,7 @@ def main(argv: list[str] | None = None) -> int:
         for t in ["tcp", "ws", "wss"]
         if (k := (s, key, t)) in rows
     ]
-    table = render_table(ordered, names)
-    print()
-    print(table)
-    print(f"\n(total {elapsed:.0f} s)")
-    if args.markdown:
-        write_markdown(Path(args.markdown), table, names, versions, argv, elapsed)
-    if args.json:
-        Path(args.json).write_text(json.dumps(raw, indent=1, default=str))
+    _publish_report(render_table(ordered, names), elapsed, args, argv, names, versions, raw)
     shutil.rmtree(workdir, ignore_errors=True)
     return 0
 
@@ -392,13 +385,7 @@ def _run_protocols(
         return 1
     elapsed = time.monotonic() - started
     text = protocols.render_report(samples, names, rounds)
-    print()
-    print(text)
-    print(f"\n(total {elapsed:.0f} s)")
-    if args.markdown:
-        write_markdown(Path(args.markdown), text, names, versions, argv, elapsed)
-    if args.json:
-        Path(args.json).write_text(json.dumps([vars(s) for s in samples], indent=1, default=str))
+    _publish_report(text, elapsed, args, argv, names, versions, [vars(s) for s in samples])
     return 0
 
 
@@ -419,13 +406,27 @@ def _report_scaling(
                 render_model(costs),
             ]
         )
+    _publish_report(text, run.elapsed_s, args, argv, ["mosquitto", "mqttd"], versions)
+
+
+def _publish_report(
+    text: str,
+    elapsed: float,
+    args: argparse.Namespace,
+    argv: list[str] | None,
+    names: list[str],
+    versions: dict[str, str],
+    raw: Any = None,
+) -> None:
+    """Print a finished report; write it to ``--markdown`` and ``raw`` to ``--json`` if asked
+    (``raw`` None: this report has no JSON form)."""
     print()
     print(text)
-    print(f"\n(total {run.elapsed_s:.0f} s)")
+    print(f"\n(total {elapsed:.0f} s)")
     if args.markdown:
-        write_markdown(
-            Path(args.markdown), text, ["mosquitto", "mqttd"], versions, argv, run.elapsed_s
-        )
+        write_markdown(Path(args.markdown), text, names, versions, argv, elapsed)
+    if args.json and raw is not None:
+        Path(args.json).write_text(json.dumps(raw, indent=1, default=str))
 
 
 def _from_json(args: argparse.Namespace, argv: list[str] | None) -> int:
