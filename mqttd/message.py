@@ -233,11 +233,7 @@ class Message:
         """
         static = self._properties5
         if static is None:
-            properties = self.properties
-            static = (
-                _NO_PROPERTIES5 if properties is NO_PROPERTIES else encode_properties(properties)
-            )
-            self._properties5 = static
+            static = self._encode_properties5()
         if qos == 0:
             dup = False
         if not (alias or subscription_ids or self.expires_at is not None):
@@ -272,6 +268,25 @@ class Message:
         if qos == 0:
             return (header, block, self.payload)
         return (header, packet_id_bytes(packet_id), block, self.payload)
+
+    def header5_qos0(self, retain: bool = False) -> bytes:
+        """``publish_chunks5``'s first chunk at QoS 0 when the delivery has nothing of its own
+        (no alias, Subscription Identifier or expiry): fixed header, topic and the publisher's
+        properties, made once; the payload follows."""
+        header = self._headers.get(0x100 | retain)
+        if header is None:
+            static = self._properties5
+            header = self._header5(
+                0x100 | retain, static if static is not None else self._encode_properties5()
+            )
+        return header
+
+    def _encode_properties5(self) -> bytes:
+        """The publisher's properties as an MQTT 5 property block, encoded once."""
+        properties = self.properties
+        static = _NO_PROPERTIES5 if properties is NO_PROPERTIES else encode_properties(properties)
+        self._properties5 = static
+        return static
 
     def _header5(self, flags: int, static: bytes) -> bytes:
         """The cached MQTT 5 header for ``flags`` (0x100 | DUP, QoS, RETAIN bits): fixed

@@ -338,6 +338,7 @@ class RemotePeer(Peer):
         too_large: Callable[[Message, int], None],
     ) -> None:
         super().__init__(maximum_packet_size, 0)
+        self.plain = False  # its ``chunks`` may clear RETAIN and reports dropped messages
         self.retain_available = retain_available
         self.too_large = too_large
 

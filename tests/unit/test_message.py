@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from mqttd.codec import Publish, encode
+from mqttd.codec import Properties, Publish, encode
 from mqttd.message import Message
 
 # Remaining Lengths around each varint boundary (2.2.3): 127/128, 16,383/16,384, 2,097,151/152.
@@ -28,3 +28,17 @@ def test_publish_chunks_are_the_codecs_bytes(size: int, qos: int, retain: bool, 
         assert b"".join(message.publish_chunks(qos, retain, dup, packet_id)) == encode(expected)
         chunks5 = message.publish_chunks5(qos, retain, dup, packet_id)
         assert b"".join(chunks5) == encode(expected, version=5)
+        if qos == 0:
+            assert message.header5_qos0(retain) + payload == encode(expected, version=5)
+
+
+def test_mqtt5_qos0_header_carries_the_publishers_properties() -> None:
+    """The cached MQTT 5 QoS 0 header has the publisher's properties folded in, made first
+    by itself or by ``publish_chunks5`` alike."""
+    properties = Properties(content_type="text/plain", user_properties=(("k", "v"),))
+    expected = encode(Publish(TOPIC, b"p", 0, True, False, None, properties), version=5)
+    for first in ("header", "chunks"):
+        message = Message(TOPIC, b"p", 0, True, properties=properties)
+        if first == "chunks":
+            message.publish_chunks5(0, True, False, 0)
+        assert message.header5_qos0(True) + b"p" == expected

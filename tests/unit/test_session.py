@@ -322,3 +322,22 @@ def test_wake_once_until_the_output_is_taken() -> None:
     session.send_packet(b"\xd0\x00")
     session.offer(message, 0)
     assert len(wakes) == 2
+
+
+def test_mqtt5_qos0_delivery_is_the_codecs_publish() -> None:
+    """A QoS 0 delivery to an MQTT 5 connection with no alias or size to mind is the PUBLISH
+    the codec makes, the publisher's properties included; with Topic Aliases it gets one."""
+    properties = Properties(content_type="text/plain")
+    message = Message("a/b", b"x", 0, False, properties=properties)
+    expected = encode(Publish("a/b", b"x", 0, False, False, None, properties), version=5)
+    session = Session("c", clean_session=True, limits=LIMITS)
+    session.attach(lambda: None)
+    session.peer = Peer()
+    session.offer(message, 0)
+    assert session.take_outbox() == expected
+    session.peer = Peer(topic_alias_maximum=2)
+    session.offer(message, 0)
+    assert decode5(session.take_outbox()) == replace(
+        Publish("a/b", b"x", 0, False, False, None, properties),
+        properties=replace(properties, topic_alias=1),
+    )
