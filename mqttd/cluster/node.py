@@ -56,7 +56,13 @@ from mqttd.broker import Broker
 from mqttd.cluster.client import PureToken
 from mqttd.cluster.redis_store import RedisStore
 from mqttd.cluster.routes import ClusterRoutes
-from mqttd.cluster.wire import Keys, unpack_delivery, unpack_message, unpack_will
+from mqttd.cluster.wire import (
+    Keys,
+    unpack_delivery,
+    unpack_forwards,
+    unpack_message,
+    unpack_will,
+)
 from mqttd.codec.packets import NO_PROPERTIES, Will
 from mqttd.config import ClusterConfig, LimitsConfig
 from mqttd.errors import TakeOverFailed
@@ -588,34 +594,42 @@ class ClusterNode:
                 self.store.inbox_done(self.node_id, [_text(e.identifier) for e in entries])
 
     def _receive(self, fields: Mapping[Any, Any], only: set[str] | None = None) -> None:
-        """One inbox entry: a forwarded message, or a control request or reply."""
+        """One inbox entry: one forwarded message or several, or a control request or reply."""
         packed = fields.get(b"m")
-        if packed is not None:
-            origin = (fields.get(b"o", b""), fields.get(b"e", b""))
-            seq = int(fields.get(b"s", b"0"))
-            if seq and seq <= self._seen.get(origin, 0):
-                return  # a copy of a forward sent again after a connection error
-            self._seen[origin] = seq
-            message, identifiers = unpack_delivery(bytes(packed))
-            message_id = fields.get(b"i")
-            message.cluster_id = message_id
-            self.received += 1
-            target = fields.get(b"c")
-            if target is not None:
-                client_id = _text(target)
-                if only is None or client_id in only:
-                    qos = int(fields[b"g"])
-                    self._deliver_to(client_id, message, qos, message_id, identifiers)
-            elif only is not None:
-                self._route_to(message, only)
-            else:
-                # The shared groups the publishing node chose this node to serve (none from
-                # a node older than shared groups across nodes).
-                named = fields.get(b"G")
-                groups = set(_text(named).split("\n")) if named else set()
-                skip = self._handed_over(message, message_id) if self._handover else ()
-                self.broker.route(message, from_cluster=True, skip=skip, groups=groups)
+        if packed is None:
+            batch = fields.get(b"b")
+            if batch is None:
+                self._control(fields)
+            elif self._first_time(fields):
+                for cluster_id, named, one in unpack_forwards(bytes(batch)):
+                    self._receive_forward(one, cluster_id, named, only)
             return
+        if not self._first_time(fields):
+            return
+        target = fields.get(b"c")
+        if target is None:
+            self._receive_forward(bytes(packed), fields.get(b"i"), fields.get(b"G"), only)
+            return
+        message, identifiers = unpack_delivery(bytes(packed))
+        message_id = fields.get(b"i")
+        message.cluster_id = message_id
+        self.received += 1
+        client_id = _text(target)
+        if only is None or client_id in only:
+            qos = int(fields[b"g"])
+            self._deliver_to(client_id, message, qos, message_id, identifiers)
+
+    def _first_time(self, fields: Mapping[Any, Any]) -> bool:
+        """False for a copy of a forward sent again after a connection error."""
+        origin = (fields.get(b"o", b""), fields.get(b"e", b""))
+        seq = int(fields.get(b"s", b"0"))
+        if seq and seq <= self._seen.get(origin, 0):
+            return False
+        self._seen[origin] = seq
+        return True
+
+    def _control(self, fields: Mapping[Any, Any]) -> None:
+        """A control request or reply between nodes (see ``take_over``)."""
         kind = fields.get(b"k")
         if kind == b"take":
             assert self._nursery is not None
@@ -633,6 +647,22 @@ class ClusterNode:
             event = self._requests.pop(_text(fields[b"r"]), None)
             if event is not None:
                 event.set()
+
+    def _receive_forward(
+        self, packed: bytes, message_id: bytes | None, named: bytes | None, only: set[str] | None
+    ) -> None:
+        """A message forwarded to this node's subscribers (``only``: to these adopted
+        sessions), and the shared groups ``named`` that the publishing node chose this node to
+        serve (none from a node older than shared groups across nodes)."""
+        message = unpack_delivery(packed)[0]
+        message.cluster_id = message_id
+        self.received += 1
+        if only is not None:
+            self._route_to(message, only)
+            return
+        groups = set(_text(named).split("\n")) if named else set()
+        skip = self._handed_over(message, message_id) if self._handover else ()
+        self.broker.route(message, from_cluster=True, skip=skip, groups=groups)
 
     def _route_to(self, message: Message, client_ids: set[str]) -> None:
         """Deliver ``message`` only to the sessions ``client_ids`` (adopted ones), as the

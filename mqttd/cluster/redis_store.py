@@ -22,7 +22,9 @@ output waits (and readers slow down at ``store_backlog_limit``) instead of being
 without Redis; QoS 0 messages for other nodes are dropped meanwhile (counted), as the README
 says. A batch sent again after a connection error may have been applied once already: every
 operation is idempotent or, for forwarded messages, carries its origin and sequence so the
-receiving node drops a copy it has seen.
+receiving node drops a copy it has seen. Consecutive forwards to one node in a batch go as one
+inbox entry (``mqttd.cluster.wire.pack_forwards``): Redis and both nodes then handle one entry
+for many messages, in the order they were recorded.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ import trio
 if TYPE_CHECKING:
     from coredis import Redis
 
-from mqttd.cluster.wire import Keys, pack_delivery, pack_will, unpack_delivery
+from mqttd.cluster.wire import Keys, pack_delivery, pack_forwards, pack_will, unpack_delivery
 from mqttd.codec.packets import Will
 from mqttd.message import Message
 from mqttd.store import (
@@ -54,6 +56,10 @@ log = structlog.get_logger("mqttd.cluster")
 
 #: Most operations one pipeline carries; more wait for the next round trip.
 MAX_BATCH_OPS: Final = 5_000
+#: Most forwarded messages one inbox entry carries (see ``_forward_run``).
+MAX_ENTRY_FORWARDS: Final = 256
+#: Packed bytes after which an inbox entry takes no more forwarded messages.
+MAX_ENTRY_BYTES: Final = 256 * 1024
 #: Retry delays (seconds) while Redis is unreachable: doubling up to the last.
 RETRY_DELAYS_S: Final = (0.05, 0.1, 0.2, 0.5, 1.0, 2.0)
 
@@ -450,9 +456,39 @@ class RedisStore:
         requests: list[Any] = []
         # One transaction per batch: after a crash, Redis holds all of it or none of it.
         async with self.redis.pipeline(transaction=True) as pipe:
-            for kind, params in batch:
-                requests.append(self._command(pipe, keys, node, kind, params))
-        return [await request for request in requests]
+            index = 0
+            while index < len(batch):
+                kind, params = batch[index]
+                run = _forward_run(batch, index) if kind == "forward" else 1
+                if run > 1:
+                    # Consecutive messages for one node: one inbox entry (a pipelined
+                    # command costs ~25 us of CPU here, an entry's reading as much there).
+                    request = self._forwards(pipe, keys, node, batch[index : index + run])
+                else:
+                    request = self._command(pipe, keys, node, kind, params)
+                requests += [request] * run
+                index += run
+        # A batch entry's result stands for each of its operations.
+        awaited: dict[int, Any] = {}
+        results: list[Any] = []
+        for request in requests:
+            key = id(request)
+            if key not in awaited:
+                awaited[key] = await request
+            results.append(awaited[key])
+        return results
+
+    def _forwards(self, pipe: Any, keys: Keys, node: str, run: list[Op]) -> Any:
+        """One inbox entry for several ``forward`` operations to the same node."""
+        first = run[0][1][1]
+        # As for one message (see ``_command``): the sequence the first attempt gave is kept
+        # for the retries, which group the same batch the same way.
+        if b"s" not in first:
+            first[b"s"] = b"%d" % next(self._forward_seq)
+        items = [(f[b"i"], f.get(b"G", b""), f[b"m"]) for _, (_, f) in run]
+        fields = {b"b": pack_forwards(items), b"o": node.encode(), b"e": self.epoch.encode()}
+        fields[b"s"] = first[b"s"]
+        return pipe.xadd(keys.inbox(run[0][1][0]), fields)
 
     def _command(
         self, pipe: Any, keys: Keys, node: str, kind: str, params: tuple[Any, ...]
@@ -599,6 +635,23 @@ class RedisStore:
             )
         stored.incoming = {int(x) for x in await incoming}
         return stored
+
+
+def _forward_run(batch: list[Op], start: int) -> int:
+    """How many operations from ``start`` forward messages to the same node (not to one
+    session: ``forward_to``'s entries stay on their own): at most ``MAX_ENTRY_FORWARDS``, and
+    none more once they reach ``MAX_ENTRY_BYTES``."""
+    target = batch[start][1][0]
+    end = min(len(batch), start + MAX_ENTRY_FORWARDS)
+    stop = start
+    size = 0
+    while stop < end and size < MAX_ENTRY_BYTES:
+        kind, params = batch[stop]
+        if kind != "forward" or params[0] != target or b"c" in params[1]:
+            break
+        size += len(params[1][b"m"])
+        stop += 1
+    return max(stop - start, 1)
 
 
 def _text(value: Any) -> str:

@@ -22,6 +22,13 @@ as on the wire (Property Length, then the properties). What uses the forms:
     will:      the Will, its Will Properties (Will Delay Interval, Message Expiry Interval as
                an interval: it starts when the Will is published) in the property block
 
+Forwarded messages travel in a node's inbox stream, one message per entry (fields ``m``: the
+packed message, ``i``: its cluster id, ``G``: the shared groups the receiver serves) or, when
+one pipeline sends several to the same node, several per entry (field ``b``, ``pack_forwards``:
+for each, its cluster id, groups and packed message, each behind a 4-byte big-endian length).
+A node that reads ``b`` entries reads ``m`` entries too; nodes older than ``b`` entries read
+only ``m``, so a cluster is upgraded all at once (see the README, "Scaling out").
+
 Keys are named here too. Every key of one persistent session shares the hash tag
 ``{prefix:s:<client id>}``, every key of one node's inbox ``{prefix:n:<node>}``, and the
 cluster-wide keys ``{prefix}``, so a Lua script touches one slot and the layout works on Redis
@@ -42,9 +49,11 @@ from mqttd.message import Message
 __all__ = [
     "Keys",
     "pack_delivery",
+    "pack_forwards",
     "pack_message",
     "pack_will",
     "unpack_delivery",
+    "unpack_forwards",
     "unpack_message",
     "unpack_will",
 ]
@@ -196,6 +205,45 @@ def unpack_message(data: bytes) -> Message:
         ValueError: the bytes are not a packed message.
     """
     return unpack_delivery(data)[0]
+
+
+_LENGTHS: Final = struct.Struct(">III")
+
+#: One forwarded message in a batch entry: (cluster id, shared groups, packed message).
+Forward = tuple[bytes, bytes, bytes]
+
+
+def pack_forwards(items: list[Forward]) -> bytes:
+    """Several forwarded messages as one inbox entry's ``b`` field (see above)."""
+    pack = _LENGTHS.pack
+    parts: list[bytes] = []
+    for message_id, groups, packed in items:
+        parts += (pack(len(message_id), len(groups), len(packed)), message_id, groups, packed)
+    return b"".join(parts)
+
+
+def unpack_forwards(data: bytes) -> list[Forward]:
+    """The forwarded messages of a ``pack_forwards`` value, in order.
+
+    Raises:
+        ValueError: the bytes end inside an item.
+    """
+    items: list[Forward] = []
+    unpack_from = _LENGTHS.unpack_from
+    size, pos, end = _LENGTHS.size, 0, len(data)
+    while pos < end:
+        if end - pos < size:
+            raise ValueError("packed forwards truncated")
+        id_len, groups_len, packed_len = unpack_from(data, pos)
+        pos += size
+        groups_at = pos + id_len
+        packed_at = groups_at + groups_len
+        stop = packed_at + packed_len
+        if stop > end:
+            raise ValueError("packed forwards truncated")
+        items.append((data[pos:groups_at], data[groups_at:packed_at], data[packed_at:stop]))
+        pos = stop
+    return items
 
 
 def pack_will(will: Will) -> bytes:

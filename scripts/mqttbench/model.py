@@ -3,15 +3,16 @@
 The model (pure arithmetic on what a scaling run measured, ``Costs``):
 
 * **Forwarding.** A copy of a message forwarded from one worker to another through Redis costs
-  the workers ``f`` µs of CPU (the sender recording and pipelining an XADD, the receiver reading
-  the entry, unpacking and routing it, and deleting it) and Redis ``r`` µs (the XADD, the
+  the workers ``f`` µs of CPU (the sender recording it and pipelining it into an inbox entry --
+  one XADD for all the copies one pipeline sends to one node -- the receiver reading the entry,
+  unpacking and routing it, and deleting it) and Redis ``r`` µs (its share of the XADD, the
   receiver's XREAD and XDEL, the MULTI/EXEC around each pipeline, the append-only file). Both
   are measured with pairs (publisher i → subscriber i only): there every forwarded copy carries
   one delivery, so forwarding is most of the difference between two workers and one node.
   ``f = (c2 - c1) / x`` with ``c1``, ``c2`` the workers' CPU per message on one node and on two
-  workers and ``x`` the XADDs per published message Redis counted; ``r`` is redis-server's CPU
-  time over the XADDs. Redis runs commands on one thread, so one Redis forwards at most
-  ``1e6 / r`` copies per second, however many workers there are.
+  workers and ``x`` the copies forwarded per published message (from where the subscribers
+  are); ``r`` is redis-server's CPU time over the copies. Redis runs commands on one thread,
+  so one Redis forwards at most ``1e6 / r`` copies per second, however many workers there are.
 * **Deliveries.** Each traffic shape (pairs, S = 1 subscriber per message; many→many, S = 100;
   fan-out, S = 1000) costs the workers ``c`` µs per delivery, everything but forwarding
   included: on one node the single-node cluster's figure, on several workers the two-worker
@@ -33,10 +34,10 @@ The model (pure arithmetic on what a scaling run measured, ``Costs``):
   it applied it, and every node sends heartbeats and polls its streams. Both are measured at
   N = 1 and N = 2 and extended on that line.
 
-``r`` falls as the forwarded rate rises (more XADDs share one MULTI/EXEC, one XREAD and one
-append-only file write), so the Redis bounds, taken at the rates this machine reached, are
-lower bounds; ``c`` and ``f`` are taken as flat in N (what one worker does per message does not
-depend on how many others there are, except through ``F``).
+``r`` falls as the forwarded rate rises (more copies share one inbox entry, one MULTI/EXEC, one
+XREAD and one append-only file write), so the Redis bounds, taken at the rates this machine
+reached, are lower bounds; ``c`` and ``f`` are taken as flat in N (what one worker does per
+message does not depend on how many others there are, except through ``F``).
 """
 
 from __future__ import annotations

@@ -150,14 +150,19 @@ def sample_of(scenario: str, broker: str, rnd: int, raw: dict[str, Any], st: Set
     elif "delivered" in raw:
         s.counts = {"delivered": raw["delivered"], "published": raw["published"]}
         s.costs = {"broker_us_per_delivery": _us(broker_s, raw["delivered"])}
-        if usage.commands and placement is not None:
-            # Several nodes: each copy forwarded to another node is one XADD (on one node the
-            # few XADDs are route-log entries, nothing to divide by).
-            forwards = usage.calls("xadd")
-            s.counts["forwards"] = forwards
+        fpm = placement.forwards_per_message if placement is not None else None
+        if usage.commands and fpm is not None:
+            # Several nodes: the copies forwarded to other nodes follow from where the
+            # subscribers are (one per other worker with one); the XADDs are the inbox
+            # entries that carried them, several copies each when a pipeline holds several
+            # for one node (on one node the few XADDs are route-log entries).
+            forwards = fpm * raw["published"]
+            s.counts["forwards"] = round(forwards)
+            s.counts["entries"] = usage.calls("xadd")
             s.costs["redis_us_per_forward"] = _us(redis_s, forwards)
             if raw["published"]:
-                s.costs["forwards_per_published"] = forwards / raw["published"]
+                s.costs["forwards_per_published"] = fpm
+                s.costs["entries_per_published"] = usage.calls("xadd") / raw["published"]
     else:  # a cluster probe
         s.costs = dict(raw["metrics"])
         for k in ("broker_us_add", "broker_us_del", "broker_us_disconnect"):
@@ -297,7 +302,7 @@ def render_crossing(
         "broker",
         "connections per worker",
         "deliveries crossing workers",
-        "forwards per published msg (placement / Redis XADD)",
+        "forwards / inbox entries (XADD) per published msg",
         "Redis µs per forward",
         "broker µs per delivery (per connect)",
     ]
@@ -312,7 +317,7 @@ def render_crossing(
             split = "; ".join("/".join(f"{n:,}" for n in s.per_worker) for s in ss if s.per_worker)
             crossed = median(s.crossed for s in ss)
             fpm = median(s.forwards_per_message for s in ss)
-            xadd = median(s.costs.get("forwards_per_published") for s in ss)
+            xadd = median(s.costs.get("entries_per_published") for s in ss)
             redis_fwd = median(s.costs.get("redis_us_per_forward") for s in ss)
             per = median(
                 s.costs.get("broker_us_per_delivery", s.costs.get("broker_us_per_connect"))

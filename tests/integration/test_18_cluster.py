@@ -20,7 +20,9 @@ import trio.testing
 from conformance import wire as wire5
 from conformance.broker_process import run_mqttd
 from conformance.wire import Packet
-from mqttd.cluster.client import RedisError
+from mqttd.cluster.client import RedisError, connect
+from mqttd.cluster.redis_store import RedisStore
+from mqttd.cluster.wire import Keys, unpack_forwards, unpack_message
 from mqttd.config import (
     BrokerConfig,
     ClusterConfig,
@@ -29,6 +31,7 @@ from mqttd.config import (
     ListenerConfig,
     StoreConfig,
 )
+from mqttd.message import Message
 from mqttd.server import Server, serve
 from tests.helpers import wire
 from tests.helpers.client import OPEN_CLIENTS, WireClient, connect_client, subscribe, sync
@@ -134,6 +137,63 @@ async def test_no_message_travels_to_a_node_without_subscribers(nodes: Nodes) ->
     assert node_b is not None
     assert node_c.received == 0
     assert node_b.forwarded == 10
+
+
+async def test_forwards_to_one_node_share_an_inbox_entry(redis: RedisServer, prefix: str) -> None:
+    """Consecutive messages a pipeline forwards to one node go as one inbox entry, in order;
+    anything between them (a control message, a forward elsewhere or to one session) keeps
+    its place, so a node reads everything in the order it was recorded."""
+    keys = Keys(prefix)
+    async with connect(ClusterConfig(redis_url=redis.url, key_prefix=prefix)) as client:
+        store = RedisStore(client, keys, "b", "e1")
+        messages = [Message(f"t/{n}", b"m%d" % n, n % 2) for n in range(6)]
+        for message in messages[:3]:
+            store.forward("a", message)
+        store.control("a", {b"k": b"stop", b"c": b"x", b"f": b"b", b"r": b"1"})
+        store.forward("c", messages[3])
+        store.forward("a", messages[4], groups=["g1", "g2"])
+        store.forward("a", messages[5])
+        store.forward_to("a", "one", messages[5], 1)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(store.writer)
+            with trio.fail_after(10):
+                await store.durable(store.recorded)
+            nursery.cancel_scope.cancel()
+        entries = [e.field_values for e in await client.xrange(keys.inbox("a"))]
+    assert [sorted(fields) for fields in entries] == [
+        [b"b", b"e", b"o", b"s"], [b"c", b"f", b"k", b"r"], [b"b", b"e", b"o", b"s"],
+        [b"c", b"e", b"g", b"i", b"m", b"o", b"s"],
+    ]  # fmt: skip
+    first, _, second, _ = entries
+    assert int(first[b"s"]) < int(second[b"s"])
+    unpacked = [unpack_forwards(bytes(entry[b"b"])) for entry in (first, second)]
+    sent = [(m.topic, m.payload, m.qos) for m in messages]
+    got = [[unpack_message(packed) for _, _, packed in items] for items in unpacked]
+    assert [[(m.topic, m.payload, m.qos) for m in ms] for ms in got] == [sent[:3], sent[4:]]
+    assert [groups for _, groups, _ in unpacked[1]] == [b"g1\ng2", b""]
+    assert len({message_id for items in unpacked for message_id, _, _ in items}) == 5
+
+
+async def test_a_burst_of_messages_crosses_nodes_in_order(nodes: Nodes) -> None:
+    """Hundreds of messages published in one write on node B (forwarded in shared inbox
+    entries) reach the subscriber on node A all, once, in order [MQTT-4.6.0-6]."""
+    a = await nodes.start("a")
+    b = await nodes.start("b")
+    sub = await connect_client(a.port(), "sub")
+    await subscribe(sub, 1, ("burst/#", 1))
+    pub = await connect_client(b.port(), "pub")
+    burst = [wire.publish("burst/x", b"%d" % n) for n in range(300)]
+    burst += [wire.publish("burst/y", b"q%d" % n, qos=1, pid=n) for n in range(1, 11)]
+    await pub.send(b"".join(burst))
+    for n in range(1, 11):
+        await pub.expect(wire.puback(n))
+    for n in range(300):
+        await sub.expect(wire.publish("burst/x", b"%d" % n))
+    for n in range(1, 11):
+        await sub.expect(wire.publish("burst/y", b"q%d" % n, qos=1, pid=n))
+    node_a = a.state.cluster
+    assert node_a is not None
+    assert node_a.received == 310
 
 
 async def test_retained_message_seen_by_a_later_subscription_on_another_node(

@@ -9,9 +9,11 @@ from hypothesis import strategies as st
 
 from mqttd.cluster.wire import (
     pack_delivery,
+    pack_forwards,
     pack_message,
     pack_will,
     unpack_delivery,
+    unpack_forwards,
     unpack_message,
     unpack_will,
 )
@@ -104,8 +106,47 @@ def test_will_round_trip(properties: Properties, delay: int | None) -> None:
 @given(st.binary(max_size=64))
 def test_any_bytes_unpack_or_raise_value_error(data: bytes) -> None:
     """Whatever a Redis value holds, unpacking gives a message or a ValueError."""
-    for unpack in (unpack_message, unpack_delivery, unpack_will):
+    for unpack in (unpack_message, unpack_delivery, unpack_will, unpack_forwards):
         try:
             unpack(data)
         except ValueError:
             pass
+
+
+def test_forwards_layout() -> None:
+    """Each forwarded message of a batch entry: three 4-byte big-endian lengths (cluster id,
+    groups, packed message), then the three."""
+    packed = pack_message("t", b"p", 1, False)
+    assert pack_forwards([(b"n:e:1", b"", packed), (b"n:e:2", b"g1\ng2", packed)]) == (
+        b"\x00\x00\x00\x05\x00\x00\x00\x00\x00\x00\x00\x06n:e:1" + packed
+        + b"\x00\x00\x00\x05\x00\x00\x00\x05\x00\x00\x00\x06n:e:2g1\ng2" + packed
+    )  # fmt: skip
+    assert unpack_forwards(b"") == []
+
+
+FORWARDS = st.lists(
+    st.tuples(st.binary(max_size=20), st.binary(max_size=20), st.binary(max_size=40))
+)
+
+
+@given(FORWARDS)
+def test_forwards_round_trip(items: list[tuple[bytes, bytes, bytes]]) -> None:
+    """A batch entry unpacks to its messages in order, each with its cluster id and groups."""
+    assert unpack_forwards(pack_forwards(items)) == items
+
+
+@given(FORWARDS.filter(bool), st.data())
+def test_truncated_forwards_raise_value_error(
+    items: list[tuple[bytes, bytes, bytes]], data: st.DataObject
+) -> None:
+    """A batch entry cut anywhere inside an item is refused, not read short."""
+    packed = pack_forwards(items)
+    bounds = {0}
+    for message_id, groups, message in items:
+        bounds.add(max(bounds) + 12 + len(message_id) + len(groups) + len(message))
+    cut = data.draw(st.integers(1, len(packed) - 1).filter(lambda n: n not in bounds))
+    try:
+        unpack_forwards(packed[:cut])
+    except ValueError:
+        return
+    raise AssertionError(f"cut at {cut} of {len(packed)} unpacked")
