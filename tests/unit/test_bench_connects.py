@@ -1,0 +1,46 @@
+"""``scripts/bench_connects.py``: the two-plain-processes form really spreads connections over
+two processes on one port, and the table reports medians and ratios against Mosquitto."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from scripts.mqttbench import connects, machine
+from scripts.mqttbench.connects import Sample
+from scripts.mqttbench.load import connect_many
+
+
+def test_plain_pair_spreads_connections_over_two_processes_on_one_port(tmp_path: Path) -> None:
+    """``mqttd-x2``: both processes listen on the same port (SO_REUSEPORT) and the kernel
+    gives each some of 40 connections, each answered with a CONNACK."""
+    pair = connects.start_plain_pair(tmp_path)
+    try:
+        pids = pair.target.processes()
+        assert len(pids) == 2
+        conns, _ = connect_many(pair.target, "tcp", [f"x{i}" for i in range(40)], timeout_s=30)
+        owners = machine.connection_owners(pair.target.ports["tcp"], pids)
+        for conn in conns:
+            conn.close()
+    finally:
+        pair.stop()
+    assert len(conns) == 40
+    assert set(owners.values()) == set(pids)  # 2**-39 odds of all landing on one
+
+
+def test_render_gives_medians_and_ratios_per_round() -> None:
+    """Per form: the median connects/s, the ratio to Mosquitto's in each round and its
+    median, the CPU medians, and every round's figure."""
+    samples = [
+        Sample("mqttd-x2", 1, 8000.0, 120.0, 50.0, 1.0),
+        Sample("mosquitto", 1, 16000.0, 40.0, 55.0, 1.0),
+        Sample("mqttd-x2", 2, 9000.0, 110.0, 52.0, 1.0),
+        Sample("mosquitto", 2, 10000.0, 45.0, 60.0, 1.0),
+        Sample("mqttd-x2", 3, 6000.0, None, 51.0, 1.0),
+        Sample("mosquitto", 3, 12000.0, 42.0, 58.0, 1.0),
+    ]
+    table = connects.render(samples, ["mqttd-x2", "mosquitto"]).splitlines()
+    assert table[2] == (
+        "| mqttd-x2 | 8,000 | 0.50 / 0.90 / 0.50 (**0.50**) | 115.0 | 51.0 "
+        "| 8,000 / 9,000 / 6,000 |"
+    )
+    assert table[3].startswith("| mosquitto | 12,000 | -- | 42.0 | 58.0 |")
