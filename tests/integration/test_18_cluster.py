@@ -51,6 +51,8 @@ from tests.integration.test_23_mqtt5 import (
 
 _prefixes = itertools.count(1)
 
+pytestmark = pytest.mark.usefixtures("coredis_garbage_collected")
+
 
 @pytest.fixture(scope="module")
 def redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:

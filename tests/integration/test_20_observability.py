@@ -403,6 +403,7 @@ async def test_metrics_path_must_not_clash(metrics_path: str) -> None:
         parse_config({"listeners": [{"type": "ws", "metrics_path": metrics_path}]})
 
 
+@pytest.mark.usefixtures("coredis_garbage_collected")
 async def test_cluster_node_metrics_and_readiness(
     nursery: trio.Nursery, tmp_path_factory: pytest.TempPathFactory, tmp_path: Path
 ) -> None:
