@@ -38,7 +38,7 @@ import sys
 import threading
 import time
 import tomllib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from types import TracebackType
@@ -367,6 +367,7 @@ def start_mqttd(
     listeners: int | None = None,
     cwd: Path | None = None,
     timeout_s: float = START_TIMEOUT_S,
+    launcher: Sequence[str] = ("-m", "mqttd"),
 ) -> BrokerProcess:
     """Run ``python -m mqttd --config CONFIG --log-format json EXTRA_ARGS`` and wait until every
     listener has logged ``listener_started``.
@@ -378,6 +379,8 @@ def start_mqttd(
             ``[[listeners]]`` table of ``config``).
         cwd: the child's working directory.
         timeout_s: the bound on the wait.
+        launcher: the interpreter arguments that run mqttd's command line (``-c CODE`` runs
+            it after code of the caller's, a benchmark's set-up for instance).
 
     Returns:
         The running broker (use it as a context manager, or call ``stop()``).
@@ -386,7 +389,8 @@ def start_mqttd(
         BrokerStartError: it exited or did not report every listener within ``timeout_s``.
     """
     proc = subprocess.Popen(
-        mqttd_argv("--config", config, "--log-format", "json", *extra_args),
+        [sys.executable, *launcher, "--config", str(config), "--log-format", "json"]
+        + [str(a) for a in extra_args],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,

@@ -22,15 +22,13 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from conformance.broker_process import BrokerProcess, is_listener, mqttd_env
+from conformance.broker_process import BrokerProcess, start_mqttd
 
 from .brokers import Broker, start_mosquitto_broker, start_mqttd_broker
 from .load import Target
@@ -72,18 +70,11 @@ def start_plain_pair(workdir: Path) -> PlainPair:
                 f'[broker]\ndata_dir = "{home / "data"}"\n'
                 f'[[listeners]]\ntype = "tcp"\nhost = "127.0.0.1"\nport = {port}\n'
             )
-            argv = [sys.executable, "-c", _SHARED_PORT_MAIN, "--config", str(conf)]
-            proc = subprocess.Popen(
-                [*argv, "--log-format", "json"],
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.PIPE,
-                cwd=home,
-                env=mqttd_env(),
+            process = start_mqttd(
+                conf, cwd=home, timeout_s=20.0, launcher=("-c", _SHARED_PORT_MAIN)
             )
-            process = BrokerProcess("mqttd", proc)
             processes.append(process)
-            port = int(process.wait_for(is_listener, "listener_started", 20.0)["port"])
+            port = process.ports["tcp"]
     except BaseException:
         for process in processes:
             process.stop()
