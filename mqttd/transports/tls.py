@@ -105,7 +105,9 @@ class TlsStream(MqttStream):
         self._eof = False  # close_notify or TCP EOF received: reads return b""
         self._receiving = False
         self._sending = False  # send_all, wait_send_all_might_not_block or aclose waits
-        self._eager = False  # the last recv was large: recv again before waiting
+        # recv before waiting: at first (the ClientHello is usually in: TCP_DEFER_ACCEPT), and
+        # after a large recv
+        self._eager = True
 
     # -- ciphertext out: one buffer, pushed from its front -----------------------------------
 
