@@ -175,8 +175,7 @@ class LimitsConfig:
             (CONNECT, Will included), in bytes; nothing is known of the client yet, so it is
             small; a larger one closes the connection at its fixed header.
         max_connections: most simultaneous client connections, over all listeners.
-        connect_timeout_s: seconds a new connection has to send CONNECT (from when the kernel
-            hands it over: at its first bytes, or after 1 s on Linux).
+        connect_timeout_s: seconds a new connection has to send CONNECT.
         write_timeout_s: seconds a write to a client may block before the connection closes.
         max_outbox_bytes: unsent bytes per connection before reading from it pauses.
         graceful_timeout_s: seconds connections get to finish on shutdown.

@@ -51,13 +51,6 @@ ACCEPT_BATCH = 64
 LISTEN_BACKLOG = 0xFFFF
 #: Whether listening sockets get SO_REUSEPORT (``share_ports``).
 _share_ports = False
-#: Linux's TCP_DEFER_ACCEPT, seconds: accept() returns a connection once its first bytes are
-#: in (every listener type is client-speaks-first: CONNECT, a TLS ClientHello, an HTTP
-#: request), so the first read needs no wait -- no epoll registration, no scheduling round:
-#: ~10 us of ~115 per connect (docs/benchmarks.md). A socket that sends nothing is accepted
-#: anyway after this long, and connect_timeout_s runs from then.
-DEFER_ACCEPT_S = 1
-_TCP_DEFER_ACCEPT = getattr(socket, "TCP_DEFER_ACCEPT", None)
 
 
 def share_ports(enabled: bool = True) -> None:
@@ -127,8 +120,6 @@ async def _bind_all(host: str, port: int) -> list[BoundSocket]:
                 sock.setblocking(False)
                 sock.bind(address)
                 sock.listen(LISTEN_BACKLOG)
-                if _TCP_DEFER_ACCEPT is not None:
-                    sock.setsockopt(socket.IPPROTO_TCP, _TCP_DEFER_ACCEPT, DEFER_ACCEPT_S)
             except BaseException:
                 sock.close()
                 raise
@@ -160,9 +151,7 @@ class TcpStream(MqttStream, trio.abc.HalfCloseableStream):
 
     def __init__(self, sock: socket.socket) -> None:
         self.raw_socket = sock
-        # Read before waiting: 2 at first (the CONNECT is usually in: TCP_DEFER_ACCEPT), then
-        # True after a large read -- the only reads followed by a checkpoint.
-        self._eager: int = 2
+        self._eager = False  # the last read was large: read again before waiting
         self._sending = False  # a send_all is under way: try_send must not cut into it
 
     @property
@@ -212,8 +201,8 @@ class TcpStream(MqttStream, trio.abc.HalfCloseableStream):
                 eager = False
             except OSError as exc:
                 raise trio.BrokenResourceError(exc) from exc
-        if self._eager == 1:  # True: the last read was large and no wait happened
-            await trio.lowlevel.checkpoint()  # a flooding peer must yield
+        if self._eager:
+            await trio.lowlevel.checkpoint()  # no wait happened: a flooding peer must yield
         self._eager = len(data) >= EAGER_READ_BYTES
         return data
 

@@ -105,9 +105,7 @@ class TlsStream(MqttStream):
         self._eof = False  # close_notify or TCP EOF received: reads return b""
         self._receiving = False
         self._sending = False  # send_all, wait_send_all_might_not_block or aclose waits
-        # recv before waiting: at first (the ClientHello is usually in: TCP_DEFER_ACCEPT), and
-        # after a large recv
-        self._eager = True
+        self._eager = False  # the last recv was large: recv again before waiting
 
     # -- ciphertext out: one buffer, pushed from its front -----------------------------------
 

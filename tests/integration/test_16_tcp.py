@@ -308,49 +308,6 @@ async def test_listening_sockets_are_plain_nonblocking_stdlib_sockets() -> None:
             each.socket.close()
 
 
-@pytest.mark.skipif(not hasattr(socket, "TCP_DEFER_ACCEPT"), reason="Linux only")
-async def test_a_connection_is_accepted_once_its_first_bytes_are_in() -> None:
-    """Listening sockets defer accept (TCP_DEFER_ACCEPT) until the client's first bytes: the
-    accepted socket has them, so its first read needs no wait."""
-    bound = await open_listeners(ListenerConfig(host="127.0.0.1", port=0))
-    listening = bound[0].socket
-    try:
-        assert listening.getsockopt(socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT) >= 1
-        with trio.fail_after(TIMEOUT_S), socket.create_connection(listening.getsockname()) as c:
-            with pytest.raises(BlockingIOError):  # connected, but nothing sent: not yet
-                listening.accept()
-            c.sendall(wire.connect("early"))
-            await trio.lowlevel.wait_readable(listening)
-            accepted, _ = listening.accept()
-            with accepted:
-                accepted.setblocking(False)
-                assert accepted.recv(1024) == wire.connect("early")
-    finally:
-        listening.close()
-
-
-async def test_a_fresh_streams_first_read_takes_what_is_there_without_waiting() -> None:
-    """The first receive_some reads before it waits (the CONNECT is usually in already):
-    inside a cancelled scope it still returns the bytes, as no checkpoint comes first.
-    Later reads wait first, and then the cancelled scope stops them."""
-    stream, peer = _stream_pair()
-    try:
-        peer.send(b"first")
-        with trio.CancelScope() as scope:
-            scope.cancel()
-            assert await stream.receive_some() == b"first"
-        peer.send(b"second")
-        with trio.CancelScope() as scope:
-            scope.cancel()
-            await stream.receive_some()
-        assert scope.cancelled_caught
-        with trio.fail_after(TIMEOUT_S):
-            assert await stream.receive_some() == b"second"  # nothing lost by the cancel
-    finally:
-        await stream.aclose()
-        peer.close()
-
-
 async def test_ipv6_listening_socket_is_ipv6_only() -> None:
     """An IPv6 listener does not also take IPv4 (so ``::`` and ``0.0.0.0`` can coexist)."""
     try:
