@@ -20,7 +20,14 @@ from mqttd.connection import Connection
 from mqttd.errors import StartupError
 from mqttd.server import serve
 from mqttd.transports import ConnectionInfo
-from mqttd.transports.tcp import BoundSocket, TcpStream, _accept_loop, open_listeners
+from mqttd.transports.tcp import (
+    _TCP_NOTSENT_LOWAT,
+    NOTSENT_LOWAT,
+    BoundSocket,
+    TcpStream,
+    _accept_loop,
+    open_listeners,
+)
 from tests.helpers import wire
 from tests.helpers.client import connect_client
 
@@ -337,7 +344,8 @@ async def test_port_in_use_is_a_one_line_startup_error() -> None:
 
 async def test_tcp_listener_reports_bound_sockets_and_serves() -> None:
     """serve_listener reports BoundSockets (``.socket.getsockname()``, as server.py reads
-    them) and a client connecting to that address reaches the handler."""
+    them) and a client connecting to that address reaches the handler, on a non-blocking
+    socket with TCP_NODELAY and TCP_NOTSENT_LOWAT."""
     from mqttd.transports import serve_listener
 
     reached = trio.Event()
@@ -345,6 +353,10 @@ async def test_tcp_listener_reports_bound_sockets_and_serves() -> None:
     async def handler(stream: trio.abc.Stream, info: ConnectionInfo) -> None:
         assert isinstance(stream, TcpStream)
         assert info.transport == "tcp"
+        sock = stream.socket
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+        assert sock.getsockopt(socket.IPPROTO_TCP, _TCP_NOTSENT_LOWAT) == NOTSENT_LOWAT
+        assert not sock.getblocking()
         reached.set()
         await stream.aclose()
 
