@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Connects/s on this machine: one mqttd process, two plain processes sharing the port (the
-ceiling of ``--workers 2`` without any cluster cost), ``--workers 2``, and Mosquitto.
+ceiling of ``--workers 2`` without any cluster cost), ``--workers 2``, Mosquitto, and the least
+a trio server does per connect (``trio-floor``).
 
 The code lives in ``scripts/mqttbench/connects.py``.
 

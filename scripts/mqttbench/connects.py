@@ -12,7 +12,10 @@ a forked generator process):
   No cluster design can connect faster on two processes than this: it is the ceiling of
   ``--workers 2`` on this machine, set by the single process's own cost per connect;
 * ``mqttd-w2``: ``--workers 2`` (supervisor, two workers, private redis-server);
-* ``mosquitto``.
+* ``mosquitto``;
+* ``trio-floor``: not a broker -- ``trio_floor.py``, the least a trio server does per connect
+  (accept, a task, one read, a fixed CONNACK). mqttd's CPU per connect above it is mqttd's own
+  work; its own is trio's and the kernel's, the floor of any mqttd design.
 
 Per form: connects/s, and CPU µs per connect of the broker (every process of it, Redis
 included) and of the load generator, medians over the rounds.
@@ -22,6 +25,8 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -35,7 +40,7 @@ from .load import Target
 from .machine import load_average
 from .probes import run_idle
 
-FORMS = ["mqttd", "mqttd-x2", "mqttd-w2", "mosquitto"]
+FORMS = ["mqttd", "mqttd-x2", "mqttd-w2", "mosquitto", "trio-floor"]
 
 #: The mqttd command line, run after ``share_ports()``: every listening socket the process
 #: opens gets SO_REUSEPORT, as in a worker of ``--workers N`` (``mqttd.supervisor``).
@@ -85,6 +90,41 @@ def start_plain_pair(workdir: Path) -> PlainPair:
 
 
 @dataclass
+class TrioFloor:
+    """``trio_floor.py`` running on a free loopback port (see ``trio-floor`` above)."""
+
+    process: subprocess.Popen[bytes]
+    target: Target
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        if self.process.stdout is not None:
+            self.process.stdout.close()
+
+
+def start_trio_floor() -> TrioFloor:
+    """Start ``trio_floor.py``; it prints its port once it listens."""
+    script = Path(__file__).with_name("trio_floor.py")
+    process = subprocess.Popen(
+        [sys.executable, str(script)], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE
+    )
+    assert process.stdout is not None
+    line = process.stdout.readline()
+    if not line.strip().isdigit():
+        process.kill()
+        process.wait()
+        process.stdout.close()
+        raise RuntimeError(f"trio_floor.py did not start (printed {line!r})")
+    target = Target("trio-floor", "127.0.0.1", {"tcp": int(line)}, process.pid)
+    return TrioFloor(process, target)
+
+
+@dataclass
 class Sample:
     """One form in one round."""
 
@@ -98,8 +138,10 @@ class Sample:
 
 def measure(form: str, workdir: Path, connects: int, tag: str) -> Sample:
     """Start ``form`` fresh, take one burst of ``connects``, stop it."""
-    started: Broker | PlainPair
-    if form == "mosquitto":
+    started: Broker | PlainPair | TrioFloor
+    if form == "trio-floor":
+        started = start_trio_floor()
+    elif form == "mosquitto":
         started = start_mosquitto_broker(workdir, None)
     elif form == "mqttd-x2":
         started = start_plain_pair(workdir)
@@ -192,7 +234,8 @@ def render(samples: Sequence[Sample], forms: Sequence[str]) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description="Connects/s of one mqttd process, two plain processes on one port (the "
-        "ceiling of --workers 2 without the cluster), --workers 2, and Mosquitto."
+        "ceiling of --workers 2 without the cluster), --workers 2, Mosquitto, and the least a "
+        "trio server does per connect."
     )
     parser.add_argument("--connects", type=int, default=5000, help="connects per burst")
     parser.add_argument("--rounds", type=int, default=3)

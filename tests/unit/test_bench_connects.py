@@ -1,5 +1,6 @@
 """``scripts/bench_connects.py``: the two-plain-processes form really spreads connections over
-two processes on one port, and the table reports medians and ratios against Mosquitto."""
+two processes on one port, the trio floor answers CONNECTs, and the table reports medians and
+ratios against Mosquitto."""
 
 from __future__ import annotations
 
@@ -25,6 +26,23 @@ def test_plain_pair_spreads_connections_over_two_processes_on_one_port(tmp_path:
         pair.stop()
     assert len(conns) == 40
     assert set(owners.values()) == set(pids)  # 2**-39 odds of all landing on one
+
+
+def test_trio_floor_answers_every_connect_and_holds_the_connections() -> None:
+    """``trio-floor``: 40 connects through the benchmark's own client each get a CONNACK and
+    stay open, all on the one process the target names, until the form is stopped."""
+    floor = connects.start_trio_floor()
+    try:
+        assert floor.target.processes() == [floor.process.pid]
+        conns, _ = connect_many(floor.target, "tcp", [f"f{i}" for i in range(40)], timeout_s=30)
+        owners = machine.connection_owners(floor.target.ports["tcp"], [floor.process.pid])
+        assert len(conns) == 40
+        assert len(owners) == 40 and set(owners.values()) == {floor.process.pid}
+        for conn in conns:
+            conn.close()
+    finally:
+        floor.stop()
+    assert floor.process.returncode is not None
 
 
 def test_render_gives_medians_and_ratios_per_round() -> None:
