@@ -15,7 +15,9 @@ a forked generator process):
 * ``mosquitto``;
 * ``trio-floor``: not a broker -- ``trio_floor.py``, the least a trio server does per connect
   (accept, a task, one read, a fixed CONNACK). mqttd's CPU per connect above it is mqttd's own
-  work; its own is trio's and the kernel's, the floor of any mqttd design.
+  work; its own is trio's and the kernel's, the floor of any mqttd design;
+* ``trio-floor-x2``: two of those sharing the port (SO_REUSEPORT): the most any design of two
+  trio processes could connect here, whatever it did per connect.
 
 Per form: connects/s, and CPU µs per connect of the broker (every process of it, Redis
 included) and of the load generator, medians over the rounds.
@@ -40,7 +42,7 @@ from .load import Target
 from .machine import load_average
 from .probes import run_idle
 
-FORMS = ["mqttd", "mqttd-x2", "mqttd-w2", "mosquitto", "trio-floor"]
+FORMS = ["mqttd", "mqttd-x2", "mqttd-w2", "mosquitto", "trio-floor", "trio-floor-x2"]
 
 #: The mqttd command line, run after ``share_ports()``: every listening socket the process
 #: opens gets SO_REUSEPORT, as in a worker of ``--workers N`` (``mqttd.supervisor``).
@@ -91,37 +93,57 @@ def start_plain_pair(workdir: Path) -> PlainPair:
 
 @dataclass
 class TrioFloor:
-    """``trio_floor.py`` running on a free loopback port (see ``trio-floor`` above)."""
+    """``trio_floor.py`` on a free loopback port, once or twice (see ``trio-floor`` above)."""
 
-    process: subprocess.Popen[bytes]
+    processes: list[subprocess.Popen[bytes]]
     target: Target
 
     def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-        if self.process.stdout is not None:
-            self.process.stdout.close()
+        for process in self.processes:
+            _stop(process)
 
 
-def start_trio_floor() -> TrioFloor:
-    """Start ``trio_floor.py``; it prints its port once it listens."""
-    script = Path(__file__).with_name("trio_floor.py")
-    process = subprocess.Popen(
-        [sys.executable, str(script)], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE
-    )
-    assert process.stdout is not None
-    line = process.stdout.readline()
-    if not line.strip().isdigit():
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    process.terminate()
+    try:
+        process.wait(10)
+    except subprocess.TimeoutExpired:
         process.kill()
         process.wait()
+    if process.stdout is not None:
         process.stdout.close()
-        raise RuntimeError(f"trio_floor.py did not start (printed {line!r})")
-    target = Target("trio-floor", "127.0.0.1", {"tcp": int(line)}, process.pid)
-    return TrioFloor(process, target)
+
+
+def start_trio_floor(copies: int = 1) -> TrioFloor:
+    """Start ``copies`` of ``trio_floor.py`` on one port; each prints the port once it
+    listens (with more than one, every copy sets SO_REUSEPORT and the first picks the port)."""
+    script = Path(__file__).with_name("trio_floor.py")
+    processes: list[subprocess.Popen[bytes]] = []
+    port = 0
+    try:
+        for _ in range(copies):
+            shared = ["--reuse-port", "--port", str(port)] if copies > 1 else []
+            process = subprocess.Popen(
+                [sys.executable, str(script), *shared],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+            )
+            processes.append(process)
+            assert process.stdout is not None
+            line = process.stdout.readline()
+            if not line.strip().isdigit():
+                raise RuntimeError(f"trio_floor.py did not start (printed {line!r})")
+            port = int(line)
+    except BaseException:
+        for process in processes:
+            _stop(process)
+        raise
+    name = "trio-floor" if copies == 1 else f"trio-floor-x{copies}"
+    first, *others = processes
+    target = Target(
+        name, "127.0.0.1", {"tcp": port}, first.pid, extra_pids=tuple(p.pid for p in others)
+    )
+    return TrioFloor(processes, target)
 
 
 @dataclass
@@ -141,6 +163,8 @@ def measure(form: str, workdir: Path, connects: int, tag: str) -> Sample:
     started: Broker | PlainPair | TrioFloor
     if form == "trio-floor":
         started = start_trio_floor()
+    elif form == "trio-floor-x2":
+        started = start_trio_floor(copies=2)
     elif form == "mosquitto":
         started = start_mosquitto_broker(workdir, None)
     elif form == "mqttd-x2":
@@ -235,7 +259,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description="Connects/s of one mqttd process, two plain processes on one port (the "
         "ceiling of --workers 2 without the cluster), --workers 2, Mosquitto, and the least a "
-        "trio server does per connect."
+        "trio server does per connect (one process, and two on one port)."
     )
     parser.add_argument("--connects", type=int, default=5000, help="connects per burst")
     parser.add_argument("--rounds", type=int, default=3)

@@ -7,11 +7,13 @@ per connect above this is mqttd's own work (the CONNECT's checks, the session, t
 the timeouts); what this spends is trio's and the kernel's, the floor of any mqttd design.
 
 Run as a script: ``python trio_floor.py`` binds a free loopback port, prints it on one line
-and serves until terminated.
+and serves until terminated; ``--reuse-port`` gives the socket SO_REUSEPORT and ``--port N``
+binds N, so that two of them share one port as mqttd's workers do (``trio-floor-x2``).
 """
 
 from __future__ import annotations
 
+import argparse
 import socket
 import sys
 
@@ -55,9 +57,15 @@ async def serve(listening: socket.socket) -> None:
                 nursery.start_soon(_hold, sock)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="the least a trio server does per connect")
+    parser.add_argument("--port", type=int, default=0, help="loopback port (0: a free one)")
+    parser.add_argument("--reuse-port", action="store_true", help="set SO_REUSEPORT")
+    args = parser.parse_args(argv)
     listening = socket.socket()
-    listening.bind(("127.0.0.1", 0))
+    if args.reuse_port:
+        listening.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    listening.bind(("127.0.0.1", args.port))
     listening.listen(0xFFFF)
     listening.setblocking(False)
     print(listening.getsockname()[1], flush=True)

@@ -32,18 +32,37 @@ def test_trio_floor_answers_every_connect_and_holds_the_connections() -> None:
     """``trio-floor``: 40 connects through the benchmark's own client each get a CONNACK and
     stay open, all on the one process the target names, until the form is stopped."""
     floor = connects.start_trio_floor()
+    (process,) = floor.processes
     try:
-        assert floor.target.processes() == [floor.process.pid]
+        assert floor.target.processes() == [process.pid]
         conns, _ = connect_many(floor.target, "tcp", [f"f{i}" for i in range(40)], timeout_s=30)
-        owners = machine.connection_owners(floor.target.ports["tcp"], [floor.process.pid])
+        owners = machine.connection_owners(floor.target.ports["tcp"], [process.pid])
         assert len(conns) == 40
         assert len(owners) == 40
-        assert set(owners.values()) == {floor.process.pid}
+        assert set(owners.values()) == {process.pid}
         for conn in conns:
             conn.close()
     finally:
         floor.stop()
-    assert floor.process.returncode is not None
+    assert process.returncode is not None
+
+
+def test_two_trio_floors_share_one_port_and_both_take_connections() -> None:
+    """``trio-floor-x2``: the kernel spreads 40 connects over both copies, each answered."""
+    floor = connects.start_trio_floor(copies=2)
+    try:
+        pids = floor.target.processes()
+        assert sorted(pids) == sorted(p.pid for p in floor.processes)
+        assert len(pids) == 2
+        conns, _ = connect_many(floor.target, "tcp", [f"g{i}" for i in range(40)], timeout_s=30)
+        owners = machine.connection_owners(floor.target.ports["tcp"], pids)
+        for conn in conns:
+            conn.close()
+    finally:
+        floor.stop()
+    assert len(conns) == 40
+    assert set(owners.values()) == set(pids)  # 2**-39 odds of all landing on one
+    assert all(p.returncode is not None for p in floor.processes)
 
 
 def test_render_gives_medians_and_ratios_per_round() -> None:
