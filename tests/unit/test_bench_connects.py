@@ -1,29 +1,46 @@
-"""``scripts/bench_connects.py``: the two-plain-processes form really spreads connections over
-two processes on one port, the trio floor answers CONNECTs, and the table reports medians and
+"""``scripts/bench_connects.py``: the two-process forms really spread connections over two
+processes on one port, the trio floor answers CONNECTs, and the table reports medians and
 ratios against Mosquitto."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+
+import pytest
 
 from scripts.mqttbench import connects, machine
 from scripts.mqttbench.connects import Sample
 from scripts.mqttbench.load import connect_many
 
 
-def test_plain_pair_spreads_connections_over_two_processes_on_one_port(tmp_path: Path) -> None:
-    """``mqttd-x2``: both processes listen on the same port (SO_REUSEPORT) and the kernel
-    gives each some of 40 connections, each answered with a CONNACK."""
-    pair = connects.start_plain_pair(tmp_path)
+def _plain_pair(tmp_path: Path) -> connects.PlainPair:
+    return connects.start_plain_pair(tmp_path)
+
+
+def _two_trio_floors(tmp_path: Path) -> connects.TrioFloor:
+    return connects.start_trio_floor(copies=2)
+
+
+@pytest.mark.parametrize(
+    "start", [_plain_pair, _two_trio_floors], ids=["mqttd-x2", "trio-floor-x2"]
+)
+def test_two_processes_share_one_port_and_both_take_connections(
+    tmp_path: Path, start: Callable[[Path], connects.PlainPair | connects.TrioFloor]
+) -> None:
+    """``mqttd-x2`` and ``trio-floor-x2``: both processes listen on the same port
+    (SO_REUSEPORT) and the kernel gives each some of 40 connections, each answered with a
+    CONNACK."""
+    started = start(tmp_path)
     try:
-        pids = pair.target.processes()
+        pids = started.target.processes()
         assert len(pids) == 2
-        conns, _ = connect_many(pair.target, "tcp", [f"x{i}" for i in range(40)], timeout_s=30)
-        owners = machine.connection_owners(pair.target.ports["tcp"], pids)
+        conns, _ = connect_many(started.target, "tcp", [f"x{i}" for i in range(40)], timeout_s=30)
+        owners = machine.connection_owners(started.target.ports["tcp"], pids)
         for conn in conns:
             conn.close()
     finally:
-        pair.stop()
+        started.stop()
     assert len(conns) == 40
     assert set(owners.values()) == set(pids)  # 2**-39 odds of all landing on one
 
@@ -45,24 +62,6 @@ def test_trio_floor_answers_every_connect_and_holds_the_connections() -> None:
     finally:
         floor.stop()
     assert process.returncode is not None
-
-
-def test_two_trio_floors_share_one_port_and_both_take_connections() -> None:
-    """``trio-floor-x2``: the kernel spreads 40 connects over both copies, each answered."""
-    floor = connects.start_trio_floor(copies=2)
-    try:
-        pids = floor.target.processes()
-        assert sorted(pids) == sorted(p.pid for p in floor.processes)
-        assert len(pids) == 2
-        conns, _ = connect_many(floor.target, "tcp", [f"g{i}" for i in range(40)], timeout_s=30)
-        owners = machine.connection_owners(floor.target.ports["tcp"], pids)
-        for conn in conns:
-            conn.close()
-    finally:
-        floor.stop()
-    assert len(conns) == 40
-    assert set(owners.values()) == set(pids)  # 2**-39 odds of all landing on one
-    assert all(p.returncode is not None for p in floor.processes)
 
 
 def test_render_gives_medians_and_ratios_per_round() -> None:
